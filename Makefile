@@ -1,0 +1,49 @@
+# dlq: PGXS build of the dead-letter queue extension.
+#
+#   make && make install     build and install into the server found by pg_config
+#   make installcheck        pg_regress, isolation specs and TAP tests against
+#                            throwaway instances that preload the library
+#   make demo / make test    the two commands README.md opens with
+#   make bench               benchmarks against baselines in the same run
+
+EXTENSION = dlq
+MODULE_big = dlq
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+
+# The install script is assembled from one part per concern (src/sql/NN_*.sql)
+# so that a newcomer finds the SQL of a feature next to its C file.
+DATA_built = dlq--1.0.sql
+DATA = $(filter-out $(DATA_built),$(wildcard dlq--*--*.sql))
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS += -Isrc -Wall -Wextra -Werror -Wno-unused-parameter \
+	-Wno-sign-compare -Wno-missing-field-initializers
+
+REGRESS = $(basename $(notdir $(sort $(wildcard sql/*.sql))))
+REGRESS_OPTS = --temp-instance=./tmp_check_regress --temp-config=tests/dlq_test.conf \
+	--load-extension=dlq
+ISOLATION = $(basename $(notdir $(sort $(wildcard tests/isolation/specs/*.spec))))
+ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=tests/dlq_test.conf \
+	--inputdir=tests/isolation --outputdir=output_iso --load-extension=dlq
+TAP_TESTS = 1
+PROVE_TESTS = $(sort $(wildcard tests/t/*.pl))
+PROVE_FLAGS = -I tests/t
+
+EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso tmp_demo tmp_bench
+
+# Bitcode for JIT inlining is not worth a clang dependency.
+override with_llvm = no
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+dlq--1.0.sql: $(sort $(wildcard src/sql/*.sql))
+	cat $^ > $@
+
+.PHONY: demo test bench
+demo:
+	bash scripts/demo.sh
+test:
+	bash .ci/run
+bench:
+	bash tests/bench/run.sh

@@ -1,0 +1,33 @@
+/*-------------------------------------------------------------------------
+ *
+ * dlq.c
+ *	  Module load of the dlq extension: defines the GUCs and, when the
+ *	  library is preloaded, hooks shared memory and the background worker.
+ *
+ *	  Where to find a SQL function: its C code is in the file named after
+ *	  its concern (dlq_store in store.c, dlq_list in list.c, ...); see dlq.h.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/guc.h"
+
+#include "dlq.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	dlq_define_gucs();
+
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("dlq");
+#else
+	EmitWarningsOnPlaceholders("dlq");
+#endif
+}

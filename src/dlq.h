@@ -1,0 +1,95 @@
+/*-------------------------------------------------------------------------
+ *
+ * dlq.h
+ *	  Declarations shared by the modules of the dlq extension.
+ *
+ * Each module owns one concern and its SQL functions:
+ *	  dlq.c		module load: GUCs are defined, the worker and shared memory hooked
+ *	  guc.c		GUC variables
+ *	  util.c	argument validation, running as the extension owner, audit events
+ *	  store.c	dlq_store
+ *	  list.c	dlq_list, dlq_list_page, dlq_get
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef DLQ_H
+#define DLQ_H
+
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
+
+/* Longest queue, component and channel name, in bytes (NAMEDATALEN - 1). */
+#define DLQ_MAX_NAME_BYTES	63
+
+/* Longest dedup_key, in bytes: it lives in a btree index entry. */
+#define DLQ_MAX_DEDUP_KEY_BYTES 512
+
+/* GUC variables (guc.c) */
+extern int	dlq_max_payload_bytes;
+extern int	dlq_max_ids_per_call;
+
+extern void dlq_define_gucs(void);
+
+/*
+ * Running as the extension owner (util.c).
+ *
+ * The API functions are SECURITY INVOKER so that EXECUTE grants decide who
+ * may call them; the internal tables are then read and written as the
+ * extension owner with a pinned search_path, the way a SECURITY DEFINER
+ * function would, and the caller's identity is kept for the audit trail and
+ * for anything that touches user tables.
+ */
+typedef struct DlqOwnerContext
+{
+	Oid			caller;			/* user before the switch */
+	int			caller_sec_context;
+	int			guc_nest_level;
+} DlqOwnerContext;
+
+extern void dlq_become_owner(DlqOwnerContext *ctx);
+extern void dlq_restore_caller(DlqOwnerContext *ctx);
+extern Oid	dlq_messages_relid(void);
+
+/* Argument validation (util.c); each raises a clear error or returns. */
+extern char *dlq_check_name(const char *what, text *value, bool allow_null);
+extern void dlq_check_not_null(FunctionCallInfo fcinfo, int argno, const char *what);
+extern const char *dlq_check_sqlstate(text *value);
+extern const char *dlq_error_class(const char *sqlstate);
+extern void dlq_check_json_object(const char *what, Jsonb *value);
+extern const char *dlq_check_status(text *value, bool allow_any);
+extern int64 *dlq_check_id_array(ArrayType *ids, int *nids);
+extern char *dlq_default_channel(const char *queue);
+
+/*
+ * Audit trail (util.c): one row in dlq.events.  Must be called as the
+ * owner, inside SPI.  ids may be NULL; they are recorded only when few.
+ */
+#define DLQ_AUDIT_MAX_IDS 100
+extern void dlq_audit(const char *kind, const char *actor, const char *queue,
+					  Datum request_id, bool has_request_id,
+					  int64 count, const int64 *ids, int nids, Jsonb *detail);
+extern Datum dlq_new_request_id(void);
+
+/*
+ * Storing a message (store.c); dlq_store() and the capture trigger both
+ * come through here.  Must be called as the owner, inside SPI.
+ */
+typedef struct DlqStoreArgs
+{
+	const char *queue;
+	const char *component;		/* or NULL */
+	Jsonb	   *payload;
+	const char *error;
+	const char *sqlstate;		/* or NULL */
+	Jsonb	   *error_detail;	/* or NULL */
+	Jsonb	   *metadata;		/* or NULL */
+	const char *dedup_key;		/* or NULL */
+	Oid			source_relation;	/* or InvalidOid */
+	const char *operation;		/* "INSERT", "UPDATE" or NULL */
+} DlqStoreArgs;
+
+extern int64 dlq_store_message(const DlqStoreArgs *args);
+extern void dlq_ensure_queue(const char *queue);
+
+#endif							/* DLQ_H */

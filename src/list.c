@@ -1,0 +1,348 @@
+/*-------------------------------------------------------------------------
+ *
+ * list.c
+ *	  dlq_list, dlq_list_page and dlq_get: non-destructive reading of
+ *	  messages with keyset cursors.
+ *
+ *	  A page is "message_id after the cursor, in id order, LIMIT n" under
+ *	  equality filters.  Every combination of filters has an index whose
+ *	  leading columns are the filters and whose last column is message_id
+ *	  (see src/sql/10_storage.sql), so a page is a bounded index range scan
+ *	  whether it is the first page or the last of a million messages.  Each
+ *	  combination gets its own plan, built from fixed SQL fragments, prepared
+ *	  once per backend; user input only ever travels as parameters.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/tuplestore.h"
+
+#include "dlq.h"
+
+#define DLQ_MAX_BATCH 1000
+
+/* Which filters a page has: the bits index the plan cache. */
+#define LIST_QUEUE		0x01
+#define LIST_CURSOR		0x02
+#define LIST_STATUS		0x04
+#define LIST_COMPONENT	0x08
+#define LIST_SQLSTATE	0x10
+#define LIST_DESC		0x20
+#define LIST_JSON		0x40
+#define LIST_NPLANS		0x80
+
+#define LIST_NARGS 6
+
+typedef struct ListArgs
+{
+	int			flags;
+	Datum		values[LIST_NARGS];
+	char		nulls[LIST_NARGS];
+	int			batch_size;
+} ListArgs;
+
+static SPIPlanPtr list_plans[LIST_NPLANS];
+static SPIPlanPtr get_plan = NULL;
+
+/*
+ * Read and validate the arguments shared by dlq_list and dlq_list_page:
+ * (queue, cursor, batch_size, status, component, sqlstate, newest_first).
+ */
+static void
+list_parse_args(FunctionCallInfo fcinfo, ListArgs *a)
+{
+	char	   *queue;
+	char	   *component;
+	const char *status;
+	const char *sqlstate;
+
+	memset(a, 0, sizeof(*a));
+	memset(a->nulls, 'n', sizeof(a->nulls));
+
+	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), true);
+	if (queue)
+	{
+		a->flags |= LIST_QUEUE;
+		a->values[0] = CStringGetTextDatum(queue);
+		a->nulls[0] = ' ';
+	}
+
+	if (!PG_ARGISNULL(1))
+	{
+		int64		cursor = PG_GETARG_INT64(1);
+
+		if (cursor < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("cursor must not be negative"),
+					 errhint("Pass the next_cursor of the previous page, or NULL for the first page.")));
+		a->flags |= LIST_CURSOR;
+		a->values[1] = Int64GetDatum(cursor);
+		a->nulls[1] = ' ';
+	}
+
+	dlq_check_not_null(fcinfo, 2, "batch_size");
+	a->batch_size = PG_GETARG_INT32(2);
+	if (a->batch_size < 1 || a->batch_size > DLQ_MAX_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch_size must be between 1 and %d", DLQ_MAX_BATCH),
+				 errdetail("It is %d.", a->batch_size)));
+
+	status = dlq_check_status(PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3), true);
+	if (strcmp(status, "any") != 0)
+	{
+		a->flags |= LIST_STATUS;
+		a->values[3] = CStringGetTextDatum(status);
+		a->nulls[3] = ' ';
+	}
+
+	component = dlq_check_name("component", PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4), true);
+	if (component)
+	{
+		a->flags |= LIST_COMPONENT;
+		a->values[4] = CStringGetTextDatum(component);
+		a->nulls[4] = ' ';
+	}
+
+	sqlstate = dlq_check_sqlstate(PG_ARGISNULL(5) ? NULL : PG_GETARG_TEXT_PP(5));
+	if (sqlstate)
+	{
+		a->flags |= LIST_SQLSTATE;
+		a->values[5] = CStringGetTextDatum(sqlstate);
+		a->nulls[5] = ' ';
+	}
+
+	dlq_check_not_null(fcinfo, 6, "newest_first");
+	if (PG_GETARG_BOOL(6))
+		a->flags |= LIST_DESC;
+}
+
+static SPIPlanPtr
+list_get_plan(int flags)
+{
+	StringInfoData sql;
+	Oid			types[LIST_NARGS + 1] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID};
+	SPIPlanPtr	plan;
+
+	if (list_plans[flags] != NULL)
+		return list_plans[flags];
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s FROM dlq.messages m WHERE true",
+					 (flags & LIST_JSON) ? "pg_catalog.to_jsonb(m), m.message_id" : "m.*");
+	if (flags & LIST_QUEUE)
+		appendStringInfoString(&sql, " AND m.queue = $1");
+	if (flags & LIST_STATUS)
+		appendStringInfoString(&sql, " AND m.status = $4::dlq.status");
+	if (flags & LIST_COMPONENT)
+		appendStringInfoString(&sql, " AND m.component = $5");
+	if (flags & LIST_SQLSTATE)
+		appendStringInfoString(&sql, " AND m.sqlstate = $6::pg_catalog.bpchar");
+	if (flags & LIST_CURSOR)
+		appendStringInfoString(&sql, (flags & LIST_DESC) ?
+							   " AND m.message_id < $2" : " AND m.message_id > $2");
+	appendStringInfoString(&sql, (flags & LIST_DESC) ?
+						   " ORDER BY m.message_id DESC" : " ORDER BY m.message_id");
+	/* $3 is batch_size; $7 is 1 when the page looks one row ahead. */
+	appendStringInfoString(&sql, " LIMIT $3 + $7");
+
+	plan = SPI_prepare(sql.data, LIST_NARGS + 1, types);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	list_plans[flags] = plan;
+	return plan;
+}
+
+/* Run the page query; extra is 1 to fetch one row more than the page. */
+static void
+list_run(ListArgs *a, int extra)
+{
+	Datum		values[LIST_NARGS + 1];
+	char		nulls[LIST_NARGS + 1];
+	int			ret;
+
+	memcpy(values, a->values, sizeof(a->values));
+	memcpy(nulls, a->nulls, sizeof(a->nulls));
+	values[2] = Int32GetDatum(a->batch_size);
+	nulls[2] = ' ';
+	values[LIST_NARGS] = Int32GetDatum(extra);
+	nulls[LIST_NARGS] = ' ';
+
+	ret = SPI_execute_plan(list_get_plan(a->flags), values, nulls, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not list messages: %s", SPI_result_code_string(ret));
+}
+
+PG_FUNCTION_INFO_V1(dlq_list);
+
+/*
+ * dlq_list(queue, cursor, batch_size, status, component, sqlstate,
+ *			newest_first) returns setof dlq.message
+ */
+Datum
+dlq_list(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ListArgs	args;
+	DlqOwnerContext owner;
+	TupleDesc	tupdesc;
+	Tuplestorestate *tupstore;
+	MemoryContext oldcontext;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		(rsinfo->allowedModes & SFRM_Materialize) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+
+	list_parse_args(fcinfo, &args);
+
+	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = CreateTupleDescCopy(tupdesc);
+	tupstore = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(oldcontext);
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	list_run(&args, 0);
+	if (SPI_tuptable->tupdesc->natts != tupdesc->natts)
+		elog(ERROR, "dlq.message does not match dlq.messages");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		tuplestore_puttuple(tupstore, SPI_tuptable->vals[i]);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tupstore;
+	rsinfo->setDesc = tupdesc;
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(dlq_list_page);
+
+/*
+ * dlq_list_page(same arguments as dlq_list) returns jsonb
+ *	  {"messages": [...], "next_cursor": id or null, "has_more": bool}
+ *
+ * has_more is exact: the query looks one row past the page.
+ */
+Datum
+dlq_list_page(PG_FUNCTION_ARGS)
+{
+	ListArgs	args;
+	DlqOwnerContext owner;
+	StringInfoData buf;
+	uint64		n;
+	bool		has_more;
+	int64		last_id = 0;
+	MemoryContext callcontext = CurrentMemoryContext;
+
+	list_parse_args(fcinfo, &args);
+	args.flags |= LIST_JSON;
+	initStringInfo(&buf);		/* before SPI_connect: it outlives SPI */
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	list_run(&args, 1);
+
+	n = SPI_processed;
+	has_more = n > (uint64) args.batch_size;
+	if (has_more)
+		n = args.batch_size;
+
+	appendStringInfoString(&buf, "{\"messages\": [");
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Jsonb	   *row = DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[i],
+													   SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (i > 0)
+			appendStringInfoString(&buf, ", ");
+		(void) JsonbToCString(&buf, &row->root, VARSIZE(row));
+		last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											  SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	if (has_more)
+		appendStringInfo(&buf, "], \"next_cursor\": " INT64_FORMAT ", \"has_more\": true}", last_id);
+	else
+		appendStringInfoString(&buf, "], \"next_cursor\": null, \"has_more\": false}");
+
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	MemoryContextSwitchTo(callcontext);
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
+
+PG_FUNCTION_INFO_V1(dlq_get);
+
+/*
+ * dlq_get(message_id) returns dlq.message; 02000 when there is none.
+ */
+Datum
+dlq_get(PG_FUNCTION_ARGS)
+{
+	int64		id;
+	DlqOwnerContext owner;
+	TupleDesc	tupdesc;
+	Datum	   *values;
+	bool	   *nulls;
+	HeapTuple	result;
+	MemoryContext callcontext = CurrentMemoryContext;
+	Datum		arg[1];
+	int			ret;
+
+	dlq_check_not_null(fcinfo, 0, "message_id");
+	id = PG_GETARG_INT64(0);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+	values = palloc(sizeof(Datum) * tupdesc->natts);
+	nulls = palloc(sizeof(bool) * tupdesc->natts);
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (get_plan == NULL)
+	{
+		Oid			types[1] = {INT8OID};
+
+		get_plan = SPI_prepare("SELECT m.* FROM dlq.messages m WHERE m.message_id = $1",
+							   1, types);
+		if (get_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(get_plan);
+	}
+	arg[0] = Int64GetDatum(id);
+	ret = SPI_execute_plan(get_plan, arg, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read message: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA),
+				 errmsg("message " INT64_FORMAT " does not exist", id),
+				 errhint("It may have been discarded, or purged after its retention.")));
+
+	/* Copy the row out of SPI memory as a dlq.message. */
+	MemoryContextSwitchTo(callcontext);
+	heap_deform_tuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, values, nulls);
+	result = heap_form_tuple(tupdesc, values, nulls);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(result));
+}

@@ -1,0 +1,217 @@
+/*-------------------------------------------------------------------------
+ *
+ * store.c
+ *	  dlq_store: keep a failed message with its error context.
+ *
+ *	  One INSERT per call, its plan prepared once per backend.  The queue's
+ *	  settings (max_attempts, retention) are read in the same statement; a
+ *	  queue seen for the first time is created with defaults.  With a
+ *	  dedup_key the INSERT becomes INSERT ... ON CONFLICT on the partial
+ *	  unique index over open (pending, review) messages, which folds
+ *	  repeated failures into one message safely under concurrent callers.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "dlq.h"
+
+#define STORE_NARGS 11
+
+static SPIPlanPtr store_plan = NULL;
+static SPIPlanPtr store_dedup_plan = NULL;
+static SPIPlanPtr ensure_queue_plan = NULL;
+
+static SPIPlanPtr
+store_prepare(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/*
+ * Create the queue with default settings unless it exists.  Must be called
+ * as the owner, inside SPI.
+ */
+void
+dlq_ensure_queue(const char *queue)
+{
+	Datum		values[2];
+	int			ret;
+
+	if (ensure_queue_plan == NULL)
+	{
+		Oid			types[2] = {TEXTOID, TEXTOID};
+
+		ensure_queue_plan = store_prepare(
+										  "INSERT INTO dlq.queues (queue, channel) VALUES ($1, $2)"
+										  " ON CONFLICT (queue) DO NOTHING",
+										  2, types);
+	}
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = CStringGetTextDatum(dlq_default_channel(queue));
+	ret = SPI_execute_plan(ensure_queue_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not create queue: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Store one message and return its id.  Arguments are already validated.
+ * Must be called as the owner, inside SPI.
+ */
+int64
+dlq_store_message(const DlqStoreArgs *args)
+{
+	Datum		values[STORE_NARGS];
+	char		nulls[STORE_NARGS];
+	SPIPlanPtr	plan;
+	bool		isnull;
+
+	if (store_plan == NULL)
+	{
+		Oid			types[STORE_NARGS] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
+			TEXTOID, JSONBOID, JSONBOID, TEXTOID, REGCLASSOID, TEXTOID};
+		const char *insert =
+			"INSERT INTO dlq.messages AS m"
+			" (queue, component, payload, error, sqlstate, error_class,"
+			"  error_detail, metadata, dedup_key, source_relation, operation,"
+			"  max_attempts, expires_at)"
+			" SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+			"  q.max_attempts, now() + q.retention"
+			" FROM dlq.queues q WHERE q.queue = $1";
+
+		store_plan = store_prepare(psprintf("%s RETURNING m.message_id", insert),
+								   STORE_NARGS, types);
+		store_dedup_plan = store_prepare(psprintf(
+												  "%s ON CONFLICT (queue, dedup_key)"
+												  " WHERE dedup_key IS NOT NULL AND status IN ('pending', 'review')"
+												  " DO UPDATE SET occurrences = m.occurrences + 1,"
+												  "  error = excluded.error, sqlstate = excluded.sqlstate,"
+												  "  error_class = excluded.error_class,"
+												  "  error_detail = excluded.error_detail,"
+												  "  last_failed_at = now()"
+												  " RETURNING m.message_id", insert),
+										  STORE_NARGS, types);
+	}
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(args->queue);
+#define SET_TEXT(i, v) \
+	do { if (v) values[i] = CStringGetTextDatum(v); else nulls[i] = 'n'; } while (0)
+#define SET_JSONB(i, v) \
+	do { if (v) values[i] = JsonbPGetDatum(v); else nulls[i] = 'n'; } while (0)
+	SET_TEXT(1, args->component);
+	values[2] = JsonbPGetDatum(args->payload);
+	values[3] = CStringGetTextDatum(args->error);
+	SET_TEXT(4, args->sqlstate);
+	values[5] = CStringGetTextDatum(dlq_error_class(args->sqlstate));
+	SET_JSONB(6, args->error_detail);
+	SET_JSONB(7, args->metadata);
+	SET_TEXT(8, args->dedup_key);
+	if (OidIsValid(args->source_relation))
+		values[9] = ObjectIdGetDatum(args->source_relation);
+	else
+		nulls[9] = 'n';
+	SET_TEXT(10, args->operation);
+#undef SET_TEXT
+#undef SET_JSONB
+
+	plan = args->dedup_key ? store_dedup_plan : store_plan;
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		int			ret = SPI_execute_plan(plan, values, nulls, false, 0);
+
+		if (ret != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not store message: %s", SPI_result_code_string(ret));
+		if (SPI_processed == 1)
+			return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+		/* First message of this queue: create it, then insert again. */
+		dlq_ensure_queue(args->queue);
+	}
+	elog(ERROR, "queue \"%s\" vanished while a message was stored", args->queue);
+	return 0;					/* keep compiler quiet */
+}
+
+PG_FUNCTION_INFO_V1(dlq_store);
+
+/*
+ * dlq_store(queue, payload, error, component, sqlstate, error_detail,
+ *			 metadata, dedup_key) returns bigint
+ */
+Datum
+dlq_store(PG_FUNCTION_ARGS)
+{
+	DlqStoreArgs args = {0};
+	DlqOwnerContext owner;
+	int64		id;
+
+	args.queue = dlq_check_name("queue name",
+								PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
+
+	dlq_check_not_null(fcinfo, 1, "payload");
+	args.payload = PG_GETARG_JSONB_P(1);
+	if (VARSIZE(args.payload) > dlq_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("payload is too large"),
+				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
+						   (int) VARSIZE(args.payload), dlq_max_payload_bytes)));
+
+	dlq_check_not_null(fcinfo, 2, "error");
+	args.error = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	if (args.error[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("error must not be empty"),
+				 errhint("Pass the message of the failure that sent this message to the DLQ.")));
+	if (strlen(args.error) > dlq_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("error text is too large"),
+				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
+						   (int) strlen(args.error), dlq_max_payload_bytes)));
+
+	args.component = dlq_check_name("component",
+									PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3), true);
+	args.sqlstate = dlq_check_sqlstate(PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4));
+	args.error_detail = PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5);
+	dlq_check_json_object("error_detail", args.error_detail);
+	args.metadata = PG_ARGISNULL(6) ? NULL : PG_GETARG_JSONB_P(6);
+	dlq_check_json_object("metadata", args.metadata);
+
+	if (!PG_ARGISNULL(7))
+	{
+		char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(7));
+
+		if (key[0] == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("dedup_key must not be empty"),
+					 errhint("Pass NULL to store the message without deduplication.")));
+		if (strlen(key) > DLQ_MAX_DEDUP_KEY_BYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("dedup_key is too long"),
+					 errdetail("It is %d bytes; the limit is %d bytes.",
+							   (int) strlen(key), DLQ_MAX_DEDUP_KEY_BYTES)));
+		args.dedup_key = key;
+	}
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	id = dlq_store_message(&args);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_INT64(id);
+}

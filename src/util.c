@@ -1,0 +1,400 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *	  Helpers every module of dlq shares: argument validation with
+ *	  deliberate SQLSTATEs, running as the extension owner with a pinned
+ *	  search_path, and writing the audit trail.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "catalog/pg_class.h"
+#include "utils/uuid.h"
+
+#include "dlq.h"
+
+/* dlq.messages and its owner, cached until a relcache invalidation. */
+static Oid	cached_messages_relid = InvalidOid;
+static Oid	cached_owner = InvalidOid;
+static bool callback_registered = false;
+
+static SPIPlanPtr audit_plan = NULL;
+
+static void
+dlq_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == cached_messages_relid)
+	{
+		cached_messages_relid = InvalidOid;
+		cached_owner = InvalidOid;
+	}
+}
+
+/*
+ * The OID of dlq.messages; raises an error when the extension is not
+ * installed in this database (the library may be loaded without it).
+ */
+Oid
+dlq_messages_relid(void)
+{
+	if (!OidIsValid(cached_messages_relid))
+	{
+		Oid			nsp = get_namespace_oid("dlq", true);
+		Oid			relid = InvalidOid;
+
+		if (OidIsValid(nsp))
+			relid = get_relname_relid("messages", nsp);
+		if (!OidIsValid(relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("extension \"dlq\" is not installed in this database"),
+					 errhint("Run CREATE EXTENSION dlq.")));
+
+		if (!callback_registered)
+		{
+			CacheRegisterRelcacheCallback(dlq_relcache_callback, (Datum) 0);
+			callback_registered = true;
+		}
+		{
+			HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+
+			if (!HeapTupleIsValid(tup))
+				elog(ERROR, "cache lookup failed for relation %u", relid);
+			cached_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+			ReleaseSysCache(tup);
+		}
+		cached_messages_relid = relid;
+	}
+	return cached_messages_relid;
+}
+
+/*
+ * Switch to the extension owner with search_path pinned to pg_catalog, as
+ * fmgr does for a SECURITY DEFINER function.  An error unwinds both with the
+ * transaction; on success the caller must call dlq_restore_caller().
+ */
+void
+dlq_become_owner(DlqOwnerContext *ctx)
+{
+	(void) dlq_messages_relid();
+
+	GetUserIdAndSecContext(&ctx->caller, &ctx->caller_sec_context);
+	SetUserIdAndSecContext(cached_owner,
+						   ctx->caller_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	ctx->guc_nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+void
+dlq_restore_caller(DlqOwnerContext *ctx)
+{
+	AtEOXact_GUC(true, ctx->guc_nest_level);
+	SetUserIdAndSecContext(ctx->caller, ctx->caller_sec_context);
+}
+
+/*
+ * Raise 22004 if argument argno is NULL.  "what" names the argument as the
+ * user wrote it.
+ */
+void
+dlq_check_not_null(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+}
+
+/*
+ * Validate a queue or component name: 1 to 63 bytes, no control
+ * characters.  Returns it as a C string, or NULL when it is NULL and that is
+ * allowed.
+ */
+char *
+dlq_check_name(const char *what, text *value, bool allow_null)
+{
+	char	   *s;
+	int			len;
+
+	if (value == NULL)
+	{
+		if (allow_null)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	}
+
+	s = text_to_cstring(value);
+	len = strlen(s);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	if (len > DLQ_MAX_NAME_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", what),
+				 errdetail("It is %d bytes; the limit is %d bytes.",
+						   len, DLQ_MAX_NAME_BYTES)));
+	for (int i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) s[i];
+
+		if (c < 0x20 || c == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must not contain control characters", what),
+					 errdetail("Byte %d is 0x%02x.", i + 1, c)));
+	}
+	return s;
+}
+
+/*
+ * Validate a SQLSTATE: five characters, each 0-9 or A-Z.  NULL passes.
+ */
+const char *
+dlq_check_sqlstate(text *value)
+{
+	char	   *s;
+
+	if (value == NULL)
+		return NULL;
+	s = text_to_cstring(value);
+	if (strlen(s) != 5 || strspn(s, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") != 5)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid SQLSTATE \"%s\"", s),
+				 errdetail("A SQLSTATE is five characters, each a digit or an upper-case ASCII letter.")));
+	return s;
+}
+
+/*
+ * transient: connection (08), transaction rollback (40), insufficient
+ * resources (53), lock not available (55P03), query canceled (57014) and
+ * system errors (58); they may succeed if retried.  Everything else,
+ * including an unknown SQLSTATE, is permanent.
+ */
+const char *
+dlq_error_class(const char *sqlstate)
+{
+	if (sqlstate == NULL)
+		return "permanent";
+	if (strncmp(sqlstate, "08", 2) == 0 ||
+		strncmp(sqlstate, "40", 2) == 0 ||
+		strncmp(sqlstate, "53", 2) == 0 ||
+		strncmp(sqlstate, "58", 2) == 0 ||
+		strcmp(sqlstate, "55P03") == 0 ||
+		strcmp(sqlstate, "57014") == 0)
+		return "transient";
+	return "permanent";
+}
+
+void
+dlq_check_json_object(const char *what, Jsonb *value)
+{
+	if (value != NULL && !JB_ROOT_IS_OBJECT(value))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a JSON object", what)));
+}
+
+/*
+ * Validate a status name; "any" only where allow_any.  Returns the name.
+ */
+const char *
+dlq_check_status(text *value, bool allow_any)
+{
+	static const char *const statuses[] =
+	{"pending", "replaying", "resolved", "review", "expired"};
+	char	   *s;
+
+	if (value == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("status must not be null")));
+	s = text_to_cstring(value);
+	for (int i = 0; i < lengthof(statuses); i++)
+		if (strcmp(s, statuses[i]) == 0)
+			return statuses[i];
+	if (allow_any && strcmp(s, "any") == 0)
+		return "any";
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid status \"%s\"", s),
+			 errhint("Use one of pending, replaying, resolved, review, expired%s.",
+					 allow_any ? " or any" : "")));
+	return NULL;				/* keep compiler quiet */
+}
+
+static int
+dlq_cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Validate an array of message ids: not NULL (the caller passes NULL for a
+ * NULL argument), one dimension, not empty, no NULL elements, at most
+ * dlq.max_ids_per_call.  Returns the ids sorted with duplicates removed, so
+ * that rows are always locked in the same order.
+ */
+int64 *
+dlq_check_id_array(ArrayType *ids, int *nids)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int64	   *result;
+	int			nunique = 0;
+
+	if (ids == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("message_ids must not be null")));
+	if (ARR_NDIM(ids) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message_ids must be a one-dimensional array")));
+	n = ArrayGetNItems(ARR_NDIM(ids), ARR_DIMS(ids));
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message_ids must not be empty")));
+	if (n > dlq_max_ids_per_call)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many message ids"),
+				 errdetail("%d ids were given; the limit is %d.", n, dlq_max_ids_per_call),
+				 errhint("Use the _all form of the function, or raise dlq.max_ids_per_call.")));
+	if (array_contains_nulls(ids))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("message_ids must not contain nulls")));
+
+	deconstruct_array(ids, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, &n);
+	result = palloc(sizeof(int64) * n);
+	for (int i = 0; i < n; i++)
+		result[i] = DatumGetInt64(elems[i]);
+	qsort(result, n, sizeof(int64), dlq_cmp_int64);
+	for (int i = 0; i < n; i++)
+		if (nunique == 0 || result[nunique - 1] != result[i])
+			result[nunique++] = result[i];
+	*nids = nunique;
+	return result;
+}
+
+/*
+ * The default NOTIFY channel of a queue: "dlq_<queue>", or, when that would
+ * pass 63 bytes, a clipped queue name with a hash of the whole name.
+ */
+char *
+dlq_default_channel(const char *queue)
+{
+	int			len = strlen(queue);
+
+	if (len + 4 <= DLQ_MAX_NAME_BYTES)
+		return psprintf("dlq_%s", queue);
+	else
+	{
+		uint32		h = hash_bytes((const unsigned char *) queue, len);
+		int			keep = pg_mbcliplen(queue, len, DLQ_MAX_NAME_BYTES - 4 - 9);
+
+		return psprintf("dlq_%.*s_%08x", keep, queue, h);
+	}
+}
+
+/* A fresh version 4 UUID, for request ids. */
+Datum
+dlq_new_request_id(void)
+{
+	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
+
+	if (!pg_strong_random(uuid->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
+	return UUIDPGetDatum(uuid);
+}
+
+/*
+ * Record one event in dlq.events.  The ids are kept only when there are at
+ * most DLQ_AUDIT_MAX_IDS of them; the count always.
+ */
+void
+dlq_audit(const char *kind, const char *actor, const char *queue,
+		  Datum request_id, bool has_request_id,
+		  int64 count, const int64 *ids, int nids, Jsonb *detail)
+{
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int			ret;
+
+	if (audit_plan == NULL)
+	{
+		Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, UUIDOID, INT8OID,
+		INT8ARRAYOID, JSONBOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("INSERT INTO dlq.events"
+						   " (actor, kind, queue, request_id, message_count, message_ids, detail)"
+						   " VALUES ($1, $2::dlq.event_kind, $3, $4, $5, $6, $7)",
+						   7, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		audit_plan = plan;
+	}
+
+	values[0] = CStringGetTextDatum(actor);
+	values[1] = CStringGetTextDatum(kind);
+	if (queue)
+		values[2] = CStringGetTextDatum(queue);
+	else
+		nulls[2] = 'n';
+	if (has_request_id)
+		values[3] = request_id;
+	else
+		nulls[3] = 'n';
+	values[4] = Int64GetDatum(count);
+	if (ids != NULL && nids > 0 && nids <= DLQ_AUDIT_MAX_IDS)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * nids);
+
+		for (int i = 0; i < nids; i++)
+			elems[i] = Int64GetDatum(ids[i]);
+		values[5] = PointerGetDatum(construct_array(elems, nids, INT8OID, 8,
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	}
+	else
+		nulls[5] = 'n';
+	if (detail)
+		values[6] = JsonbPGetDatum(detail);
+	else
+		nulls[6] = 'n';
+
+	ret = SPI_execute_plan(audit_plan, values, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not record dlq event: %s", SPI_result_code_string(ret));
+}
