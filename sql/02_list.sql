@@ -1,0 +1,109 @@
+-- dlq_list, dlq_list_page, dlq_get: keyset pages, filters, EXPLAIN, bad input.
+\set VERBOSITY default
+SELECT count(dlq_store(CASE WHEN i % 3 = 0 THEN 'l_billing' ELSE 'l_orders' END,
+                 jsonb_build_object('n', i), 'failure ' || i,
+                 component => CASE WHEN i % 2 = 0 THEN 'sink' ELSE 'ingest' END,
+                 sqlstate => CASE WHEN i % 5 = 0 THEN '23503' ELSE '23505' END))
+  FROM generate_series(1, 30) i;
+SELECT min(message_id) AS base FROM dlq.messages WHERE queue IN ('l_orders', 'l_billing') \gset
+
+-- Forward pages of 7 through one queue visit each message once, in order.
+SELECT array_agg((payload->>'n')::int ORDER BY message_id) FROM dlq_list('l_orders', batch_size => 7);
+SELECT array_agg((payload->>'n')::int ORDER BY message_id)
+  FROM dlq_list('l_orders', cursor => (SELECT max(message_id) FROM dlq_list('l_orders', batch_size => 7)), batch_size => 7);
+SELECT array_agg((payload->>'n')::int ORDER BY message_id DESC) FROM dlq_list('l_orders', batch_size => 5, newest_first => true);
+SELECT array_agg((payload->>'n')::int ORDER BY message_id DESC)
+  FROM dlq_list('l_orders', cursor => :base + 10, batch_size => 5, newest_first => true);
+
+-- Filters: component, sqlstate, status, all queues.
+SELECT array_agg((payload->>'n')::int ORDER BY message_id) FROM dlq_list('l_orders', component => 'sink', batch_size => 100);
+SELECT array_agg((payload->>'n')::int ORDER BY message_id) FROM dlq_list('l_orders', sqlstate => '23503');
+SELECT count(*) FROM dlq_list(batch_size => 1000) WHERE queue LIKE 'l\_%';
+UPDATE dlq.messages SET status = 'resolved' WHERE queue = 'l_orders' AND payload->>'n' = '1';
+SELECT count(*) FROM dlq_list(status => 'resolved') WHERE queue LIKE 'l\_%';
+SELECT count(*) FROM dlq_list(status => 'any', batch_size => 1000) WHERE queue LIKE 'l\_%';
+SELECT count(*) FROM dlq_list('l_orders', status => 'any');
+
+-- Walk a queue with dlq_list_page until has_more is false.
+CREATE TEMP TABLE walk (page int, n int[], has_more bool, next_cursor bigint);
+DO $$
+DECLARE
+    cur bigint := NULL;
+    p jsonb;
+    i int := 0;
+BEGIN
+    LOOP
+        i := i + 1;
+        p := dlq_list_page('l_orders', cur, 6);
+        INSERT INTO walk SELECT i, ARRAY(SELECT (m->'payload'->>'n')::int FROM jsonb_array_elements(p->'messages') m),
+                                (p->>'has_more')::bool, (p->>'next_cursor')::bigint;
+        EXIT WHEN NOT (p->>'has_more')::bool;
+        cur := (p->>'next_cursor')::bigint;
+    END LOOP;
+END $$;
+SELECT page, n, has_more, next_cursor IS NOT NULL AS has_cursor FROM walk ORDER BY page;
+-- has_more is exact: a page that ends exactly at the last message says false.
+SELECT (dlq_list_page('l_billing', batch_size => 10))->>'has_more' AS ten_of_ten,
+       (dlq_list_page('l_billing', batch_size => 9))->>'has_more' AS nine_of_ten;
+SELECT dlq_list_page('nosuchqueue');
+
+-- Every page is an index range scan, with no sort of the whole set.  These are
+-- the statements src/list.c prepares, checked as custom and as generic plans.
+PREPARE page_qs(text, bigint, int, text) AS SELECT m.* FROM dlq.messages m
+ WHERE true AND m.queue = $1 AND m.status = $4::dlq.status AND m.message_id > $2
+ ORDER BY m.message_id LIMIT $3 + 0;
+PREPARE page_qsc_desc(text, bigint, int, text, text) AS SELECT m.* FROM dlq.messages m
+ WHERE true AND m.queue = $1 AND m.status = $4::dlq.status AND m.component = $5 AND m.message_id < $2
+ ORDER BY m.message_id DESC LIMIT $3 + 0;
+PREPARE page_q_any(text, bigint, int) AS SELECT m.* FROM dlq.messages m
+ WHERE true AND m.queue = $1 AND m.message_id > $2 ORDER BY m.message_id LIMIT $3 + 0;
+PREPARE page_s(bigint, int, text) AS SELECT m.* FROM dlq.messages m
+ WHERE true AND m.status = $3::dlq.status AND m.message_id > $1 ORDER BY m.message_id LIMIT $2 + 0;
+CREATE FUNCTION pg_temp.index_only(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    line text;
+    plan text := '';
+BEGIN
+    FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || stmt LOOP
+        plan := plan || line || E'\n';
+    END LOOP;
+    IF plan ~ 'Index Scan' AND plan !~ '(Sort|Seq Scan|Bitmap)' THEN
+        RETURN 'index range scan';
+    END IF;
+    RETURN plan;
+END $$;
+SET plan_cache_mode = force_custom_plan;
+SELECT pg_temp.index_only($$EXECUTE page_qs('l_orders', 5, 100, 'pending')$$);
+SELECT pg_temp.index_only($$EXECUTE page_qsc_desc('l_orders', 50, 100, 'pending', 'sink')$$);
+SELECT pg_temp.index_only($$EXECUTE page_q_any('l_orders', 5, 100)$$);
+SELECT pg_temp.index_only($$EXECUTE page_s(5, 100, 'pending')$$);
+SET plan_cache_mode = force_generic_plan;
+SELECT pg_temp.index_only($$EXECUTE page_qs('l_orders', 5, 100, 'pending')$$);
+SELECT pg_temp.index_only($$EXECUTE page_qsc_desc('l_orders', 50, 100, 'pending', 'sink')$$);
+SELECT pg_temp.index_only($$EXECUTE page_q_any('l_orders', 5, 100)$$);
+SELECT pg_temp.index_only($$EXECUTE page_s(5, 100, 'pending')$$);
+-- With many other messages the same holds.
+SELECT count(dlq_store('l_noise', '{}', 'noise')) FROM generate_series(1, 2000);
+ANALYZE dlq.messages;
+SELECT pg_temp.index_only($$EXECUTE page_qs('l_orders', 5, 100, 'pending')$$);
+SELECT pg_temp.index_only($$EXECUTE page_s(5, 100, 'pending')$$);
+RESET plan_cache_mode;
+
+-- dlq_get
+SELECT payload, error FROM dlq_get(:base);
+SELECT * FROM dlq_get(-1);
+SELECT * FROM dlq_get(NULL);
+
+-- Bad input: clear errors.
+SELECT * FROM dlq_list(batch_size => 0);
+SELECT * FROM dlq_list(batch_size => 1001);
+SELECT * FROM dlq_list(batch_size => NULL);
+SELECT * FROM dlq_list(cursor => -1);
+SELECT * FROM dlq_list(status => 'done');
+SELECT * FROM dlq_list(status => NULL);
+SELECT * FROM dlq_list(queue => '');
+SELECT * FROM dlq_list(queue => repeat('x', 64));
+SELECT * FROM dlq_list(component => E'a\nb');
+SELECT * FROM dlq_list(sqlstate => 'abc');
+SELECT * FROM dlq_list(newest_first => NULL);
+SELECT dlq_list_page(batch_size => 1001);

@@ -1,0 +1,32 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.h
+ *	  The capture trigger's interface to replay: re-applying one captured
+ *	  row to its table.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef DLQ_CAPTURE_H
+#define DLQ_CAPTURE_H
+
+#include "utils/jsonb.h"
+
+typedef struct DlqReapplyResult
+{
+	bool		ok;				/* the row is in the table now */
+	char		sqlstate[6];	/* on failure: the error's SQLSTATE */
+	char	   *error;			/* on failure: its message */
+	Jsonb	   *error_detail;	/* on failure: detail, constraint, ...; or NULL */
+} DlqReapplyResult;
+
+/*
+ * Re-apply a captured row (its payload and operation) to target with the
+ * privileges of the current user; replay.c switches back to the caller
+ * before calling this.  A row that would still violate a constraint is
+ * reported in *result without raising an error; a missing privilege raises
+ * 42501.
+ */
+extern void dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
+							DlqReapplyResult *result);
+
+#endif							/* DLQ_CAPTURE_H */
