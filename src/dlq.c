@@ -12,9 +12,11 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "dlq.h"
+#include "shmem.h"
 
 PG_MODULE_MAGIC;
 
@@ -30,4 +32,10 @@ _PG_init(void)
 #else
 	EmitWarningsOnPlaceholders("dlq");
 #endif
+
+	/* Without preloading every SQL function works; only the worker is absent. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	dlq_shmem_request();
 }
