@@ -84,9 +84,10 @@ dlq_store_message(const DlqStoreArgs *args)
 			"INSERT INTO dlq.messages AS m"
 			" (queue, component, payload, error, sqlstate, error_class,"
 			"  error_detail, metadata, dedup_key, source_relation, operation,"
-			"  max_attempts, expires_at)"
+			"  max_attempts, expires_at, next_retry_at)"
 			" SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
-			"  q.max_attempts, now() + q.retention"
+			"  q.max_attempts, now() + q.retention,"
+			"  CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END"
 			" FROM dlq.queues q WHERE q.queue = $1";
 
 		store_plan = store_prepare(psprintf("%s RETURNING m.message_id", insert),

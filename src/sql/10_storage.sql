@@ -112,6 +112,24 @@ CREATE INDEX events_at ON dlq.events (at);
 CREATE INDEX events_queue_at ON dlq.events (queue, at);
 CREATE INDEX events_message_ids ON dlq.events USING gin (message_ids);
 
+/*
+ * Delay before automatic retry number n (n >= 1) of a message of an
+ * auto_retry queue: retry_base * retry_factor^(n-1), with +-10% jitter so
+ * that messages that failed together do not retry together, capped at
+ * retry_max.  Used by dlq_store, replay failures and the worker.
+ */
+CREATE FUNCTION dlq.retry_delay(q dlq.queues, n integer, jitter double precision DEFAULT random())
+RETURNS interval
+LANGUAGE sql VOLATILE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT least(q.retry_max,
+                 q.retry_base * power(q.retry_factor, greatest(n - 1, 0))::float8
+                              * (0.9 + 0.2 * jitter))
+$$;
+COMMENT ON FUNCTION dlq.retry_delay(dlq.queues, integer, double precision) IS
+    'backoff before retry n of an auto_retry queue: retry_base * retry_factor^(n-1), +-10% jitter, capped at retry_max';
+
 SELECT pg_catalog.pg_extension_config_dump('dlq.queues', '');
 SELECT pg_catalog.pg_extension_config_dump('dlq.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('dlq.events', '');
