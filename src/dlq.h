@@ -92,4 +92,23 @@ typedef struct DlqStoreArgs
 extern int64 dlq_store_message(const DlqStoreArgs *args);
 extern void dlq_ensure_queue(const char *queue);
 
+/*
+ * etl_status (status.c): thresholds of the health rules, and test-only
+ * overrides of "now" and of the worker state (guc.c).
+ */
+typedef enum DlqStatusWorker
+{
+	DLQ_STATUS_WORKER_AUTO,
+	DLQ_STATUS_WORKER_RUNNING,
+	DLQ_STATUS_WORKER_STOPPED,
+	DLQ_STATUS_WORKER_NOT_PRELOADED,
+	DLQ_STATUS_WORKER_STANDBY
+} DlqStatusWorker;
+
+extern int	dlq_status_threshold;
+extern int	dlq_stale_after;
+extern int	dlq_syncing_window;
+extern char *dlq_status_now;
+extern int	dlq_status_worker;
+
 #endif							/* DLQ_H */
