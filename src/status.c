@@ -46,6 +46,7 @@
 #include "storage/backendid.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -401,7 +402,7 @@ apply_rules(StatusRow *row, const WorkerState *w, TimestampTz now)
 			row->reason = psprintf("lag " INT64_FORMAT " exceeds dlq.status_threshold (%d) with no %s within dlq.syncing_window",
 								   lag, dlq_status_threshold, activity);
 		else
-			row->reason = psprintf("oldest pending message is older than dlq.stale_after (%s) with no %s within dlq.syncing_window",
+			row->reason = psprintf("oldest pending message is %s old, more than dlq.stale_after, with no %s within dlq.syncing_window",
 								   interval_text(row->oldest, now), activity);
 	}
 	else if (lag > 0 && active)
@@ -413,7 +414,7 @@ apply_rules(StatusRow *row, const WorkerState *w, TimestampTz now)
 	else
 	{
 		row->health = HEALTH_LIVE;
-		if (!row->has_lag)
+		if (row->is_stage && !row->has_source_max)
 			row->reason = pstrdup("source is empty");
 		else if (lag == 0)
 			row->reason = pstrdup("no lag");
@@ -482,6 +483,14 @@ prepare_status_plans(void)
 								 1, types);
 }
 
+/* May the current user read this column (table or column privilege)? */
+static bool
+can_select_column(Oid relid, AttrNumber attnum)
+{
+	return pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck(relid, attnum, GetUserId(), ACL_SELECT) == ACLCHECK_OK;
+}
+
 static bool
 get_col(HeapTuple tup, TupleDesc desc, int col, Datum *value)
 {
@@ -503,7 +512,6 @@ stage_source_range(Oid relid, const char *column, bool want_min,
 {
 	char	   *relname = get_rel_name(relid);
 	AttrNumber	attnum;
-	AclResult	aclresult;
 	char	   *sql;
 	Datum		value;
 
@@ -518,8 +526,7 @@ stage_source_range(Oid relid, const char *column, bool want_min,
 		*problem = psprintf("key column \"%s\" of %s no longer exists", column, relname);
 		return false;
 	}
-	aclresult = pg_attribute_aclcheck(relid, attnum, GetUserId(), ACL_SELECT);
-	if (aclresult != ACLCHECK_OK)
+	if (!can_select_column(relid, attnum))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to read the key column \"%s\" of %s", column, relname),
@@ -661,11 +668,11 @@ collect_status(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
 			else
 			{
 				/* An empty source has no lag; an unset watermark is before min. */
+				r->has_lag = true;
 				if (r->has_source_max)
 				{
 					int64		from = r->has_watermark ? r->watermark : min - 1;
 
-					r->has_lag = true;
 					r->lag = r->source_max > from ? r->source_max - from : 0;
 				}
 				apply_rules(r, w, *now);
@@ -756,7 +763,14 @@ json_ts(StringInfo buf, const char *key, bool has, TimestampTz ts)
 {
 	json_key(buf, key);
 	if (has)
-		escape_json(buf, timestamptz_to_str(ts));
+	{
+		char		iso[MAXDATELEN + 1];
+
+		appendStringInfoChar(buf, '"');
+		appendStringInfoString(buf, JsonEncodeDateTime(iso, TimestampTzGetDatum(ts),
+													   TIMESTAMPTZOID, NULL));
+		appendStringInfoChar(buf, '"');
+	}
 	else
 		appendStringInfoString(buf, "null");
 	appendStringInfoChar(buf, ',');
@@ -988,7 +1002,7 @@ etl_register_stage(PG_FUNCTION_ARGS)
 				 errmsg("key column \"%s\" must be of type smallint, integer or bigint",
 						column),
 				 errdetail("It is of type %s.", format_type_be(atttype))));
-	if (pg_attribute_aclcheck(relid, attnum, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+	if (!can_select_column(relid, attnum))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for column \"%s\" of relation \"%s\"",

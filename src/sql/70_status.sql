@@ -78,8 +78,8 @@ COMMENT ON TABLE dlq.stages IS
     'pipeline stages registered with etl_register_stage and their watermarks (etl_watermark)';
 SELECT pg_catalog.pg_extension_config_dump('dlq.stages', '');
 
+/* Read through etl_status (as the owner); nobody else needs them. */
 REVOKE ALL ON dlq.counts, dlq.stages FROM PUBLIC;
-GRANT SELECT ON dlq.counts, dlq.stages TO dlq_reader;
 
 CREATE FUNCTION @extschema@.etl_status(queue text DEFAULT NULL)
 RETURNS TABLE (
@@ -166,7 +166,7 @@ SELECT f.metric, NULL, s.name, NULL, f.value
         ('dlq_stage_health',
          array_position(ARRAY['live', 'syncing', 'stale', 'error'], s.health)::float8 - 1))
         AS f(metric, value)
- WHERE s.kind = 'stage'
+ WHERE s.kind = 'stage' AND f.value IS NOT NULL
 UNION ALL
 SELECT f.metric, NULL, NULL, NULL, f.value
   FROM dlq.worker_status() w
