@@ -61,8 +61,9 @@ is($standby->safe_psql('postgres', q{
     'over the threshold without replay activity: stale, not error, on a standby');
 is($primary->safe_psql('postgres', q{
     SET dlq.status_threshold = 10;
+    SET dlq.status_worker = 'stopped';
     SELECT string_agg(DISTINCT health, ',') FROM etl_status() WHERE name IN ('sb_0', 'sb_1', 'sb_2')}), 'error',
-    'the same on the primary without a worker: error');
+    'the same on the primary with its worker stopped: error');
 is($standby->safe_psql('postgres', q{SELECT etl_status_json()->'worker'->>'state'}), 'standby',
     'etl_status_json answers on the standby');
 is($standby->safe_psql('postgres', q{
