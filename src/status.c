@@ -125,6 +125,17 @@ status_prepare(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
+static SPIPlanPtr
+status_prepare_generic(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
 /* ------------------------------------------------------------------------
  * dlq.counts
  * ------------------------------------------------------------------------
@@ -429,6 +440,15 @@ apply_rules(StatusRow *row, const WorkerState *w, TimestampTz now)
  * ------------------------------------------------------------------------
  */
 
+/*
+ * The oldest pending message is the first entry of messages_queue_status_id
+ * for (queue, 'pending').  It is asked for as "status <= 'pending' ORDER BY
+ * status, message_id" ('pending' is the first label of dlq.status) because
+ * with "status = 'pending' ORDER BY message_id" the planner may walk
+ * messages_pkey instead, and skip every message of every other queue: seconds
+ * for a small queue behind a million older messages.  The plan is generic
+ * from the first call: planning it per call would cost more than running it.
+ */
 static void
 prepare_status_plans(void)
 {
@@ -437,7 +457,7 @@ prepare_status_plans(void)
 	if (queues_plan != NULL)
 		return;
 
-	queues_plan = status_prepare(
+	queues_plan = status_prepare_generic(
 								 "SELECT q.queue, q.paused,"
 								 "  coalesce(c.pending, 0), coalesce(c.replaying, 0), coalesce(c.review, 0),"
 								 "  coalesce(c.resolved, 0), coalesce(c.expired, 0), c.last_failed_at,"
@@ -453,8 +473,8 @@ prepare_status_plans(void)
 								 "  FROM dlq.counts c WHERE c.queue = q.queue) c ON true"
 								 " LEFT JOIN LATERAL ("
 								 "  SELECT m.stored_at FROM dlq.messages m"
-								 "  WHERE m.queue = q.queue AND m.status = 'pending'"
-								 "  ORDER BY m.message_id LIMIT 1) o ON true"
+								 "  WHERE m.queue = q.queue AND m.status <= 'pending'"
+								 "  ORDER BY m.status, m.message_id LIMIT 1) o ON true"
 								 " LEFT JOIN LATERAL ("
 								 "  SELECT ev.at FROM dlq.events ev WHERE ev.queue = q.queue"
 								 "  AND ev.kind IN ('replay_requested', 'replayed', 'replay_failed', 'acked',"
