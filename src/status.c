@@ -19,10 +19,12 @@
  *
  *	  Counts come from dlq.counts, never from counting messages: the trigger
  *	  below adds each statement's changes to one row per (queue, state,
- *	  shard), the shard being the writer's backend id modulo 16, so that
- *	  concurrent writers do not queue up behind one hot row.  etl_status then
- *	  reads at most 80 small rows per queue and a few index probes, and
- *	  writes nothing, so it also runs on a hot standby.
+ *	  shard), the shard being the writer's backend id modulo 64, so that
+ *	  concurrent writers do not queue up behind one hot row (backend ids are
+ *	  handed out lowest first, so up to 64 concurrent writers never share
+ *	  one).  etl_status then reads one small row per state and writing
+ *	  backend of each queue and a few index probes, and writes nothing, so it
+ *	  also runs on a hot standby.
  *
  *-------------------------------------------------------------------------
  */
@@ -58,7 +60,7 @@
 #include "dlq.h"
 #include "shmem.h"
 
-#define COUNT_SHARDS 16
+#define COUNT_SHARDS 64
 
 typedef enum DlqHealth
 {

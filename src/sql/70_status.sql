@@ -4,7 +4,7 @@
  * Message counts per queue and state are kept in dlq.counts by statement
  * triggers on dlq.messages, so that etl_status never counts index entries.
  * Each writing backend adds its deltas to its own shard row (its backend
- * id modulo 16), so concurrent writers do not wait for each other; a
+ * id modulo 64), so concurrent writers do not wait for each other; a
  * queue's count is the sum over its shards (a shard may go negative).
  */
 
