@@ -111,6 +111,7 @@ static const char *const count_names[] = {"pending", "replaying", "review", "res
 static SPIPlanPtr queues_plan = NULL;
 static SPIPlanPtr stages_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
+static SPIPlanPtr count_insert_plan = NULL;
 static Oid	count_plan_status_type = InvalidOid;
 static SPIPlanPtr truncate_plan = NULL;
 static SPIPlanPtr register_plan = NULL;
@@ -277,15 +278,24 @@ dlq_count_messages(PG_FUNCTION_ARGS)
 		Oid			types[5] = {TEXTOID, status_type, INT2OID, INT8OID, TIMESTAMPTZOID};
 
 		if (count_plan != NULL)
+		{
 			SPI_freeplan(count_plan);
-		count_plan = NULL;
+			SPI_freeplan(count_insert_plan);
+		}
+		count_plan = count_insert_plan = NULL;
+		/* The shard's row exists but for a writer's first change: update it. */
 		count_plan = status_prepare(
-									"INSERT INTO dlq.counts AS c (queue, status, shard, n, last_failed_at)"
-									" VALUES ($1, $2, $3, $4, $5)"
-									" ON CONFLICT (queue, status, shard) DO UPDATE"
-									" SET n = c.n OPERATOR(pg_catalog.+) excluded.n,"
-									"  last_failed_at = GREATEST(c.last_failed_at, excluded.last_failed_at)",
+									"UPDATE dlq.counts c SET n = c.n OPERATOR(pg_catalog.+) $4,"
+									"  last_failed_at = GREATEST(c.last_failed_at, $5)"
+									" WHERE c.queue = $1 AND c.status = $2 AND c.shard = $3",
 									5, types);
+		count_insert_plan = status_prepare(
+										   "INSERT INTO dlq.counts AS c (queue, status, shard, n, last_failed_at)"
+										   " VALUES ($1, $2, $3, $4, $5)"
+										   " ON CONFLICT (queue, status, shard) DO UPDATE"
+										   " SET n = c.n OPERATOR(pg_catalog.+) excluded.n,"
+										   "  last_failed_at = GREATEST(c.last_failed_at, excluded.last_failed_at)",
+										   5, types);
 		count_plan_status_type = status_type;
 	}
 
@@ -307,7 +317,10 @@ dlq_count_messages(PG_FUNCTION_ARGS)
 			values[4] = TimestampTzGetDatum(d->new_last);
 		else
 			nulls[4] = 'n';
-		if (SPI_execute_plan(count_plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(count_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update dlq.counts");
+		if (SPI_processed == 0 &&
+			SPI_execute_plan(count_insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not update dlq.counts");
 	}
 	SPI_finish();
@@ -717,6 +730,30 @@ collect_status(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
  * ------------------------------------------------------------------------
  */
 
+#if PG_VERSION_NUM < 150000
+/* PostgreSQL 15's helper for a materialized set-returning function. */
+static void
+InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext old;
+	TupleDesc	desc;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tuplestore_begin_heap(true, false, work_mem);
+	rsinfo->setDesc = CreateTupleDescCopy(desc);
+	MemoryContextSwitchTo(old);
+}
+#endif
+
 PG_FUNCTION_INFO_V1(etl_status);
 
 /* etl_status(queue text DEFAULT NULL) returns table (...) */
@@ -1039,7 +1076,8 @@ etl_register_stage(PG_FUNCTION_ARGS)
 						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 													RelationGetRelationName(rel)),
 						 quote_identifier(column))));
-	relation_close(rel, AccessShareLock);
+	/* Keep the lock: the source cannot be dropped before we commit. */
+	relation_close(rel, NoLock);
 
 	dlq_become_owner(&owner);
 	SPI_connect();

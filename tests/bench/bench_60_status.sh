@@ -36,7 +36,7 @@ load_start=$(date +%s.%N)
 load_s=$(calc "$(date +%s.%N) - $load_start")
 # A small queue whose messages all come after the million: its oldest
 # pending message must be found through its own index range.
-"${PSQL[@]}" -c "SELECT count(dlq_store('bench_status_late', '{}', 'late failure')) FROM generate_series(1, 10)"
+"${PSQL[@]}" -c "SELECT count(dlq_store('bench_status_late', '{}', 'late failure')) FROM generate_series(1, 10)" > /dev/null
 "${PSQL[@]}" -c "VACUUM ANALYZE dlq.messages" -c "VACUUM ANALYZE dlq.counts"
 
 pending=$("${PSQL[@]}" -tAc "SELECT sum(pending) FROM etl_status() WHERE name LIKE 'bench\_status\_%'")
