@@ -57,6 +57,35 @@ ROLLBACK TO s;
 COMMIT;
 SELECT name, pending, replaying, review, resolved, expired, lag FROM st WHERE name = 'st_count';
 SELECT * FROM st_count_mismatch;
+-- Nested savepoints: released ones count, rolled back ones do not.
+BEGIN;
+SAVEPOINT a;
+SELECT count(dlq_store('st_count', '{}', 'in a')) FROM generate_series(1, 2);
+SAVEPOINT b;
+SELECT dlq_store('st_count', '{}', 'in b') > 0 AS stored;
+RELEASE b;
+SAVEPOINT c;
+SELECT count(dlq_store('st_count', '{}', 'in c')) FROM generate_series(1, 5);
+SAVEPOINT d;
+SELECT dlq_store('st_count', '{}', 'in d') > 0 AS stored;
+RELEASE d;
+ROLLBACK TO c;
+RELEASE a;
+COMMIT;
+-- An exception block is a subtransaction too.
+DO $$
+BEGIN
+    PERFORM dlq_store('st_count', '{}', 'outside the block');
+    BEGIN
+        PERFORM dlq_store('st_count', '{}', 'inside the block');
+        RAISE EXCEPTION 'undo the block';
+    EXCEPTION WHEN raise_exception THEN
+        NULL;
+    END;
+END
+$$;
+SELECT name, pending, lag FROM st WHERE name = 'st_count';
+SELECT * FROM st_count_mismatch;
 -- Deletes, and a statement touching several queues.
 SELECT dlq_store('st_count2', '{}', 'other queue') > 0 AS stored;
 DELETE FROM dlq.messages WHERE queue IN ('st_count', 'st_count2') AND status IN ('resolved', 'expired', 'pending')
