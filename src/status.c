@@ -285,16 +285,23 @@ count_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
 static void
 counts_flush(void)
 {
-	DlqOwnerContext owner;
 	int			n = 0;
 	Oid			nsp = get_namespace_oid("dlq", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("counts", nsp) : InvalidOid;
+	HeapTuple	tup;
+	Oid			owner;
+	Oid			caller;
+	int			caller_sec_context;
 
 	/* The extension was dropped in this transaction: nothing to count. */
-	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("counts", nsp)))
+	if (!OidIsValid(relid) ||
+		!HeapTupleIsValid(tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid))))
 	{
 		npending_counts = 0;
 		return;
 	}
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
 
 	/* Fold the levels: every subtransaction has committed by now. */
 	for (int i = 0; i < npending_counts; i++)
@@ -315,8 +322,14 @@ counts_flush(void)
 	}
 	npending_counts = n;
 
+	/*
+	 * As the owner of dlq.counts.  Every name and operator below is
+	 * schema-qualified, so the search_path need not be pinned (which would
+	 * cost more than the update itself).
+	 */
 	PushActiveSnapshot(GetTransactionSnapshot());
-	dlq_become_owner(&owner);
+	GetUserIdAndSecContext(&caller, &caller_sec_context);
+	SetUserIdAndSecContext(owner, caller_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	SPI_connect();
 	if (count_plan == NULL || count_plan_status_type != pending_status_type)
 	{
@@ -372,7 +385,7 @@ counts_flush(void)
 	}
 	npending_counts = 0;
 	SPI_finish();
-	dlq_restore_caller(&owner);
+	SetUserIdAndSecContext(caller, caller_sec_context);
 	PopActiveSnapshot();
 }
 
