@@ -91,19 +91,19 @@ RESET plan_cache_mode;
 
 -- dlq_get
 SELECT payload, error FROM dlq_get(:base);
-SELECT * FROM dlq_get(-1);
-SELECT * FROM dlq_get(NULL);
+SELECT dlq_test.err($$SELECT * FROM dlq_get(-1)$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_get(NULL)$$);
 
 -- Bad input: clear errors.
-SELECT * FROM dlq_list(batch_size => 0);
-SELECT * FROM dlq_list(batch_size => 1001);
-SELECT * FROM dlq_list(batch_size => NULL);
-SELECT * FROM dlq_list(cursor => -1);
-SELECT * FROM dlq_list(status => 'done');
-SELECT * FROM dlq_list(status => NULL);
-SELECT * FROM dlq_list(queue => '');
-SELECT * FROM dlq_list(queue => repeat('x', 64));
-SELECT * FROM dlq_list(component => E'a\nb');
-SELECT * FROM dlq_list(sqlstate => 'abc');
-SELECT * FROM dlq_list(newest_first => NULL);
-SELECT dlq_list_page(batch_size => 1001);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(batch_size => 0)$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(batch_size => 1001)$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(batch_size => NULL)$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(cursor => -1)$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(status => 'done')$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(status => NULL)$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(queue => '')$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(queue => repeat('x', 64))$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(component => E'a\nb')$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(sqlstate => 'abc')$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list(newest_first => NULL)$$);
+SELECT dlq_test.err($$SELECT dlq_list_page(batch_size => 1001)$$);
