@@ -101,6 +101,18 @@ attach_intake_name(Oid relid)
 	return psprintf("%s_intake", relname);
 }
 
+/* Is relid attached in isolate mode (its intake view with our trigger)? */
+static bool
+attach_has_intake(Oid relid)
+{
+	Oid			viewid;
+
+	if (strlen(get_rel_name(relid)) + strlen("_intake") >= NAMEDATALEN)
+		return false;
+	viewid = get_relname_relid(attach_intake_name(relid), get_rel_namespace(relid));
+	return OidIsValid(viewid) && attach_has_trigger(viewid, INTAKE_TRIGGER_NAME);
+}
+
 static void
 attach_audit(const char *actor, const char *queue, const char *what, Oid relid,
 			 const char *mode)
@@ -160,7 +172,8 @@ dlq_attach(PG_FUNCTION_ARGS)
 	qualified = quote_qualified_identifier(nspname, get_rel_name(relid));
 
 	SPI_connect();
-	if (attach_has_trigger(relid, CAPTURE_TRIGGER_NAME))
+	if (attach_has_trigger(relid, CAPTURE_TRIGGER_NAME) ||
+		attach_has_intake(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("table \"%s\" is already attached to the DLQ", get_rel_name(relid)),
