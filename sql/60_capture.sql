@@ -129,6 +129,7 @@ CREATE TABLE cap_bad (id int);
 CREATE TRIGGER t AFTER INSERT ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture('q');
 SELECT cap_try('INSERT INTO cap_bad VALUES (1)');
 DROP TRIGGER t ON cap_bad;
+INSERT INTO cap_bad VALUES (1);
 CREATE TRIGGER t BEFORE DELETE ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture('q');
 SELECT cap_try('DELETE FROM cap_bad');
 DROP TRIGGER t ON cap_bad;
