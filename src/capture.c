@@ -77,19 +77,8 @@
 #define DLQ_LXID (MyProc->lxid)
 #endif
 
-#if PG_VERSION_NUM >= 160000
-#define dlq_rel_ownercheck(relid, roleid) \
-	object_ownercheck(RelationRelationId, (relid), (roleid))
-#else
-#define dlq_rel_ownercheck(relid, roleid) pg_class_ownercheck((relid), (roleid))
-#endif
-
 /* Longest value shown in a "Failing row contains" detail, as execMain.c. */
 #define CAPTURE_MAX_FIELD_LEN 64
-
-/* Name of the trigger dlq_attach creates: last among BEFORE triggers. */
-#define CAPTURE_TRIGGER_NAME "zzz_dlq_capture"
-#define INTAKE_TRIGGER_NAME "dlq_intake"
 
 /* One foreign key of a relation, with its prepared probe. */
 typedef struct CaptureFk
@@ -717,34 +706,39 @@ capture_validate(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
 	return true;
 }
 
-/* error_detail of a violation: {detail, schema, table, column, constraint}. */
+/*
+ * error_detail of a failure: {detail, schema, table, column, constraint}
+ * and, when given, datatype; the fields PostgreSQL attaches to the error.
+ */
 static Jsonb *
-capture_error_detail(Relation rel, const CaptureViolation *v)
+capture_detail_json(const char *detail, const char *schema, const char *table,
+					const char *column, const char *constraint,
+					bool with_datatype, const char *datatype)
 {
+	const char *names[6] = {"detail", "schema", "table", "column", "constraint", "datatype"};
+	const char *values[6] = {detail, schema, table, column, constraint, datatype};
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"detail\": ");
-	if (v->detail)
-		escape_json(&buf, v->detail);
-	else
-		appendStringInfoString(&buf, "null");
-	appendStringInfoString(&buf, ", \"schema\": ");
-	escape_json(&buf, get_namespace_name(RelationGetNamespace(rel)));
-	appendStringInfoString(&buf, ", \"table\": ");
-	escape_json(&buf, RelationGetRelationName(rel));
-	appendStringInfoString(&buf, ", \"column\": ");
-	if (v->column)
-		escape_json(&buf, v->column);
-	else
-		appendStringInfoString(&buf, "null");
-	appendStringInfoString(&buf, ", \"constraint\": ");
-	if (v->constraint)
-		escape_json(&buf, v->constraint);
-	else
-		appendStringInfoString(&buf, "null");
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < (with_datatype ? 6 : 5); i++)
+	{
+		appendStringInfo(&buf, "%s\"%s\": ", i > 0 ? ", " : "", names[i]);
+		if (values[i])
+			escape_json(&buf, values[i]);
+		else
+			appendStringInfoString(&buf, "null");
+	}
 	appendStringInfoChar(&buf, '}');
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+static Jsonb *
+capture_error_detail(Relation rel, const CaptureViolation *v)
+{
+	return capture_detail_json(v->detail, get_namespace_name(RelationGetNamespace(rel)),
+							   RelationGetRelationName(rel), v->column, v->constraint,
+							   false, NULL);
 }
 
 /* A composite datum as jsonb, through row_to_json (no type resolution needed). */
@@ -991,34 +985,17 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 
 	if (edata != NULL)
 	{
-		StringInfoData buf;
-
 		/* Query cancel and the like are not the row's fault. */
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 			ReThrowError(edata);
 
-		initStringInfo(&buf);
-		appendStringInfoString(&buf, "{\"detail\": ");
-#define CAPTURE_JSON_FIELD(val) \
-	do { if (val) escape_json(&buf, (val)); else appendStringInfoString(&buf, "null"); } while (0)
-		CAPTURE_JSON_FIELD(edata->detail);
-		appendStringInfoString(&buf, ", \"schema\": ");
-		CAPTURE_JSON_FIELD(edata->schema_name);
-		appendStringInfoString(&buf, ", \"table\": ");
-		CAPTURE_JSON_FIELD(edata->table_name);
-		appendStringInfoString(&buf, ", \"column\": ");
-		CAPTURE_JSON_FIELD(edata->column_name);
-		appendStringInfoString(&buf, ", \"constraint\": ");
-		CAPTURE_JSON_FIELD(edata->constraint_name);
-		appendStringInfoString(&buf, ", \"datatype\": ");
-		CAPTURE_JSON_FIELD(edata->datatype_name);
-#undef CAPTURE_JSON_FIELD
-		appendStringInfoChar(&buf, '}');
-
 		capture_store(queue, component, payload, edata->message,
 					  unpack_sql_state(edata->sqlerrcode),
-					  DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data))),
+					  capture_detail_json(edata->detail, edata->schema_name,
+										  edata->table_name, edata->column_name,
+										  edata->constraint_name, true,
+										  edata->datatype_name),
 					  target, "INSERT");
 		FreeErrorData(edata);
 	}
