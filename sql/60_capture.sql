@@ -124,6 +124,32 @@ CREATE TRIGGER t BEFORE INSERT ON cap_manual FOR EACH ROW EXECUTE FUNCTION dlq_c
 INSERT INTO cap_manual VALUES (1), (1);
 SELECT component, error FROM dlq.messages WHERE queue = 'cap_manual_q';
 
+-- Diverted rows are stored at the end of the statement (the AFTER STATEMENT
+-- trigger dlq_attach adds) or, without it, at commit; a rolled-back
+-- transaction or savepoint takes its diverted rows with it.
+DELETE FROM dlq.messages WHERE queue = 'cap_manual_q';
+BEGIN;
+INSERT INTO cap_manual VALUES (1);
+SELECT count(*) AS before_commit FROM dlq.messages WHERE queue = 'cap_manual_q';
+SAVEPOINT s1;
+INSERT INTO cap_manual VALUES (2), (2);
+ROLLBACK TO s1;
+SAVEPOINT s2;
+INSERT INTO cap_manual VALUES (3), (3);
+RELEASE s2;
+COMMIT;
+SELECT payload->>'id' AS id FROM dlq.messages WHERE queue = 'cap_manual_q' ORDER BY message_id;
+BEGIN;
+INSERT INTO cap_manual VALUES (1);
+ROLLBACK;
+SELECT count(*) AS after_rollback FROM dlq.messages WHERE queue = 'cap_manual_q';
+-- With dlq_attach the statement's rows are visible to the next statement.
+BEGIN;
+INSERT INTO cap_orders VALUES (1, 'zz', 1, 1, 'in a transaction');
+SELECT payload->>'note' AS note FROM dlq.messages WHERE queue = 'cap_q' AND payload->>'note' = 'in a transaction';
+ROLLBACK;
+SELECT count(*) FROM dlq.messages WHERE payload->>'note' = 'in a transaction';
+
 -- Bad use of the trigger functions: clear errors.
 CREATE TABLE cap_bad (id int);
 CREATE TRIGGER t AFTER INSERT ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture('q');

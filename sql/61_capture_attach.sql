@@ -15,7 +15,7 @@ CREATE TABLE att_t (id int PRIMARY KEY, v int CHECK (v > 0), d date, j jsonb);
 
 -- Default queue is the table name; a second attach is refused.
 SELECT dlq_attach('att_t');
-SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'att_t'::regclass;
+SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'att_t'::regclass ORDER BY tgname;
 SELECT queue, replay_target, channel FROM dlq.queues WHERE queue = 'att_t';
 SELECT att_try($$SELECT dlq_attach('att_t')$$);
 SELECT att_try($$SELECT dlq_attach('att_t', 'other', 'isolate')$$);
@@ -114,7 +114,7 @@ SELECT att_try($$SELECT dlq_attach('att_t2', 'att_plain_q')$$);
 RESET ROLE;
 SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'att_t2'::regclass;
 SELECT queue, error FROM dlq.messages WHERE queue = 'att_mine_q' ORDER BY message_id;
-SELECT tgname FROM pg_trigger WHERE tgrelid = 'att_mine'::regclass;
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'att_mine'::regclass ORDER BY tgname;
 SET ROLE att_owner;
 SELECT dlq_detach('att_mine');
 RESET ROLE;

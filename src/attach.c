@@ -36,6 +36,7 @@
 #endif
 
 #define CAPTURE_TRIGGER_NAME "zzz_dlq_capture"
+#define FLUSH_TRIGGER_NAME "zzz_dlq_capture_flush"
 #define INTAKE_TRIGGER_NAME "dlq_intake"
 
 /* Check that target is a table the caller owns; returns its relkind. */
@@ -228,11 +229,19 @@ dlq_attach(PG_FUNCTION_ARGS)
 		dlq_become_owner(&owner);
 
 	if (strcmp(mode, "validate") == 0)
+	{
 		attach_exec(psprintf("CREATE TRIGGER %s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW"
 							 " EXECUTE FUNCTION %s.dlq_capture(%s)",
 							 CAPTURE_TRIGGER_NAME, qualified, quote_identifier(schema),
 							 quote_literal_cstr(queue)),
 					SPI_OK_UTILITY);
+		/* Stores the statement's diverted rows in one go; see capture.c. */
+		attach_exec(psprintf("CREATE TRIGGER %s AFTER INSERT OR UPDATE ON %s FOR EACH STATEMENT"
+							 " EXECUTE FUNCTION %s.dlq_capture(%s)",
+							 FLUSH_TRIGGER_NAME, qualified, quote_identifier(schema),
+							 quote_literal_cstr(queue)),
+					SPI_OK_UTILITY);
+	}
 
 	dlq_ensure_queue(queue);
 	values[0] = ObjectIdGetDatum(relid);
@@ -287,6 +296,9 @@ dlq_detach(PG_FUNCTION_ARGS)
 	if (attach_has_trigger(relid, CAPTURE_TRIGGER_NAME))
 	{
 		attach_exec(psprintf("DROP TRIGGER %s ON %s", CAPTURE_TRIGGER_NAME,
+							 quote_qualified_identifier(nspname, get_rel_name(relid))),
+					SPI_OK_UTILITY);
+		attach_exec(psprintf("DROP TRIGGER IF EXISTS %s ON %s", FLUSH_TRIGGER_NAME,
 							 quote_qualified_identifier(nspname, get_rel_name(relid))),
 					SPI_OK_UTILITY);
 		found = true;

@@ -66,6 +66,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "capture.h"
@@ -751,6 +752,19 @@ capture_row_to_jsonb(Datum composite)
 											  CStringGetDatum(text_to_cstring(DatumGetTextPP(json)))));
 }
 
+/* A row too large for a message raises the error instead of vanishing. */
+static void
+capture_check_size(Jsonb *payload, const char *error)
+{
+	if (VARSIZE(payload) > dlq_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("captured row is too large for the DLQ"),
+				 errdetail("It is %d bytes as jsonb; dlq.max_payload_bytes is %d.",
+						   (int) VARSIZE(payload), dlq_max_payload_bytes),
+				 errhint("The row was not inserted: %s", error)));
+}
+
 /* Store one diverted row as the extension owner. */
 static void
 capture_store(const char *queue, const char *component, Jsonb *payload,
@@ -769,13 +783,7 @@ capture_store(const char *queue, const char *component, Jsonb *payload,
 	args.source_relation = source_relation;
 	args.operation = operation;
 
-	if (VARSIZE(payload) > dlq_max_payload_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("captured row is too large for the DLQ"),
-				 errdetail("It is %d bytes as jsonb; dlq.max_payload_bytes is %d.",
-						   (int) VARSIZE(payload), dlq_max_payload_bytes),
-				 errhint("The row was not inserted: %s", error)));
+	capture_check_size(payload, error);
 
 	dlq_become_owner(&owner);
 	SPI_connect();
@@ -802,6 +810,199 @@ capture_trigger_args(Trigger *trigger, int first, const char **queue,
 		NULL;
 }
 
+/*
+ * Diverted rows of the row trigger are buffered and stored many at a time:
+ * one multi-row INSERT per CAPTURE_BATCH rows, at the end of the statement
+ * (the AFTER STATEMENT trigger dlq_attach creates) and, for anything left,
+ * just before commit.  Rows buffered in a subtransaction that aborts are
+ * dropped with it, as their INSERT would have been.
+ */
+#define CAPTURE_BATCH 1000
+
+typedef struct CaptureBuffered
+{
+	char	   *queue;
+	char	   *component;
+	Jsonb	   *payload;
+	char	   *error;
+	char		sqlstate[6];
+	Jsonb	   *error_detail;
+	Oid			source_relation;
+	const char *operation;
+	SubTransactionId subid;
+} CaptureBuffered;
+
+static CaptureBuffered *capture_buffer = NULL;
+static int	capture_nbuffered = 0;
+static bool capture_callbacks_registered = false;
+static SPIPlanPtr capture_batch_plan = NULL;
+
+#define CAPTURE_BATCH_NARGS 9
+
+/* Store the buffered rows.  Runs as the owner; starts its own SPI. */
+static void
+capture_flush(void)
+{
+	Datum		values[CAPTURE_BATCH_NARGS];
+	Datum	   *cols[CAPTURE_BATCH_NARGS];
+	bool	   *nulls[CAPTURE_BATCH_NARGS];
+	Oid			elemtypes[CAPTURE_BATCH_NARGS] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
+	TEXTOID, JSONBOID, REGCLASSOID, TEXTOID};
+	DlqOwnerContext owner;
+	int			n = capture_nbuffered;
+	int			ret;
+	bool		pushed = false;
+
+	if (n == 0)
+		return;
+
+	for (int c = 0; c < CAPTURE_BATCH_NARGS; c++)
+	{
+		cols[c] = palloc(sizeof(Datum) * n);
+		nulls[c] = palloc0(sizeof(bool) * n);
+	}
+	for (int i = 0; i < n; i++)
+	{
+		CaptureBuffered *b = &capture_buffer[i];
+
+		cols[0][i] = CStringGetTextDatum(b->queue);
+		if (b->component)
+			cols[1][i] = CStringGetTextDatum(b->component);
+		else
+			nulls[1][i] = true;
+		cols[2][i] = JsonbPGetDatum(b->payload);
+		cols[3][i] = CStringGetTextDatum(b->error);
+		cols[4][i] = CStringGetTextDatum(b->sqlstate);
+		cols[5][i] = CStringGetTextDatum(dlq_error_class(b->sqlstate));
+		cols[6][i] = JsonbPGetDatum(b->error_detail);
+		cols[7][i] = ObjectIdGetDatum(b->source_relation);
+		cols[8][i] = CStringGetTextDatum(b->operation);
+	}
+	for (int c = 0; c < CAPTURE_BATCH_NARGS; c++)
+	{
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+		int			dims[1] = {n};
+		int			lbs[1] = {1};
+
+		get_typlenbyvalalign(elemtypes[c], &typlen, &typbyval, &typalign);
+		values[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
+													   elemtypes[c], typlen, typbyval, typalign));
+	}
+
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
+	}
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (capture_batch_plan == NULL)
+	{
+		Oid			types[CAPTURE_BATCH_NARGS] = {TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, REGCLASSARRAYOID, TEXTARRAYOID};
+		SPIPlanPtr	plan;
+
+		/* The columns dlq_store_message fills, for many rows at once. */
+		plan = SPI_prepare("INSERT INTO dlq.messages"
+						   " (queue, component, payload, error, sqlstate, error_class, error_detail,"
+						   "  source_relation, operation, max_attempts, expires_at, next_retry_at)"
+						   " SELECT u.queue, u.component, u.payload, u.error, u.sqlstate, u.error_class,"
+						   "  u.error_detail, u.source_relation, u.operation, q.max_attempts,"
+						   "  now() + q.retention,"
+						   "  CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END"
+						   " FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) WITH ORDINALITY"
+						   "  AS u(queue, component, payload, error, sqlstate, error_class,"
+						   "       error_detail, source_relation, operation, ord)"
+						   " JOIN dlq.queues q ON q.queue = u.queue ORDER BY u.ord",
+						   CAPTURE_BATCH_NARGS, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		capture_batch_plan = plan;
+	}
+	/* Queues seen for the first time are created with defaults. */
+	for (int i = 0; i < n; i++)
+		if (i == 0 || strcmp(capture_buffer[i].queue, capture_buffer[i - 1].queue) != 0)
+			dlq_ensure_queue(capture_buffer[i].queue);
+	/* Emptied first: an error here aborts the transaction anyway. */
+	capture_nbuffered = 0;
+	ret = SPI_execute_plan(capture_batch_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_INSERT || SPI_processed != n)
+		elog(ERROR, "could not store %d captured rows: %s", n, SPI_result_code_string(ret));
+	SPI_finish();
+	dlq_restore_caller(&owner);
+	if (pushed)
+		PopActiveSnapshot();
+}
+
+static void
+capture_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			capture_flush();
+			break;
+		default:
+			/* Commit, abort, prepare: the buffer is gone with the transaction. */
+			capture_buffer = NULL;
+			capture_nbuffered = 0;
+			break;
+	}
+}
+
+static void
+capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		while (capture_nbuffered > 0 &&
+			   capture_buffer[capture_nbuffered - 1].subid >= mySubid)
+			capture_nbuffered--;
+	}
+}
+
+/* Buffer one diverted row; copies everything into TopTransactionContext. */
+static void
+capture_buffer_row(const char *queue, const char *component, Jsonb *payload,
+				   const char *error, const char *sqlstate, Jsonb *error_detail,
+				   Oid source_relation, const char *operation)
+{
+	MemoryContext old;
+	CaptureBuffered *b;
+
+	capture_check_size(payload, error);
+
+	if (!capture_callbacks_registered)
+	{
+		RegisterXactCallback(capture_xact_callback, NULL);
+		RegisterSubXactCallback(capture_subxact_callback, NULL);
+		capture_callbacks_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	if (capture_buffer == NULL)
+		capture_buffer = palloc(sizeof(CaptureBuffered) * CAPTURE_BATCH);
+	b = &capture_buffer[capture_nbuffered++];
+	b->queue = pstrdup(queue);
+	b->component = component ? pstrdup(component) : NULL;
+	b->payload = (Jsonb *) PG_DETOAST_DATUM_COPY(JsonbPGetDatum(payload));
+	b->error = pstrdup(error);
+	strlcpy(b->sqlstate, sqlstate, sizeof(b->sqlstate));
+	b->error_detail = (Jsonb *) PG_DETOAST_DATUM_COPY(JsonbPGetDatum(error_detail));
+	b->source_relation = source_relation;
+	b->operation = operation;
+	b->subid = GetCurrentSubTransactionId();
+	MemoryContextSwitchTo(old);
+
+	if (capture_nbuffered >= CAPTURE_BATCH)
+		capture_flush();
+}
+
 PG_FUNCTION_INFO_V1(dlq_capture);
 
 /*
@@ -825,6 +1026,13 @@ dlq_capture(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("dlq_capture must be called as a trigger")));
+	/* The AFTER ... FOR EACH STATEMENT companion stores what was buffered. */
+	if (TRIGGER_FIRED_AFTER(trigdata->tg_event) &&
+		TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+	{
+		capture_flush();
+		return PointerGetDatum(NULL);
+	}
 	if (!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
 		!(TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
@@ -882,10 +1090,10 @@ dlq_capture(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 
-	capture_store(queue, component,
-				  capture_row_to_jsonb(heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel))),
-				  v.message, unpack_sql_state(v.sqlerrcode), capture_error_detail(rel, &v),
-				  entry->root, is_update ? "UPDATE" : "INSERT");
+	capture_buffer_row(queue, component,
+					   capture_row_to_jsonb(heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel))),
+					   v.message, unpack_sql_state(v.sqlerrcode), capture_error_detail(rel, &v),
+					   entry->root, is_update ? "UPDATE" : "INSERT");
 	return PointerGetDatum(NULL);
 }
 
