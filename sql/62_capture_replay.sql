@@ -101,6 +101,26 @@ UPDATE dlq.messages SET payload = payload || '{"n": "2.25"}' WHERE queue = 'rp_i
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('rp_isoq') r;
 SELECT * FROM rp_iso ORDER BY id;
 
+-- Every kind of column survives capture and replay: json(b) values, domains,
+-- booleans, numerics, timestamps; arrays go through jsonb_populate_record.
+CREATE DOMAIN rp_pos AS int CHECK (VALUE > 0);
+CREATE TABLE rp_types (id int PRIMARY KEY, ok boolean, n numeric, at timestamptz, p rp_pos,
+    j jsonb, js json, s text, flag text NOT NULL);
+CREATE TABLE rp_arrays (id int PRIMARY KEY, tags text[], flag text NOT NULL);
+SELECT dlq_attach('rp_types', 'rp_typesq');
+SELECT dlq_attach('rp_arrays', 'rp_arraysq');
+INSERT INTO rp_types VALUES
+    (1, true, 1.50, '2024-05-01 10:00+00', 3, '{"a": [1, "x"]}', '"str"', 'he said "hi"', NULL),
+    (2, NULL, NULL, NULL, NULL, '"just a string"', '12', NULL, NULL);
+INSERT INTO rp_arrays VALUES (1, ARRAY['a', 'b c'], NULL), (2, '{}', NULL);
+SELECT payload FROM dlq.messages WHERE queue IN ('rp_typesq', 'rp_arraysq') ORDER BY message_id;
+UPDATE dlq.messages SET payload = jsonb_set(payload, '{flag}', '"fixed"')
+ WHERE queue IN ('rp_typesq', 'rp_arraysq');
+SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('rp_typesq') r;
+SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('rp_arraysq') r;
+SELECT * FROM rp_types ORDER BY id;
+SELECT * FROM rp_arrays ORDER BY id;
+
 -- Captured UPDATEs are not replayed (the old key is unknown): reported.
 CREATE TABLE rp_up (id int PRIMARY KEY, v int CHECK (v > 0));
 INSERT INTO rp_up VALUES (1, 1);

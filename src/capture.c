@@ -35,6 +35,9 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/nbtree.h"
+#include "access/tableam.h"
+#include "catalog/pg_am.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
@@ -53,6 +56,7 @@
 #include "optimizer/optimizer.h"
 #include "partitioning/partdesc.h"
 #include "catalog/partition.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -91,7 +95,17 @@ typedef struct CaptureFk
 	char		matchtype;
 	int			nkeys;
 	AttrNumber	fkattnums[INDEX_MAX_KEYS];
-	SPIPlanPtr	plan;			/* kept; NULL until first use */
+	SPIPlanPtr	plan;			/* kept; the probe when there is no index probe */
+
+	/*
+	 * Index probe of the referenced key, when the parent is a plain table
+	 * whose unique index has an equality operator for the foreign key's types:
+	 * index column i is compared with foreign key column idxkey[i].
+	 */
+	Oid			pkindex;		/* or InvalidOid: use plan */
+	int			idxkey[INDEX_MAX_KEYS];
+	Oid			idxproc[INDEX_MAX_KEYS];
+	Oid			idxsubtype[INDEX_MAX_KEYS];
 } CaptureFk;
 
 /* Per-relation cache entry. */
@@ -120,6 +134,10 @@ typedef struct CaptureRel
 	SPIPlanPtr	insert_plan;
 	int			ninsert;
 	AttrNumber *insertattnums;
+	bool		fast_convert;	/* scalar columns only: convert in C */
+	FmgrInfo   *infuncs;		/* per attribute, for fast_convert */
+	Oid		   *ioparams;
+	char	   *convkind;		/* per attribute: 'j' json(b), 'd' domain, 's' */
 
 	/* executor state for one transaction, in a child of TopTransactionContext */
 	LocalTransactionId lxid;
@@ -185,6 +203,119 @@ capture_free_entry(CaptureRel *entry)
 		SPI_freeplan(entry->insert_plan);
 	if (entry->cxt)
 		MemoryContextDelete(entry->cxt);
+}
+
+/*
+ * A foreign key to a partitioned table has one pg_constraint row per
+ * referenced partition too, for the actions on that side; its parent
+ * constraint belongs to the same referencing table.  Only the top one is
+ * checked, against the whole partitioned table.  (A foreign key cloned onto
+ * a partition of the referencing table has a parent on another table, and
+ * is checked.)
+ */
+static bool
+capture_fk_is_pk_clone(Form_pg_constraint con)
+{
+	HeapTuple	tup;
+	bool		clone;
+
+	if (!OidIsValid(con->conparentid))
+		return false;
+	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(con->conparentid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for constraint %u", con->conparentid);
+	clone = ((Form_pg_constraint) GETSTRUCT(tup))->conrelid == con->conrelid;
+	ReleaseSysCache(tup);
+	return clone;
+}
+
+/*
+ * Set up the index probe of a foreign key's parent: its unique index
+ * (conindid), with the operator of each index column's family that compares
+ * the index type with the foreign key column's type.  Leaves pkindex invalid
+ * when some column has none; the SQL probe is used then.
+ */
+static void
+capture_fk_index(CaptureFk *cfk, ForeignKeyCacheInfo *fk, Oid indexoid, TupleDesc tupdesc)
+{
+	Relation	index = index_open(indexoid, AccessShareLock);
+	int			nkeyatts = IndexRelationGetNumberOfKeyAttributes(index);
+	bool		ok = index->rd_rel->relam == BTREE_AM_OID && nkeyatts == fk->nkeys;
+
+	for (int i = 0; ok && i < nkeyatts; i++)
+	{
+		int			k;
+		Oid			fktype;
+		Oid			opr;
+
+		for (k = 0; k < fk->nkeys; k++)
+			if (fk->confkey[k] == index->rd_index->indkey.values[i])
+				break;
+		if (k == fk->nkeys)
+		{
+			ok = false;
+			break;
+		}
+		fktype = getBaseType(TupleDescAttr(tupdesc, fk->conkey[k] - 1)->atttypid);
+		opr = get_opfamily_member(index->rd_opfamily[i], index->rd_opcintype[i],
+								  fktype, BTEqualStrategyNumber);
+		if (!OidIsValid(opr))
+		{
+			ok = false;
+			break;
+		}
+		cfk->idxkey[i] = k;
+		cfk->idxproc[i] = get_opcode(opr);
+		cfk->idxsubtype[i] = fktype;
+	}
+	cfk->pkindex = ok ? indexoid : InvalidOid;
+	index_close(index, AccessShareLock);
+}
+
+/*
+ * Is the parent row there?  Probes the parent's unique index with a dirty
+ * snapshot, like the unique check: committed rows and this transaction's
+ * rows count, a row inserted by a transaction still in progress is waited
+ * for.  Run without privilege checks, like the RI triggers' own query.
+ */
+static bool
+capture_fk_probe_index(CaptureFk *fk, Datum *values)
+{
+	Relation	pkrel = table_open(fk->pkrelid, AccessShareLock);
+	Relation	index = index_open(fk->pkindex, AccessShareLock);
+	int			nkeyatts = IndexRelationGetNumberOfKeyAttributes(index);
+	TupleTableSlot *slot = table_slot_create(pkrel, NULL);
+	ScanKeyData keys[INDEX_MAX_KEYS];
+	SnapshotData dirty;
+	IndexScanDesc scan;
+	bool		found;
+
+	for (int i = 0; i < nkeyatts; i++)
+		ScanKeyEntryInitialize(&keys[i], 0, i + 1, BTEqualStrategyNumber,
+							   fk->idxsubtype[i], index->rd_indcollation[i],
+							   fk->idxproc[i], values[fk->idxkey[i]]);
+	InitDirtySnapshot(dirty);
+retry:
+	found = false;
+	scan = index_beginscan(pkrel, index, &dirty, nkeyatts, 0);
+	index_rescan(scan, keys, nkeyatts, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		if (TransactionIdIsValid(dirty.xmin))
+		{
+			TransactionId xwait = dirty.xmin;
+
+			index_endscan(scan);
+			XactLockTableWait(xwait, pkrel, &slot->tts_tid, XLTW_None);
+			goto retry;
+		}
+		found = true;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, NoLock);
+	table_close(pkrel, NoLock);
+	return found;
 }
 
 /* Read the constraints of rel into a fresh entry. */
@@ -282,7 +413,7 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 		if (!HeapTupleIsValid(tup))
 			elog(ERROR, "cache lookup failed for constraint %u", fk->conoid);
 		con = (Form_pg_constraint) GETSTRUCT(tup);
-		if (con->condeferred)
+		if (con->condeferred || capture_fk_is_pk_clone(con))
 		{
 			ReleaseSysCache(tup);
 			continue;
@@ -302,7 +433,10 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 		cfk->pkowner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 		ReleaseSysCache(tup);
 
-		/* The probe is planned now, in SPI's context, and kept. */
+		if (get_rel_relkind(fk->confrelid) == RELKIND_RELATION)
+			capture_fk_index(cfk, fk, con->conindid, tupdesc);
+
+		/* The SQL probe is planned now, in SPI's context, and kept. */
 		{
 			StringInfoData sql;
 			Oid			types[INDEX_MAX_KEYS];
@@ -330,7 +464,6 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 				ReleaseSysCache(optup);
 				types[k] = TupleDescAttr(tupdesc, fk->conkey[k] - 1)->atttypid;
 			}
-			appendStringInfoString(&sql, " LIMIT 1");
 			SPI_connect();
 			cfk->plan = SPI_prepare(sql.data, fk->nkeys, types);
 			if (cfk->plan == NULL)
@@ -567,17 +700,22 @@ capture_check_fk(Relation rel, CaptureFk *fk, TupleTableSlot *slot,
 		return false;
 	}
 
-	/* Probe the parent as its owner, like ri_PerformCheck. */
-	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(fk->pkowner,
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
-	SPI_connect();
-	ret = SPI_execute_plan(fk->plan, values, nulls, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "foreign key probe failed: %s", SPI_result_code_string(ret));
-	found = SPI_processed > 0;
-	SPI_finish();
-	SetUserIdAndSecContext(save_user, save_sec);
+	if (OidIsValid(fk->pkindex))
+		found = capture_fk_probe_index(fk, values);
+	else
+	{
+		/* Probe the parent as its owner, like ri_PerformCheck. */
+		GetUserIdAndSecContext(&save_user, &save_sec);
+		SetUserIdAndSecContext(fk->pkowner,
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+		SPI_connect();
+		ret = SPI_execute_plan(fk->plan, values, nulls, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "foreign key probe failed: %s", SPI_result_code_string(ret));
+		found = SPI_processed > 0;
+		SPI_finish();
+		SetUserIdAndSecContext(save_user, save_sec);
+	}
 	if (found)
 		return true;
 
@@ -1244,6 +1382,33 @@ capture_prepare_replay(CaptureRel *entry, Relation rel)
 		entry->insertattnums[entry->ninsert++] = att->attnum;
 	}
 
+	/*
+	 * When every column has a scalar base type, a payload value converts
+	 * through the type's input function from its JSON text, which is what
+	 * jsonb_populate_record does for scalars; arrays and composites go
+	 * through jsonb_populate_record itself.
+	 */
+	entry->fast_convert = true;
+	entry->infuncs = MemoryContextAllocZero(entry->cxt, sizeof(FmgrInfo) * (tupdesc->natts + 1));
+	entry->ioparams = MemoryContextAllocZero(entry->cxt, sizeof(Oid) * (tupdesc->natts + 1));
+	entry->convkind = MemoryContextAllocZero(entry->cxt, tupdesc->natts + 1);
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		Oid			base = getBaseType(att->atttypid);
+		Oid			infunc;
+
+		if (att->attisdropped)
+			continue;
+		if (type_is_array(base) || get_typtype(base) == TYPTYPE_COMPOSITE ||
+			get_typtype(base) == TYPTYPE_PSEUDO)
+			entry->fast_convert = false;
+		entry->convkind[i] = (base == JSONOID || base == JSONBOID) ? 'j' :
+			(base != att->atttypid) ? 'd' : 's';
+		getTypeInputInfo(att->atttypid, &infunc, &entry->ioparams[i]);
+		fmgr_info_cxt(infunc, &entry->infuncs[i], entry->cxt);
+	}
+
 	plan = SPI_prepare(psprintf("SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)", name),
 					   1, jtype);
 	if (plan == NULL)
@@ -1258,6 +1423,67 @@ capture_prepare_replay(CaptureRel *entry, Relation rel)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	entry->insert_plan = plan;
+}
+
+/*
+ * Convert a payload (a JSON object keyed by column name) into slot, for a
+ * table whose columns all have scalar types.  A missing key or JSON null is
+ * NULL; a string is its text; other values their JSON text (json and jsonb
+ * columns always take the JSON text).  Errors of the input functions raise.
+ */
+static void
+capture_convert(CaptureRel *entry, Relation rel, Jsonb *payload, TupleTableSlot *slot)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+
+	if (!JB_ROOT_IS_OBJECT(payload))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("captured payload is not a JSON object")));
+
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		const char *name = NameStr(att->attname);
+		JsonbValue	vbuf;
+		JsonbValue *v;
+		char	   *str;
+		bool		json = entry->convkind[i] == 'j';
+
+		slot->tts_isnull[i] = true;
+		slot->tts_values[i] = (Datum) 0;
+		if (att->attisdropped)
+			continue;
+		v = getKeyJsonValueFromContainer(&payload->root, name, strlen(name), &vbuf);
+		if (v == NULL || v->type == jbvNull)
+		{
+			/* Domains may refuse NULL: ask the input function, as populate_record does. */
+			if (entry->convkind[i] == 'd')
+				slot->tts_values[i] = InputFunctionCall(&entry->infuncs[i], NULL,
+														entry->ioparams[i], att->atttypmod);
+			continue;
+		}
+		if (v->type == jbvString && !json)
+			str = pnstrdup(v->val.string.val, v->val.string.len);
+		else if (v->type == jbvNumeric)
+			str = DatumGetCString(DirectFunctionCall1(numeric_out,
+													  NumericGetDatum(v->val.numeric)));
+		else if (v->type == jbvBool)
+			str = pstrdup(v->val.boolean ? "true" : "false");
+		else if (v->type == jbvBinary)
+			str = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+		else
+		{
+			StringInfoData buf;
+
+			initStringInfo(&buf);
+			escape_json(&buf, pnstrdup(v->val.string.val, v->val.string.len));
+			str = buf.data;
+		}
+		slot->tts_values[i] = InputFunctionCall(&entry->infuncs[i], str,
+												entry->ioparams[i], att->atttypmod);
+		slot->tts_isnull[i] = false;
+	}
 }
 
 static void
@@ -1320,12 +1546,17 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 		capture_prepare_replay(entry, rel);
 
 	/* The payload as the table's row type; a bad value raises here. */
-	ret = SPI_execute_plan(entry->convert_plan, jvalue, NULL, true, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not convert the captured row: %s", SPI_result_code_string(ret));
-
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 	ExecClearTuple(slot);
+	if (entry->fast_convert)
+		capture_convert(entry, rel, payload, slot);
+	else
+	{
+		ret = SPI_execute_plan(entry->convert_plan, jvalue, NULL, true, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not convert the captured row: %s", SPI_result_code_string(ret));
+	}
+	if (!entry->fast_convert)
 	{
 		int			k = 0;
 		TupleDesc	tupdesc = RelationGetDescr(rel);
@@ -1341,8 +1572,8 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 			slot->tts_values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 												k, &slot->tts_isnull[i]);
 		}
-		ExecStoreVirtualTuple(slot);
 	}
+	ExecStoreVirtualTuple(slot);
 
 	/* A partitioned table is validated per partition, by its trigger. */
 	if (!entry->partitioned)
