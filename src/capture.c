@@ -16,15 +16,22 @@
  *		in the same statement or transaction and waits for a concurrent
  *		inserter of the same key to finish; on UPDATE the row being updated
  *		is not a conflict;
- *	  - FOREIGN KEY: a prepared probe of the referenced table, run as its
- *		owner like the RI triggers, with MATCH SIMPLE / FULL null rules;
+ *	  - FOREIGN KEY: a probe of the parent's unique index with a dirty
+ *		snapshot (or, for a partitioned parent, a prepared query run as its
+ *		owner like the RI triggers), with MATCH SIMPLE / FULL null rules;
  *		skipped on UPDATE when the key did not change.
  *
- *	  A violating row is stored with the SQLSTATE, message and detail that
+ *	  A violating row is kept with the SQLSTATE, message and detail that
  *	  PostgreSQL itself would have raised, and skipped (the trigger returns
- *	  NULL), so the load goes on.  Per relation, the constraint metadata is
- *	  cached in a hash invalidated by relcache callbacks; the executor state
- *	  (prepared expressions, index infos) lives for one transaction.
+ *	  NULL), so the load goes on.  Kept rows are stored in batches: per
+ *	  CAPTURE_BATCH rows, at the end of the statement (the AFTER STATEMENT
+ *	  trigger dlq_attach adds calls dlq_capture too) and before commit.
+ *	  Per relation, the constraint metadata is cached in a hash invalidated
+ *	  by relcache callbacks; the executor state (prepared expressions, index
+ *	  infos) lives for one transaction.
+ *
+ *	  dlq_capture_isolate is the INSTEAD OF trigger of an isolate-mode
+ *	  intake view: one subtransaction per row, every error caught.
  *
  *	  dlq_reapply_row (replay.c) converts a captured payload back into the
  *	  table's row type, predicts violations with the same code and inserts

@@ -130,7 +130,7 @@ SQL
 trep=() tins=()
 for ((r = 0; r < rounds; r++)); do
     reset_all
-    bench_psql -c "DELETE FROM bench_cap.parent WHERE pid = 5000" -c "TRUNCATE bench_cap.t_r" \
+    bench_psql -c "TRUNCATE bench_cap.t_r" -c "DELETE FROM bench_cap.parent WHERE pid = 5000" \
         -c "COPY bench_cap.t_a FROM '$dir/cap_replay.csv' WITH (FORMAT csv)" \
         -c "INSERT INTO bench_cap.parent VALUES (5000)" -c "VACUUM ANALYZE dlq.messages" -c "CHECKPOINT" >/dev/null
     trep+=("$(timed_ms -c "SELECT dlq_reprocess_all('bench_cap')")")
