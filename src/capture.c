@@ -134,7 +134,6 @@ typedef struct CaptureRel
 	CaptureFk  *fks;
 	Oid			root;			/* partition root, or relid */
 	bool		partitioned;
-	bool		has_pk;
 
 	/* replay: conversion and insert plans, prepared on first use */
 	SPIPlanPtr	convert_plan;
@@ -339,6 +338,8 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 
 	memset(entry, 0, sizeof(CaptureRel));
 	entry->relid = relid;
+	/* An invalidation that arrives while we read the catalogs clears this. */
+	entry->valid = true;
 	entry->cxt = AllocSetContextCreate(CacheMemoryContext, "dlq capture relation",
 									   ALLOCSET_SMALL_SIZES);
 	MemoryContextCopyAndSetIdentifier(entry->cxt, RelationGetRelationName(rel));
@@ -402,8 +403,6 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 		if (index->indisunique && index->indimmediate && index->indisready &&
 			!index->indisexclusion)
 			entry->uniqueoids[entry->nunique++] = indexoid;
-		if (index->indisprimary)
-			entry->has_pk = true;
 		ReleaseSysCache(tup);
 	}
 
@@ -416,6 +415,7 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 		HeapTuple	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(fk->conoid));
 		Form_pg_constraint con;
 		CaptureFk  *cfk;
+		Oid			pkindex;
 
 		if (!HeapTupleIsValid(tup))
 			elog(ERROR, "cache lookup failed for constraint %u", fk->conoid);
@@ -432,6 +432,7 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 		cfk->pkrelname = pstrdup(get_rel_name(fk->confrelid));
 		cfk->nkeys = fk->nkeys;
 		memcpy(cfk->fkattnums, fk->conkey, sizeof(AttrNumber) * fk->nkeys);
+		pkindex = con->conindid;
 		ReleaseSysCache(tup);
 
 		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(fk->confrelid));
@@ -441,9 +442,10 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 		ReleaseSysCache(tup);
 
 		if (get_rel_relkind(fk->confrelid) == RELKIND_RELATION)
-			capture_fk_index(cfk, fk, con->conindid, tupdesc);
+			capture_fk_index(cfk, fk, pkindex, tupdesc);
 
-		/* The SQL probe is planned now, in SPI's context, and kept. */
+		/* Otherwise the SQL probe, planned now in SPI's context and kept. */
+		if (!OidIsValid(cfk->pkindex))
 		{
 			StringInfoData sql;
 			Oid			types[INDEX_MAX_KEYS];
@@ -486,7 +488,6 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 		entry->root = llast_oid(get_partition_ancestors(relid));
 
 	MemoryContextSwitchTo(old);
-	entry->valid = true;
 	entry->lxid = InvalidLocalTransactionId;
 }
 
