@@ -7,6 +7,30 @@
 SELECT dlq_listen('cs_new');
 SELECT queue, channel FROM dlq.queues WHERE queue = 'cs_new';
 UNLISTEN *;
+-- The registration is a session lock; it goes with a rolled back LISTEN.
+CREATE FUNCTION pg_temp.registrations() RETURNS bigint LANGUAGE sql AS $$
+    SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+$$;
+SELECT pg_temp.registrations() AS after_commit;
+BEGIN;
+SELECT dlq_listen('cs_rb');
+ROLLBACK;
+SELECT pg_temp.registrations() AS after_rollback;
+BEGIN;
+SAVEPOINT s;
+SELECT dlq_listen('cs_rb');
+ROLLBACK TO s;
+SAVEPOINT t;
+SELECT dlq_listen('cs_rb2');
+RELEASE t;
+COMMIT;
+SELECT pg_temp.registrations() AS after_savepoints;
+-- Registering twice holds one registration; a rollback then keeps it.
+BEGIN;
+SELECT dlq_listen('cs_rb2');
+ROLLBACK;
+SELECT pg_temp.registrations() AS still_registered;
+UNLISTEN *;
 SELECT pg_temp.err($$SELECT dlq_listen(NULL)$$);
 SELECT pg_temp.err($$SELECT dlq_listen(repeat('x', 64))$$);
 

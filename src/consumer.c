@@ -23,6 +23,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "common/hashfn.h"
@@ -50,10 +51,123 @@ static SPIPlanPtr nack_lock_plan = NULL;
 static SPIPlanPtr nack_plan = NULL;
 static SPIPlanPtr nack_fold_plan = NULL;
 
+/*
+ * Registrations taken in the current transaction.  LISTEN is transactional
+ * but a session lock is not: when the (sub)transaction that called
+ * dlq_listen aborts, its LISTEN is undone, so its registration must go too.
+ */
+typedef struct ConsumerRegistration
+{
+	uint32		key2;
+	SubTransactionId subid;
+} ConsumerRegistration;
+
+static ConsumerRegistration *registrations = NULL;
+static int	nregistrations = 0;
+static int	maxregistrations = 0;
+static bool callbacks_registered = false;
+
 static uint32
 consumer_lock_key2(const char *queue)
 {
 	return hash_bytes((const unsigned char *) queue, strlen(queue));
+}
+
+static void
+consumer_lock_tag(LOCKTAG *tag, uint32 key2)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, DLQ_CONSUMER_LOCK_KEY1, key2, 2);
+}
+
+/* Drop the registrations of subtransaction subid (or of all, if invalid). */
+static void
+consumer_unregister(SubTransactionId subid)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < nregistrations; i++)
+	{
+		if (subid == InvalidSubTransactionId || registrations[i].subid == subid)
+		{
+			LOCKTAG		tag;
+
+			consumer_lock_tag(&tag, registrations[i].key2);
+			(void) LockRelease(&tag, ShareLock, true);
+		}
+		else
+			registrations[kept++] = registrations[i];
+	}
+	nregistrations = kept;
+}
+
+static void
+consumer_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			consumer_unregister(InvalidSubTransactionId);
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+			nregistrations = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+consumer_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		consumer_unregister(mySubid);
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (int i = 0; i < nregistrations; i++)
+			if (registrations[i].subid == mySubid)
+				registrations[i].subid = parentSubid;
+	}
+}
+
+/* Take the session lock that registers this backend as a consumer. */
+static void
+consumer_register(const char *queue)
+{
+	LOCKTAG		tag;
+	uint32		key2 = consumer_lock_key2(queue);
+
+	consumer_lock_tag(&tag, key2);
+	if (LockHeldByMe(&tag, ShareLock))
+		return;
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(consumer_xact_callback, NULL);
+		RegisterSubXactCallback(consumer_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	if (nregistrations >= maxregistrations)
+	{
+		int			newmax = Max(8, maxregistrations * 2);
+
+		registrations = registrations == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(ConsumerRegistration) * newmax) :
+			repalloc(registrations, sizeof(ConsumerRegistration) * newmax);
+		maxregistrations = newmax;
+	}
+
+	/*
+	 * A session lock survives transaction end and is released when the
+	 * backend exits, crash or not.
+	 */
+	(void) LockAcquire(&tag, ShareLock, true, false);
+	registrations[nregistrations].key2 = key2;
+	registrations[nregistrations].subid = GetCurrentSubTransactionId();
+	nregistrations++;
 }
 
 /*
@@ -130,7 +244,6 @@ dlq_listen(PG_FUNCTION_ARGS)
 	char	   *channel;
 	bool		isnull;
 	int			ret;
-	LOCKTAG		tag;
 
 	dlq_become_owner(&owner);
 	SPI_connect();
@@ -152,15 +265,7 @@ dlq_listen(PG_FUNCTION_ARGS)
 	dlq_restore_caller(&owner);
 
 	Async_Listen(channel);
-
-	/*
-	 * Register: a session lock survives transaction end and is released when
-	 * the backend exits, crash or not.  Take it once per session.
-	 */
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, DLQ_CONSUMER_LOCK_KEY1,
-						 consumer_lock_key2(queue), 2);
-	if (!LockHeldByMe(&tag, ShareLock))
-		(void) LockAcquire(&tag, ShareLock, true, false);
+	consumer_register(queue);
 
 	PG_RETURN_TEXT_P(cstring_to_text(channel));
 }

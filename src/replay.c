@@ -450,6 +450,7 @@ replay_reapply_rows(ReplayState *st)
 		if (ret != SPI_OK_UPDATE || SPI_processed != nok)
 			elog(ERROR, "could not resolve re-applied messages");
 	}
+	SPI_freetuptable(tt);
 }
 
 /*
