@@ -13,8 +13,8 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-secs=$(bench_seconds "${BENCH_STORE_SECONDS:-10}")
-rounds=${BENCH_ROUNDS:-3}
+secs=$(bench_seconds "${BENCH_STORE_SECONDS:-6}")
+rounds=${BENCH_ROUNDS:-5}
 clients=4
 
 bench_psql <<'SQL'
@@ -25,7 +25,8 @@ CREATE SCHEMA bench_store;
 -- partial unique dedup index) as dlq.messages.
 CREATE TABLE bench_store.messages (LIKE dlq.messages INCLUDING ALL);
 -- The queues exist beforehand on both sides: creating one is a first-call cost.
-SELECT dlq_store(q, '{}', 'create the queue') FROM unnest(ARRAY['bench_store', 'bench_dedup', 'bench_repeat']) q;
+SELECT count(dlq_store(q, '{}', 'create the queue')) = 3 AS queues_created
+  FROM unnest(ARRAY['bench_store', 'bench_dedup', 'bench_repeat']) q \gset
 DELETE FROM dlq.messages WHERE queue IN ('bench_store', 'bench_dedup', 'bench_repeat');
 SQL
 
