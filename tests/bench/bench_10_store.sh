@@ -13,8 +13,8 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-secs=$(bench_seconds "${BENCH_STORE_SECONDS:-6}")
-rounds=${BENCH_ROUNDS:-5}
+secs=$(bench_seconds "${BENCH_STORE_SECONDS:-4}")
+rounds=${BENCH_ROUNDS:-7}
 clients=4
 
 bench_psql <<'SQL'
