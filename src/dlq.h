@@ -93,3 +93,17 @@ extern int64 dlq_store_message(const DlqStoreArgs *args);
 extern void dlq_ensure_queue(const char *queue);
 
 #endif							/* DLQ_H */
+
+/*
+ * Background worker (worker.c): a launcher, registered when the library is
+ * preloaded, starts one worker per database that has the extension.
+ */
+extern int	dlq_naptime;
+extern int	dlq_batch_size;
+extern int	dlq_replay_timeout;
+extern int	dlq_events_retention;
+extern char *dlq_databases;
+extern char *dlq_worker_role;
+
+extern void dlq_define_worker_gucs(void);
+extern void dlq_register_launcher(void);
