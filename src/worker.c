@@ -40,6 +40,7 @@
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -483,6 +484,7 @@ typedef struct DlqWorkerState
 	Oid			retry_role;		/* dlq.worker_role or the owner */
 	char	   *schema;			/* extension schema, in worker_cxt */
 	bool		has_reprocess;	/* dlq_reprocess exists (replay installed) */
+	bool		role_warned;	/* missing dlq.worker_role reported */
 } DlqWorkerState;
 
 /* A queue's messages due for a retry. */
@@ -623,12 +625,22 @@ dlq_worker_keep_check(void)
 	worker_state.retry_role = worker_state.owner;
 	if (dlq_worker_role != NULL && dlq_worker_role[0] != '\0')
 	{
+		/* A wrong setting stops the retries only; the rest goes on. */
 		worker_state.retry_role = get_role_oid(dlq_worker_role, true);
-		if (!OidIsValid(worker_state.retry_role))
-			ereport(ERROR,
+		if (!OidIsValid(worker_state.retry_role) && !worker_state.role_warned)
+		{
+			worker_state.role_warned = true;
+			ereport(WARNING,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("role \"%s\" named in dlq.worker_role does not exist",
-							dlq_worker_role)));
+							dlq_worker_role),
+					 errdetail("No automatic retries are requested until it does.")));
+		}
+		if (!OidIsValid(worker_state.retry_role))
+			dlq_worker_record_error("checking dlq.worker_role",
+									"role named in dlq.worker_role does not exist");
+		else
+			worker_state.role_warned = false;
 	}
 }
 
@@ -787,7 +799,7 @@ dlq_worker_retry(void)
 	ListCell   *lc;
 	Datum		values[3];
 
-	if (!worker_state.has_reprocess)
+	if (!worker_state.has_reprocess || !OidIsValid(worker_state.retry_role))
 		return 0;
 
 	values[0] = Int32GetDatum(dlq_batch_size);
@@ -978,4 +990,56 @@ dlq_worker_main(Datum main_arg)
 		dlq_worker_round();
 		dlq_worker_sleep(start);
 	}
+}
+
+/* ----------------------------------------------------------------
+ * SQL: dlq.worker_status()
+ * ----------------------------------------------------------------
+ */
+
+PG_FUNCTION_INFO_V1(dlq_worker_status);
+
+/*
+ * The shared-memory slot of this database's worker as one row, or no row
+ * when there is none (library not preloaded, worker not started yet).
+ */
+Datum
+dlq_worker_status(PG_FUNCTION_ARGS)
+{
+	DlqWorkerSlot slot;
+	TupleDesc	tupdesc;
+	Datum		values[15];
+	bool		nulls[15];
+	bool		running;
+	int			i = 0;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (!dlq_worker_slot_copy(MyDatabaseId, &slot))
+		PG_RETURN_NULL();
+
+	memset(nulls, 0, sizeof(nulls));
+	running = slot.pid != 0;
+	values[i] = Int32GetDatum(slot.pid);
+	nulls[i++] = !running;
+	values[i++] = BoolGetDatum(running);
+#define DLQ_TS(t) do { values[i] = TimestampTzGetDatum(t); nulls[i++] = (t) == 0; } while (0)
+	DLQ_TS(slot.started_at);
+	DLQ_TS(slot.last_round_start);
+	DLQ_TS(slot.last_heartbeat);
+	values[i++] = Int64GetDatum(slot.rounds);
+	values[i++] = Int64GetDatum(slot.last_expired);
+	values[i++] = Int64GetDatum(slot.last_purged);
+	values[i++] = Int64GetDatum(slot.last_events_purged);
+	values[i++] = Int64GetDatum(slot.last_recovered);
+	values[i++] = Int64GetDatum(slot.last_retried);
+	values[i++] = Int64GetDatum(slot.last_alerts);
+	values[i++] = Int64GetDatum(slot.errors);
+	DLQ_TS(slot.last_error_at);
+#undef DLQ_TS
+	values[i] = CStringGetTextDatum(slot.last_error);
+	nulls[i++] = slot.last_error[0] == '\0';
+	Assert(i == lengthof(values));
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

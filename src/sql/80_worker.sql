@@ -238,3 +238,27 @@ AS $$
 $$;
 COMMENT ON FUNCTION dlq.worker_alert(text) IS
     'worker step: NOTIFY dlq_alerts for every queue past its alert_threshold and out of its alert_cooldown';
+
+/* The worker's heartbeat for this database, from shared memory. */
+CREATE FUNCTION dlq.worker_status(
+    OUT pid integer,
+    OUT running boolean,
+    OUT started_at timestamptz,
+    OUT last_round_start timestamptz,
+    OUT last_heartbeat timestamptz,
+    OUT rounds bigint,
+    OUT last_expired bigint,
+    OUT last_purged bigint,
+    OUT last_events_purged bigint,
+    OUT last_recovered bigint,
+    OUT last_retried bigint,
+    OUT last_alerts bigint,
+    OUT errors bigint,
+    OUT last_error_at timestamptz,
+    OUT last_error text)
+RETURNS record
+LANGUAGE c VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'dlq_worker_status';
+COMMENT ON FUNCTION dlq.worker_status() IS
+    'the background worker of this database: pid, heartbeat, what its last round did, errors; NULL when it has never run here';
+GRANT EXECUTE ON FUNCTION dlq.worker_status() TO dlq_reader;
