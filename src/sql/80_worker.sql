@@ -16,17 +16,15 @@ RETURNS bigint
 LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH due AS (
-        SELECT message_id FROM dlq.messages
-         WHERE status = 'pending' AND expires_at <= now()
-         ORDER BY expires_at
-         LIMIT batch_size
-           FOR UPDATE SKIP LOCKED
-    ), done AS (
+    WITH done AS (
         UPDATE dlq.messages m
            SET status = 'expired', resolved_at = now(), next_retry_at = NULL
-          FROM due
-         WHERE m.message_id = due.message_id
+         WHERE m.ctid = ANY (ARRAY(
+                   SELECT ctid FROM dlq.messages
+                    WHERE status = 'pending' AND expires_at <= now()
+                    ORDER BY expires_at
+                    LIMIT batch_size
+                      FOR UPDATE SKIP LOCKED))
         RETURNING m.queue, m.message_id
     ), audit AS (
         INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids)
@@ -45,17 +43,16 @@ RETURNS bigint
 LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH doomed AS (
-        SELECT m.message_id
-          FROM dlq.messages m JOIN dlq.queues q ON q.queue = m.queue
-         WHERE m.status IN ('resolved', 'expired')
-           AND m.resolved_at <= now() - q.resolved_retention
-         ORDER BY m.resolved_at
-         LIMIT batch_size
-           FOR UPDATE OF m SKIP LOCKED
-    ), gone AS (
-        DELETE FROM dlq.messages m USING doomed
-         WHERE m.message_id = doomed.message_id
+    WITH gone AS (
+        DELETE FROM dlq.messages m
+         WHERE m.ctid = ANY (ARRAY(
+                   SELECT m.ctid
+                     FROM dlq.messages m JOIN dlq.queues q ON q.queue = m.queue
+                    WHERE m.status IN ('resolved', 'expired')
+                      AND m.resolved_at <= now() - q.resolved_retention
+                    ORDER BY m.resolved_at
+                    LIMIT batch_size
+                      FOR UPDATE OF m SKIP LOCKED))
         RETURNING m.queue, m.message_id, m.status
     ), audit AS (
         INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
@@ -108,18 +105,12 @@ LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE dlq.messages SET claim_expires_at = now()
-     WHERE message_id IN (SELECT message_id FROM dlq.messages
-                           WHERE status = 'replaying' AND claim_expires_at IS NULL
-                           LIMIT batch_size
-                             FOR UPDATE SKIP LOCKED);
+     WHERE ctid = ANY (ARRAY(SELECT ctid FROM dlq.messages
+                              WHERE status = 'replaying' AND claim_expires_at IS NULL
+                              LIMIT batch_size
+                                FOR UPDATE SKIP LOCKED));
 
-    WITH stuck AS (
-        SELECT message_id FROM dlq.messages
-         WHERE status = 'replaying' AND claim_expires_at <= now() - timeout
-         ORDER BY claim_expires_at
-         LIMIT batch_size
-           FOR UPDATE SKIP LOCKED
-    ), back AS (
+    WITH back AS (
         UPDATE dlq.messages m
            SET status = CASE WHEN m.attempts >= m.max_attempts
                              THEN 'review' ELSE 'pending' END::dlq.status,
@@ -127,8 +118,14 @@ AS $$
                claim_expires_at = NULL,
                next_retry_at = CASE WHEN q.auto_retry AND m.attempts < m.max_attempts
                                     THEN now() + dlq.retry_delay(q, m.attempts + 1) END
-          FROM stuck, dlq.queues q
-         WHERE m.message_id = stuck.message_id AND q.queue = m.queue
+          FROM dlq.queues q
+         WHERE m.ctid = ANY (ARRAY(
+                   SELECT ctid FROM dlq.messages
+                    WHERE status = 'replaying' AND claim_expires_at <= now() - timeout
+                    ORDER BY claim_expires_at
+                    LIMIT batch_size
+                      FOR UPDATE SKIP LOCKED))
+           AND q.queue = m.queue
         RETURNING m.queue, m.message_id, m.status
     ), audit AS (
         INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
