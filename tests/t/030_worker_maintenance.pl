@@ -141,25 +141,10 @@ is($node->safe_psql('postgres', q{
 	'timeouts are audited');
 
 # --- automatic retries --------------------------------------------------------
-# dlq_reprocess belongs to the replay module; when it is not installed (this
-# branch alone) a stand-in with its contract's shape records the calls.
-my $stub = $node->safe_psql('postgres', q{
-    SELECT to_regprocedure('dlq_reprocess(bigint[],boolean)') IS NULL});
-if ($stub eq 't')
-{
-	$node->safe_psql('postgres', q{
-        CREATE FUNCTION public.dlq_reprocess(ids bigint[], force boolean DEFAULT false)
-        RETURNS jsonb LANGUAGE sql AS $$
-            WITH r AS (SELECT gen_random_uuid() AS id),
-            u AS (UPDATE dlq.messages SET status = 'replaying', attempts = attempts + 1,
-                         next_retry_at = NULL, replay_request_id = (SELECT id FROM r),
-                         claimed_by = 'stub consumer', claim_expires_at = now() + interval '1 hour'
-                   WHERE message_id = ANY (ids) AND status = 'pending' RETURNING 1)
-            SELECT jsonb_build_object('request_id', (SELECT id FROM r), 'requested', cardinality(ids),
-                                      'notified', (SELECT count(*) FROM u))
-        $$;
-    });
-}
+# Retries go through dlq_reprocess (replay module).  A long replay_timeout
+# keeps the retried messages replaying until the test lets their consumer die.
+$node->safe_psql('postgres', q{ALTER SYSTEM SET dlq.replay_timeout = '1h'; SELECT pg_reload_conf()});
+wait_rounds('postgres', 2);
 $node->safe_psql('postgres', q{
     SELECT dlq_store('w_retry', '{}', 'first');
     UPDATE dlq.queues SET auto_retry = true, require_listener = false, retry_base = '1 hour',
@@ -215,6 +200,23 @@ $node->safe_psql('postgres', q{UPDATE dlq.queues SET paused = false WHERE queue 
 ok($node->poll_query_until('postgres', q{
     SELECT status = 'replaying' FROM dlq.messages WHERE queue = 'w_retry' AND payload ->> 'i' = '3'}),
 	'... and is retried once resumed');
+
+# A retry that cannot be requested (no live consumer on a queue that needs
+# one) is put off by one backoff step, not tried again every naptime.
+$node->safe_psql('postgres', q{
+    SELECT dlq_store('w_nolisten', '{}', 'first');
+    UPDATE dlq.queues SET auto_retry = true, retry_base = '1 hour', retry_factor = 2
+     WHERE queue = 'w_nolisten';
+    SELECT dlq_store('w_nolisten', '{"i": 1}', 'failed');
+    UPDATE dlq.messages SET next_retry_at = now() - interval '1 second'
+     WHERE queue = 'w_nolisten' AND payload ? 'i';
+});
+ok($node->poll_query_until('postgres', q{
+    SELECT status = 'pending' AND next_retry_at - now() BETWEEN interval '50 minutes' AND interval '66 minutes'
+      FROM dlq.messages WHERE queue = 'w_nolisten' AND payload ? 'i'}),
+	'a retry refused for want of a live consumer is put off by a backoff step');
+like($node->safe_psql('postgres', 'SELECT last_error FROM dlq.worker_status()'),
+	qr/^requesting automatic retries: /, 'and the refusal is recorded');
 
 # --- alerts: once per cooldown ------------------------------------------------
 my $listener = $node->background_psql('postgres');
