@@ -437,7 +437,7 @@ typedef struct DlqPlanDef
 	const char *what;			/* for pg_stat_activity and error reports */
 	const char *sql;			/* NULL: built at run time */
 	int			nargs;
-	Oid			argtypes[3];
+	Oid			argtypes[4];
 } DlqPlanDef;
 
 static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
@@ -450,8 +450,8 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		" WHERE e.extname = 'dlq'",
 	0, {InvalidOid}},
 	[DLQ_PLAN_RECOVER] = {"returning timed-out replays",
-		"SELECT dlq.worker_recover($1, $2 * interval '1 second', $3)",
-	3, {INT4OID, FLOAT8OID, TEXTOID}},
+		"SELECT dlq.worker_recover($1, $2 * interval '1 second', $3, $4)",
+	4, {INT4OID, FLOAT8OID, TEXTOID, BOOLOID}},
 	[DLQ_PLAN_EXPIRE] = {"expiring messages",
 		"SELECT dlq.worker_expire($1, $2)",
 	2, {INT4OID, TEXTOID}},
@@ -471,8 +471,8 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		"SELECT dlq.worker_purge_events($1, $2 * interval '1 second', $3)",
 	3, {INT4OID, FLOAT8OID, TEXTOID}},
 	[DLQ_PLAN_ALERT] = {"raising alerts",
-		"SELECT dlq.worker_alert($1)",
-	1, {TEXTOID}},
+		"SELECT dlq.worker_alert()",
+	0, {InvalidOid}},
 };
 
 static SPIPlanPtr dlq_plans[DLQ_NUM_PLANS];
@@ -501,6 +501,7 @@ static MemoryContext worker_cxt = NULL;		/* lives as long as the worker */
 static MemoryContext round_cxt = NULL;	/* reset every round */
 static DlqWorkerState worker_state;
 static List *retry_groups = NIL;	/* result of DLQ_PLAN_RETRY_DUE */
+static TimestampTz last_unclaimed_check = 0;
 
 static void
 dlq_worker_detach(int code, Datum arg)
@@ -862,7 +863,7 @@ dlq_worker_attach(void)
 static void
 dlq_worker_round(void)
 {
-	Datum		values[3];
+	Datum		values[4];
 	int64		recovered,
 				expired,
 				retried,
@@ -884,8 +885,16 @@ dlq_worker_round(void)
 	worker_slot->last_round_start = start;
 	LWLockRelease(dlq_shared->lock);
 
+	/*
+	 * Unclaimed replays are looked for four times per dlq.replay_timeout (at
+	 * most once per round): that costs a probe per unclaimed message.
+	 */
 	values[1] = Float8GetDatum((double) dlq_replay_timeout);
 	values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	values[3] = BoolGetDatum(start >= TimestampTzPlusMilliseconds(last_unclaimed_check,
+																  dlq_replay_timeout * 250L));
+	if (DatumGetBool(values[3]))
+		last_unclaimed_check = start;
 	recovered = dlq_worker_repeat(DLQ_PLAN_RECOVER, values);
 
 	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
@@ -903,8 +912,7 @@ dlq_worker_round(void)
 		events_purged = dlq_worker_repeat(DLQ_PLAN_PURGE_EVENTS, values);
 	}
 
-	values[0] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
-	alerts = dlq_worker_run(DLQ_PLAN_ALERT, worker_state.owner, values);
+	alerts = dlq_worker_run(DLQ_PLAN_ALERT, worker_state.owner, NULL);
 
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	worker_slot->last_recovered = recovered;

@@ -93,23 +93,23 @@ COMMENT ON FUNCTION dlq.worker_purge_events(integer, interval, text) IS
 
 /*
  * Replaying messages abandoned for longer than timeout go back to pending, or
- * to review when their attempts are used up.  A message counts as abandoned
- * timeout after its claim expired; a replaying message nobody ever claimed
- * gets claim_expires_at stamped by the first pass that sees it, so it counts
- * from (about) when its replay started.
+ * to review when their attempts are used up.  A claimed message counts as
+ * abandoned timeout after its claim expired (until then a live consumer may
+ * still claim it again); one nobody ever claimed, timeout after its replay
+ * was requested: the request is in the audit trail under replay_request_id
+ * (found through events_request_id, 40_replay.sql).
+ * Only rows that are abandoned are locked, so consumers claiming fresh
+ * replays with SKIP LOCKED never miss one because of the worker.  Looking
+ * for unclaimed ones costs a probe per unclaimed replaying message, so the
+ * worker does it less often than every naptime (with_unclaimed).
  */
 CREATE FUNCTION dlq.worker_recover(batch_size integer, timeout interval,
-                                   actor text DEFAULT current_user)
+                                   actor text DEFAULT current_user,
+                                   with_unclaimed boolean DEFAULT true)
 RETURNS bigint
 LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    UPDATE dlq.messages SET claim_expires_at = now()
-     WHERE ctid = ANY (ARRAY(SELECT ctid FROM dlq.messages
-                              WHERE status = 'replaying' AND claim_expires_at IS NULL
-                              LIMIT batch_size
-                                FOR UPDATE SKIP LOCKED));
-
     WITH back AS (
         UPDATE dlq.messages m
            SET status = CASE WHEN m.attempts >= m.max_attempts
@@ -120,9 +120,13 @@ AS $$
                                     THEN now() + dlq.retry_delay(q, m.attempts + 1) END
           FROM dlq.queues q
          WHERE m.ctid = ANY (ARRAY(
-                   SELECT ctid FROM dlq.messages
-                    WHERE status = 'replaying' AND claim_expires_at <= now() - timeout
-                    ORDER BY claim_expires_at
+                   SELECT s.ctid FROM dlq.messages s
+                    WHERE s.status = 'replaying'
+                      AND (s.claim_expires_at <= now() - timeout
+                           OR (with_unclaimed AND s.claim_expires_at IS NULL
+                               AND EXISTS (SELECT 1 FROM dlq.events e
+                                            WHERE e.request_id = s.replay_request_id
+                                              AND e.at <= now() - timeout)))
                     LIMIT batch_size
                       FOR UPDATE SKIP LOCKED))
            AND q.queue = m.queue
@@ -138,7 +142,7 @@ AS $$
     )
     SELECT count(*) FROM back
 $$;
-COMMENT ON FUNCTION dlq.worker_recover(integer, interval, text) IS
+COMMENT ON FUNCTION dlq.worker_recover(integer, interval, text, boolean) IS
     'worker step: return at most batch_size replaying messages abandoned for longer than timeout to pending (or review)';
 
 /* Messages of unpaused auto_retry queues whose next_retry_at has come, grouped by queue. */
@@ -186,11 +190,13 @@ COMMENT ON FUNCTION dlq.worker_retry_defer(bigint[]) IS
 /*
  * Alerts: a queue whose depth (pending + replaying) reached its
  * alert_threshold, and that has not alerted within its alert_cooldown, gets
- * one NOTIFY on dlq_alerts.  Queues in cooldown cost nothing; for the others
+ * one NOTIFY on dlq_alerts and its last_alert_at set.  Alerts are not
+ * audit events: they change no message, and the audit trail stays a record
+ * of what was done to messages.  Queues in cooldown cost nothing; for the others
  * the depth is first counted only up to the threshold (an index-only range),
  * and counted in full only when it is reached.
  */
-CREATE FUNCTION dlq.worker_alert(actor text DEFAULT current_user)
+CREATE FUNCTION dlq.worker_alert()
 RETURNS bigint
 LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
@@ -227,13 +233,10 @@ AS $$
     ), mark AS (
         UPDATE dlq.queues q SET last_alert_at = now()
           FROM alert WHERE q.queue = alert.queue
-    ), audit AS (
-        INSERT INTO dlq.events (actor, kind, queue, message_count, detail)
-        SELECT actor, 'alert', queue, (payload ->> 'depth')::bigint, payload FROM alert
     )
     SELECT count(pg_notify('dlq_alerts', payload::text)) FROM alert
 $$;
-COMMENT ON FUNCTION dlq.worker_alert(text) IS
+COMMENT ON FUNCTION dlq.worker_alert() IS
     'worker step: NOTIFY dlq_alerts for every queue past its alert_threshold and out of its alert_cooldown';
 
 /* The worker's heartbeat for this database, from shared memory. */

@@ -121,10 +121,15 @@ $node->safe_psql('postgres', q{
     UPDATE dlq.messages SET status = 'replaying', attempts = 1, claimed_by = 'live consumer',
            claim_expires_at = now() + interval '1 hour'
      WHERE queue = 'w_claim' AND payload ->> 'i' = '3';
-    -- a replay nobody claimed: times out dlq.replay_timeout after it is first seen
-    UPDATE dlq.messages SET status = 'replaying', attempts = 1
+    -- a replay nobody claimed: times out dlq.replay_timeout after it was requested
+    UPDATE dlq.queues SET require_listener = false WHERE queue = 'w_claim';
+    SELECT dlq_reprocess(array_agg(message_id)) FROM dlq.messages
      WHERE queue = 'w_claim' AND payload ->> 'i' = '4';
 });
+is($node->safe_psql('postgres', q{
+    SELECT status || ':' || attempts || ':' || (claim_expires_at IS NULL) FROM dlq.messages
+     WHERE queue = 'w_claim' AND payload ->> 'i' = '4'}), 'replaying:1:true',
+	'an unclaimed replay, requested through dlq_reprocess');
 ok($node->poll_query_until('postgres', q{
     SELECT string_agg(payload ->> 'i' || ':' || status, ' ' ORDER BY payload ->> 'i')
            = '1:pending 2:review 3:replaying 4:pending'
@@ -228,12 +233,13 @@ $node->safe_psql('postgres', q{
     UPDATE dlq.queues SET alert_threshold = 2, alert_cooldown = '1 hour' WHERE queue = 'w_crit';
 });
 wait_rounds('postgres', 2);
-is($node->safe_psql('postgres', q{SELECT count(*) FROM dlq.events WHERE kind = 'alert' AND queue = 'w_alert'}),
-	'0', 'no alert below the threshold');
+is($node->safe_psql('postgres', q{SELECT last_alert_at IS NULL FROM dlq.queues WHERE queue = 'w_alert'}),
+	't', 'no alert below the threshold');
 $node->safe_psql('postgres', q{SELECT dlq_store('w_alert', '{"i": 4}', 'failed')});
 ok($node->poll_query_until('postgres',
-		q{SELECT count(*) = 1 FROM dlq.events WHERE kind = 'alert' AND queue = 'w_alert'}),
+		q{SELECT last_alert_at IS NOT NULL FROM dlq.queues WHERE queue = 'w_alert'}),
 	'an alert when the depth reaches the threshold');
+my $first_alert = $node->safe_psql('postgres', q{SELECT last_alert_at FROM dlq.queues WHERE queue = 'w_alert'});
 $node->safe_psql('postgres', q{SELECT dlq_store('w_alert', jsonb_build_object('i', i), 'failed') FROM generate_series(5, 30) i});
 wait_rounds('postgres', 3);
 my $notes = $listener->query_safe('SELECT 1');
@@ -244,14 +250,19 @@ like($w_alert[0] // '', qr/"depth": 4, "queue": "w_alert", "severity": "warning"
 	'the alert carries queue, depth, threshold, severity and the oldest age');
 is(scalar(@w_crit), 1, 'one alert for the second queue');
 like($w_crit[0] // '', qr/"severity": "critical"/, 'severity is critical at 5x the threshold');
-is($node->safe_psql('postgres', q{
-    SELECT count(*) FROM dlq.queues WHERE queue IN ('w_alert', 'w_crit') AND last_alert_at IS NOT NULL}),
-	'2', 'last_alert_at recorded');
+is($node->safe_psql('postgres', qq{
+    SELECT last_alert_at = '$first_alert' FROM dlq.queues WHERE queue = 'w_alert'}),
+	't', 'last_alert_at kept from the one alert');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM dlq.events WHERE kind = 'alert'}), '0',
+	'alerts change no message and are not audit events');
 # Past the cooldown it fires again.
 $node->safe_psql('postgres', q{UPDATE dlq.queues SET alert_cooldown = '0' WHERE queue = 'w_alert'});
-ok($node->poll_query_until('postgres',
-		q{SELECT count(*) >= 2 FROM dlq.events WHERE kind = 'alert' AND queue = 'w_alert'}),
+ok($node->poll_query_until('postgres', qq{
+    SELECT last_alert_at > '$first_alert' FROM dlq.queues WHERE queue = 'w_alert'}),
 	'after the cooldown the alert fires again');
+$notes = $listener->query_safe('SELECT 1');
+like($notes, qr/Asynchronous notification "dlq_alerts" with payload "\{"depth": 30, "queue": "w_alert", "severity": "critical"/,
+	'... with the current depth');
 $listener->quit;
 
 # --- a failing batch is logged and the worker goes on -------------------------
