@@ -129,3 +129,17 @@ extern bool dlq_consumer_alive(const char *queue);
 extern void dlq_check_queue_exists(const char *queue);
 
 #endif							/* DLQ_H */
+
+/*
+ * Background worker (worker.c): a launcher, registered when the library is
+ * preloaded, starts one worker per database that has the extension.
+ */
+extern int	dlq_naptime;
+extern int	dlq_batch_size;
+extern int	dlq_replay_timeout;
+extern int	dlq_events_retention;
+extern char *dlq_databases;
+extern char *dlq_worker_role;
+
+extern void dlq_define_worker_gucs(void);
+extern void dlq_register_launcher(void);
