@@ -16,6 +16,8 @@ DATA_built = dlq--1.0.sql
 DATA = $(filter-out $(DATA_built),$(wildcard dlq--*--*.sql))
 
 PG_CONFIG ?= pg_config
+# Warnings are bugs.  -Wno-unused-parameter only because PostgreSQL's own
+# headers (bufpage.h, ilist.h) trip it under -Wextra.
 PG_CPPFLAGS += -Isrc -Wall -Wextra -Werror -Wno-unused-parameter \
 	-Wno-sign-compare -Wno-missing-field-initializers
 

@@ -15,24 +15,26 @@ CREATE ROLE nobody LOGIN;
 
 SET ROLE app_writer;
 SELECT dlq_store('sec', '{"secret": "card"}', 'declined') > 0 AS stored_without_table_privileges;
-SELECT count(*) FROM dlq.messages;
-SELECT * FROM dlq_list('sec');
-INSERT INTO dlq.messages (queue, payload, error, error_class, max_attempts)
-VALUES ('sec', '{}', 'forged', 'permanent', 1);
+SELECT dlq_test.err($$SELECT count(*) FROM dlq.messages$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_list('sec')$$);
+SELECT dlq_test.err($$INSERT INTO dlq.messages (queue, payload, error, error_class, max_attempts)
+VALUES ('sec', '{}', 'forged', 'permanent', 1)$$);
 RESET ROLE;
+SELECT count(*) AS forged FROM dlq.messages WHERE error = 'forged';
 
 SET ROLE app_reader;
 SELECT payload FROM dlq_list('sec');
 SELECT count(*) FROM dlq.messages WHERE queue = 'sec';
-SELECT dlq_store('sec', '{}', 'reader cannot store');
-UPDATE dlq.messages SET error = 'tampered';
+SELECT dlq_test.err($$SELECT dlq_store('sec', '{}', 'reader cannot store')$$);
+SELECT dlq_test.err($$UPDATE dlq.messages SET error = 'tampered'$$);
 RESET ROLE;
+SELECT count(*) AS tampered FROM dlq.messages WHERE error = 'tampered';
 
 SET ROLE nobody;
-SELECT * FROM dlq_list('sec');
-SELECT * FROM dlq_get(1);
-SELECT dlq_store('sec', '{}', 'e');
-SELECT count(*) FROM dlq.messages;
+SELECT dlq_test.err($$SELECT * FROM dlq_list('sec')$$);
+SELECT dlq_test.err($$SELECT * FROM dlq_get(1)$$);
+SELECT dlq_test.err($$SELECT dlq_store('sec', '{}', 'e')$$);
+SELECT dlq_test.err($$SELECT count(*) FROM dlq.messages$$);
 RESET ROLE;
 
 -- A search_path that shadows pg_catalog functions and operators cannot run

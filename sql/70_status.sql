@@ -295,7 +295,7 @@ RESET dlq.status_now;
 SELECT st_try($$SET dlq.status_worker = 'dead'$$);
 
 ------------------------------------------------------------------------------
--- etl_status_json, dlq.metrics, dlq.worker_status
+-- etl_status_json, dlq.metrics, dlq.etl_worker_state
 ------------------------------------------------------------------------------
 SET dlq.status_worker = 'running';
 SELECT set_config('dlq.status_now', (max(stored_at) + interval '1 min')::text, false) IS NOT NULL AS now_set
@@ -319,10 +319,10 @@ SELECT count(*) AS disagreements FROM etl_status() s
         etl_status_json()->(CASE s.kind WHEN 'queue' THEN 'queues' ELSE 'stages' END)) e
         WHERE e->>'name' = s.name);
 SELECT metric, queue, stage, status, value FROM dlq.metrics
- WHERE queue = 'st_walk' OR stage = 'st_mart' OR metric LIKE 'dlq_worker%' ORDER BY 1, 2, 3, 4;
--- worker_status: without the test override, read from shared memory
+ WHERE queue = 'st_walk' OR stage = 'st_mart' OR metric = 'dlq_worker_up' ORDER BY 1, 2, 3, 4;
+-- etl_worker_state: without the test override, read from shared memory
 RESET dlq.status_worker;
-SELECT state IN ('running', 'stopped') AS state_known FROM dlq.worker_status();
+SELECT state IN ('running', 'stopped') AS state_known FROM dlq.etl_worker_state();
 
 ------------------------------------------------------------------------------
 -- Privileges: readers see status, writers advance watermarks, operators register.

@@ -26,6 +26,7 @@ void
 _PG_init(void)
 {
 	dlq_define_gucs();
+	dlq_define_worker_gucs();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("dlq");
@@ -38,4 +39,8 @@ _PG_init(void)
 		return;
 
 	dlq_shmem_request();
+
+	/* pg_upgrade's server must not run maintenance on the databases it moves. */
+	if (!IsBinaryUpgrade)
+		dlq_register_launcher();
 }

@@ -111,4 +111,53 @@ extern int	dlq_syncing_window;
 extern char *dlq_status_now;
 extern int	dlq_status_worker;
 
+/*
+ * Replay lifecycle (replay.c, consumer.c, queue.c): helpers they share.
+ * All must be called inside SPI; the SQL-running ones as the owner.
+ */
+#include "executor/spi.h"
+#include "nodes/pg_list.h"
+
+/* Ids per SPI statement in bulk calls. */
+#define DLQ_BATCH_IDS 1000
+
+/* A count of messages and their first DLQ_AUDIT_MAX_IDS ids, for audit. */
+typedef struct DlqIdTally
+{
+	int64		count;
+	int64		ids[DLQ_AUDIT_MAX_IDS];
+} DlqIdTally;
+
+typedef struct DlqQueueTally
+{
+	char	   *queue;
+	DlqIdTally	tally;
+} DlqQueueTally;
+
+extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
+extern Datum dlq_id_array_datum(const int64 *ids, int n);
+extern int64 *dlq_id_array_values(ArrayType *array, int *n);
+extern char *dlq_json_quote(const char *s);
+extern void dlq_tally_add(DlqIdTally *tally, int64 id);
+extern void dlq_tally_audit(const DlqIdTally *tally, const char *kind, const char *actor,
+							const char *queue, Datum request_id, Jsonb *detail);
+extern DlqQueueTally *dlq_queue_tally(List **tallies, const char *queue);
+extern int64 dlq_queue_tally_rows(List **tallies);
+extern bool dlq_consumer_alive(const char *queue);
+extern void dlq_check_queue_exists(const char *queue);
+
 #endif							/* DLQ_H */
+
+/*
+ * Background worker (worker.c): a launcher, registered when the library is
+ * preloaded, starts one worker per database that has the extension.
+ */
+extern int	dlq_naptime;
+extern int	dlq_batch_size;
+extern int	dlq_replay_timeout;
+extern int	dlq_events_retention;
+extern char *dlq_databases;
+extern char *dlq_worker_role;
+
+extern void dlq_define_worker_gucs(void);
+extern void dlq_register_launcher(void);

@@ -10,7 +10,9 @@
 
 #include <limits.h>
 
+#include "nodes/pg_list.h"
 #include "utils/guc.h"
+#include "utils/varlena.h"
 
 #include "dlq.h"
 
@@ -92,4 +94,83 @@ dlq_define_gucs(void)
 							 DLQ_STATUS_WORKER_AUTO, dlq_status_worker_options,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+}
+
+/*
+ * Background worker (worker.c).  All PGC_SIGHUP: they belong in
+ * postgresql.conf or ALTER SYSTEM, and a reload reaches the launcher and
+ * every worker.
+ */
+int			dlq_naptime = 1000;
+int			dlq_batch_size = 10000;
+int			dlq_replay_timeout = 300;
+int			dlq_events_retention = 90 * 24 * 3600;
+char	   *dlq_databases = NULL;
+char	   *dlq_worker_role = NULL;
+
+/* dlq.databases must be a list of identifiers, as in other list settings. */
+static bool
+dlq_check_databases(char **newval, void **extra, GucSource source)
+{
+	char	   *rawstring = pstrdup(*newval);
+	List	   *names = NIL;
+	bool		ok = SplitIdentifierString(rawstring, ',', &names);
+
+	list_free(names);
+	pfree(rawstring);
+	if (!ok)
+		GUC_check_errdetail("List syntax is invalid.");
+	return ok;
+}
+
+void
+dlq_define_worker_gucs(void)
+{
+	DefineCustomIntVariable("dlq.naptime",
+							"Time between two rounds of the dlq background worker.",
+							"Each round expires, purges, recovers timed-out replays, retries and alerts.",
+							&dlq_naptime,
+							1000, 10, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("dlq.batch_size",
+							"Most messages the dlq background worker changes in one transaction.",
+							NULL,
+							&dlq_batch_size,
+							10000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("dlq.replay_timeout",
+							"Time after which a replaying message nobody finishes goes back to pending.",
+							"Counted from the expiry of its claim, or from the start of its replay when it was never claimed.",
+							&dlq_replay_timeout,
+							300, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("dlq.events_retention",
+							"Age after which the dlq background worker deletes audit events.",
+							"0 keeps them forever.",
+							&dlq_events_retention,
+							90 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("dlq.databases",
+							   "Databases in which the dlq background worker runs.",
+							   "A comma-separated list of database names; empty means every database that has the extension.",
+							   &dlq_databases,
+							   "",
+							   PGC_SIGHUP, GUC_LIST_INPUT,
+							   dlq_check_databases, NULL, NULL);
+
+	DefineCustomStringVariable("dlq.worker_role",
+							   "Role as which the dlq background worker requests automatic retries.",
+							   "Empty means the owner of the extension.  Maintenance always runs as the owner.",
+							   &dlq_worker_role,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
 }

@@ -23,7 +23,9 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/tuplestore.h"
 
 #include "dlq.h"
@@ -32,13 +34,12 @@
 
 /* Which filters a page has: the bits index the plan cache. */
 #define LIST_QUEUE		0x01
-#define LIST_CURSOR		0x02
-#define LIST_STATUS		0x04
-#define LIST_COMPONENT	0x08
-#define LIST_SQLSTATE	0x10
-#define LIST_DESC		0x20
-#define LIST_JSON		0x40
-#define LIST_NPLANS		0x80
+#define LIST_STATUS		0x02
+#define LIST_COMPONENT	0x04
+#define LIST_SQLSTATE	0x08
+#define LIST_DESC		0x10
+#define LIST_JSON		0x20
+#define LIST_NPLANS		0x40
 
 #define LIST_NARGS 6
 
@@ -85,10 +86,11 @@ list_parse_args(FunctionCallInfo fcinfo, ListArgs *a)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("cursor must not be negative"),
 					 errhint("Pass the next_cursor of the previous page, or NULL for the first page.")));
-		a->flags |= LIST_CURSOR;
 		a->values[1] = Int64GetDatum(cursor);
-		a->nulls[1] = ' ';
 	}
+	else
+		a->values[1] = Int64GetDatum(0);	/* set below for newest_first */
+	a->nulls[1] = ' ';
 
 	dlq_check_not_null(fcinfo, 2, "batch_size");
 	a->batch_size = PG_GETARG_INT32(2);
@@ -124,35 +126,76 @@ list_parse_args(FunctionCallInfo fcinfo, ListArgs *a)
 
 	dlq_check_not_null(fcinfo, 6, "newest_first");
 	if (PG_GETARG_BOOL(6))
+	{
 		a->flags |= LIST_DESC;
+		if (PG_ARGISNULL(1))
+			a->values[1] = Int64GetDatum(PG_INT64_MAX);
+	}
 }
 
+/*
+ * The page query for a combination of filters.
+ *
+ * The equality filters that have an index (queue, status, component: see
+ * src/sql/10_storage.sql) form a prefix P, and the page is written as a
+ * row comparison over (P, message_id) ordered by (P, message_id):
+ *
+ *	  (P, message_id) > (values, cursor) AND (P) <= (values)
+ *
+ * which means exactly "P = values AND message_id > cursor" but can only be
+ * served, in that order, by the index on (P, message_id).  Written as plain
+ * equalities, the planner may prefer walking the primary key and filtering,
+ * which reads every row of other queues between the cursor and the page,
+ * and keeps doing so in a cached generic plan.  sqlstate, and component
+ * when there is no status, are plain filters on top.
+ */
 static SPIPlanPtr
 list_get_plan(int flags)
 {
 	StringInfoData sql;
+	StringInfoData cols;
+	StringInfoData vals;
+	StringInfoData order;
 	Oid			types[LIST_NARGS + 1] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID};
+	bool		desc = (flags & LIST_DESC) != 0;
+	bool		component_in_index = (flags & LIST_QUEUE) && (flags & LIST_STATUS);
 	SPIPlanPtr	plan;
 
 	if (list_plans[flags] != NULL)
 		return list_plans[flags];
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s FROM dlq.messages m WHERE true",
-					 (flags & LIST_JSON) ? "pg_catalog.to_jsonb(m), m.message_id" : "m.*");
+	initStringInfo(&cols);
+	initStringInfo(&vals);
+	initStringInfo(&order);
+#define PREFIX(col, val) \
+	do { \
+		appendStringInfo(&cols, "%sm.%s", cols.len ? ", " : "", col); \
+		appendStringInfo(&vals, "%s%s", vals.len ? ", " : "", val); \
+		appendStringInfo(&order, "m.%s%s, ", col, desc ? " DESC" : ""); \
+	} while (0)
 	if (flags & LIST_QUEUE)
-		appendStringInfoString(&sql, " AND m.queue = $1");
+		PREFIX("queue", "$1");
 	if (flags & LIST_STATUS)
-		appendStringInfoString(&sql, " AND m.status = $4::dlq.status");
-	if (flags & LIST_COMPONENT)
+		PREFIX("status", "$4::dlq.status");
+	if ((flags & LIST_COMPONENT) && component_in_index)
+		PREFIX("component", "$5");
+#undef PREFIX
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s FROM dlq.messages m WHERE ",
+					 (flags & LIST_JSON) ? "pg_catalog.to_jsonb(m), m.message_id" : "m.*");
+	if (cols.len > 0)
+		appendStringInfo(&sql, "(%s, m.message_id) %s (%s, $2) AND (%s) %s (%s)",
+						 cols.data, desc ? "<" : ">", vals.data,
+						 cols.data, desc ? ">=" : "<=", vals.data);
+	else
+		appendStringInfo(&sql, "m.message_id %s $2", desc ? "<" : ">");
+	if ((flags & LIST_COMPONENT) && !component_in_index)
 		appendStringInfoString(&sql, " AND m.component = $5");
 	if (flags & LIST_SQLSTATE)
 		appendStringInfoString(&sql, " AND m.sqlstate = $6::pg_catalog.bpchar");
-	if (flags & LIST_CURSOR)
-		appendStringInfoString(&sql, (flags & LIST_DESC) ?
-							   " AND m.message_id < $2" : " AND m.message_id > $2");
-	appendStringInfoString(&sql, (flags & LIST_DESC) ?
-						   " ORDER BY m.message_id DESC" : " ORDER BY m.message_id");
+
+	appendStringInfo(&sql, " ORDER BY %sm.message_id%s", order.data, desc ? " DESC" : "");
 	/* $3 is batch_size; $7 is 1 when the page looks one row ahead. */
 	appendStringInfoString(&sql, " LIMIT $3 + $7");
 
@@ -164,12 +207,23 @@ list_get_plan(int flags)
 	return plan;
 }
 
-/* Run the page query; extra is 1 to fetch one row more than the page. */
+/*
+ * Run the page query; extra is 1 to fetch one row more than the page.
+ *
+ * The plan is made with sorts, sequential and bitmap scans disabled, so that
+ * the planner takes the index that delivers (P, message_id) in order even
+ * when its estimates say otherwise: row comparisons are estimated on their
+ * first column only, and on a small table a sort looks as cheap, but a page
+ * must stay a bounded range scan as the table grows under a cached plan.
+ */
 static void
 list_run(ListArgs *a, int extra)
 {
+	static const char *const disabled[] =
+	{"enable_seqscan", "enable_bitmapscan", "enable_sort", "enable_incremental_sort"};
 	Datum		values[LIST_NARGS + 1];
 	char		nulls[LIST_NARGS + 1];
+	int			nest;
 	int			ret;
 
 	memcpy(values, a->values, sizeof(a->values));
@@ -179,9 +233,14 @@ list_run(ListArgs *a, int extra)
 	values[LIST_NARGS] = Int32GetDatum(extra);
 	nulls[LIST_NARGS] = ' ';
 
+	nest = NewGUCNestLevel();
+	for (int i = 0; i < lengthof(disabled); i++)
+		(void) set_config_option(disabled[i], "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 	ret = SPI_execute_plan(list_get_plan(a->flags), values, nulls, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not list messages: %s", SPI_result_code_string(ret));
+	AtEOXact_GUC(true, nest);
 }
 
 PG_FUNCTION_INFO_V1(dlq_list);
@@ -233,59 +292,97 @@ dlq_list(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(dlq_list_page);
 
+/* Push a key and a scalar value into the object being built. */
+static void
+list_push_pair(JsonbParseState **state, const char *key, JsonbValue *value)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	(void) pushJsonbValue(state, WJB_KEY, &k);
+	(void) pushJsonbValue(state, WJB_VALUE, value);
+}
+
 /*
  * dlq_list_page(same arguments as dlq_list) returns jsonb
  *	  {"messages": [...], "next_cursor": id or null, "has_more": bool}
  *
- * has_more is exact: the query looks one row past the page.
+ * has_more is exact: the query looks one row past the page.  The rows come
+ * from the query as jsonb already and are pushed into the envelope as they
+ * are, without a round trip through text.
  */
 Datum
 dlq_list_page(PG_FUNCTION_ARGS)
 {
 	ListArgs	args;
 	DlqOwnerContext owner;
-	StringInfoData buf;
+	JsonbParseState *state = NULL;
+	JsonbValue	v;
+	JsonbValue *result;
+	Jsonb	   *page;
 	uint64		n;
 	bool		has_more;
 	int64		last_id = 0;
 	MemoryContext callcontext = CurrentMemoryContext;
+	MemoryContext spicontext;
 
 	list_parse_args(fcinfo, &args);
 	args.flags |= LIST_JSON;
-	initStringInfo(&buf);		/* before SPI_connect: it outlives SPI */
 
 	dlq_become_owner(&owner);
 	SPI_connect();
 	list_run(&args, 1);
-
 	n = SPI_processed;
 	has_more = n > (uint64) args.batch_size;
 	if (has_more)
 		n = args.batch_size;
 
-	appendStringInfoString(&buf, "{\"messages\": [");
+	/* Build the result in the caller's context: it outlives SPI. */
+	spicontext = MemoryContextSwitchTo(callcontext);
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	v.type = jbvString;
+	v.val.string.val = "messages";
+	v.val.string.len = strlen("messages");
+	(void) pushJsonbValue(&state, WJB_KEY, &v);
+	(void) pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
 	for (uint64 i = 0; i < n; i++)
 	{
 		bool		isnull;
 		Jsonb	   *row = DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[i],
 													   SPI_tuptable->tupdesc, 1, &isnull));
 
-		if (i > 0)
-			appendStringInfoString(&buf, ", ");
-		(void) JsonbToCString(&buf, &row->root, VARSIZE(row));
+		v.type = jbvBinary;
+		v.val.binary.data = &row->root;
+		v.val.binary.len = VARSIZE(row) - VARHDRSZ;
+		(void) pushJsonbValue(&state, WJB_ELEM, &v);
 		last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 											  SPI_tuptable->tupdesc, 2, &isnull));
 	}
+	(void) pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+
 	if (has_more)
-		appendStringInfo(&buf, "], \"next_cursor\": " INT64_FORMAT ", \"has_more\": true}", last_id);
+	{
+		v.type = jbvNumeric;
+		v.val.numeric = DatumGetNumeric(DirectFunctionCall1(int8_numeric,
+															Int64GetDatum(last_id)));
+	}
 	else
-		appendStringInfoString(&buf, "], \"next_cursor\": null, \"has_more\": false}");
+		v.type = jbvNull;
+	list_push_pair(&state, "next_cursor", &v);
+	v.type = jbvBool;
+	v.val.boolean = has_more;
+	list_push_pair(&state, "has_more", &v);
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	/* Flatten before SPI_finish: the values still point into SPI's rows. */
+	page = JsonbValueToJsonb(result);
+	MemoryContextSwitchTo(spicontext);
 
 	SPI_finish();
 	dlq_restore_caller(&owner);
 
-	MemoryContextSwitchTo(callcontext);
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+	PG_RETURN_JSONB_P(page);
 }
 
 PG_FUNCTION_INFO_V1(dlq_get);

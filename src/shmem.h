@@ -32,6 +32,10 @@ typedef struct DlqWorkerSlot
 	int64		errors;
 	TimestampTz last_error_at;
 	char		last_error[DLQ_LAST_ERROR_LEN];
+	/* appended by the worker (worker.c) */
+	int64		last_events_purged;
+	TimestampTz last_round_start;
+	int64		starts;			/* workers started for this database */
 } DlqWorkerSlot;
 
 typedef struct DlqShared

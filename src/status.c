@@ -175,6 +175,13 @@ static int	maxpending_counts = 0;
 static Oid	pending_status_type = InvalidOid;
 static bool count_callbacks_registered = false;
 
+/*
+ * Set once this transaction's counts were written at pre-commit: changes
+ * made later by other pre-commit callbacks (dlq_capture writes its buffered
+ * rows there) are written at once.
+ */
+static bool counts_flushed_at_commit = false;
+
 static int
 count_shard(void)
 {
@@ -398,6 +405,7 @@ counts_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_PREPARE:
 			if (npending_counts > 0)
 				counts_flush();
+			counts_flushed_at_commit = true;
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_ABORT:
@@ -405,6 +413,7 @@ counts_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			npending_counts = 0;
+			counts_flushed_at_commit = false;
 			break;
 		default:
 			break;
@@ -497,6 +506,8 @@ dlq_count_messages(PG_FUNCTION_ARGS)
 		count_rows(trigdata->tg_oldtable, desc, -1, level);
 	if (trigdata->tg_newtable)
 		count_rows(trigdata->tg_newtable, desc, 1, level);
+	if (counts_flushed_at_commit && npending_counts > 0)
+		counts_flush();
 	return PointerGetDatum(NULL);
 }
 
@@ -1339,11 +1350,11 @@ etl_watermark(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(result);
 }
 
-PG_FUNCTION_INFO_V1(dlq_worker_status);
+PG_FUNCTION_INFO_V1(dlq_etl_worker_state);
 
-/* dlq.worker_status() returns (state text, pid int, last_heartbeat timestamptz) */
+/* dlq.etl_worker_state() returns (state text, pid int, last_heartbeat timestamptz) */
 Datum
-dlq_worker_status(PG_FUNCTION_ARGS)
+dlq_etl_worker_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	desc;
 	WorkerState w;

@@ -130,10 +130,10 @@ AS 'MODULE_PATHNAME', 'etl_watermark';
 COMMENT ON FUNCTION @extschema@.etl_watermark(text, bigint) IS
     'advance a stage''s watermark to position (never backwards); returns the watermark now in force';
 
-CREATE FUNCTION dlq.worker_status(OUT state text, OUT pid integer, OUT last_heartbeat timestamptz)
+CREATE FUNCTION dlq.etl_worker_state(OUT state text, OUT pid integer, OUT last_heartbeat timestamptz)
 LANGUAGE c STABLE PARALLEL RESTRICTED
-AS 'MODULE_PATHNAME', 'dlq_worker_status';
-COMMENT ON FUNCTION dlq.worker_status() IS
+AS 'MODULE_PATHNAME', 'dlq_etl_worker_state';
+COMMENT ON FUNCTION dlq.etl_worker_state() IS
     'state of this database''s dlq worker as etl_status sees it: running, stopped, not_preloaded or standby';
 
 /* One row per queue, stage and figure, named for Prometheus. */
@@ -169,7 +169,7 @@ SELECT f.metric, NULL, s.name, NULL, f.value
  WHERE s.kind = 'stage' AND f.value IS NOT NULL
 UNION ALL
 SELECT f.metric, NULL, NULL, NULL, f.value
-  FROM dlq.worker_status() w
+  FROM dlq.etl_worker_state() w
  CROSS JOIN LATERAL (VALUES
         ('dlq_worker_up', (w.state = 'running')::int::float8),
         ('dlq_worker_heartbeat_age_seconds',
@@ -184,7 +184,7 @@ GRANT SELECT ON dlq.metrics TO dlq_reader;
 GRANT EXECUTE ON FUNCTION
     @extschema@.etl_status(text),
     @extschema@.etl_status_json(),
-    dlq.worker_status()
+    dlq.etl_worker_state()
     TO dlq_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.etl_watermark(text, bigint) TO dlq_writer, dlq_operator;
 GRANT EXECUTE ON FUNCTION

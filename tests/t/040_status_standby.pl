@@ -52,7 +52,7 @@ is($standby->safe_psql('postgres', q{
     FULL JOIN (SELECT queue, status, sum(n) AS n FROM dlq.counts GROUP BY 1, 2 HAVING sum(n) <> 0) c
     USING (queue, status) WHERE m.n IS DISTINCT FROM c.n}), '0', 'counts exact on the standby');
 
-is($standby->safe_psql('postgres', 'SELECT state FROM dlq.worker_status()'), 'standby',
+is($standby->safe_psql('postgres', 'SELECT state FROM dlq.etl_worker_state()'), 'standby',
     'the worker is reported as standby');
 # Queues sb_0, sb_1 and sb_2 hold 50 to 100 pending messages, over a threshold of 10.
 is($standby->safe_psql('postgres', q{

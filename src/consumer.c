@@ -1,0 +1,635 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer.c
+ *	  The consumer side of replay: dlq_listen, dlq_claim, dlq_ack and
+ *	  dlq_nack.
+ *
+ *	  A consumer registers with dlq_listen: it LISTENs on the queue's
+ *	  channel and takes a session-level shared advisory lock on a key
+ *	  derived from the queue name.  That lock is the live-consumer registry:
+ *	  dlq_reprocess looks for a holder in the lock table before it hands
+ *	  messages to consumers, and the lock vanishes with the backend, however
+ *	  the backend ends.
+ *
+ *	  Messages handed to consumers are "replaying".  dlq_claim leases a batch
+ *	  of them (claimed_by, claim_expires_at) with FOR UPDATE SKIP LOCKED, so
+ *	  concurrent consumers get disjoint sets and a lease that expires makes
+ *	  the message claimable again (at-least-once).  dlq_ack resolves,
+ *	  dlq_nack ends the attempt: back to pending, or review once the
+ *	  message has used max_attempts replays.  Neither claims nor nacks count
+ *	  as attempts; the replay that handed the message out did.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "dlq.h"
+
+/* First key of the live-consumer advisory locks: "DLQ". */
+#define DLQ_CONSUMER_LOCK_KEY1	0x00444C51
+
+#define DLQ_MAX_CLAIM_BATCH 1000
+
+static SPIPlanPtr channel_plan = NULL;
+static SPIPlanPtr alive_plan = NULL;
+static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr queue_exists_plan = NULL;
+static SPIPlanPtr ack_plan = NULL;
+static SPIPlanPtr nack_lock_plan = NULL;
+static SPIPlanPtr nack_plan = NULL;
+static SPIPlanPtr nack_fold_plan = NULL;
+
+/*
+ * Registrations taken in the current transaction.  LISTEN is transactional
+ * but a session lock is not: when the (sub)transaction that called
+ * dlq_listen aborts, its LISTEN is undone, so its registration must go too.
+ */
+typedef struct ConsumerRegistration
+{
+	uint32		key2;
+	SubTransactionId subid;
+} ConsumerRegistration;
+
+static ConsumerRegistration *registrations = NULL;
+static int	nregistrations = 0;
+static int	maxregistrations = 0;
+static bool callbacks_registered = false;
+
+static uint32
+consumer_lock_key2(const char *queue)
+{
+	return hash_bytes((const unsigned char *) queue, strlen(queue));
+}
+
+static void
+consumer_lock_tag(LOCKTAG *tag, uint32 key2)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, DLQ_CONSUMER_LOCK_KEY1, key2, 2);
+}
+
+/* Drop the registrations of subtransaction subid (or of all, if invalid). */
+static void
+consumer_unregister(SubTransactionId subid)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < nregistrations; i++)
+	{
+		if (subid == InvalidSubTransactionId || registrations[i].subid == subid)
+		{
+			LOCKTAG		tag;
+
+			consumer_lock_tag(&tag, registrations[i].key2);
+			(void) LockRelease(&tag, ShareLock, true);
+		}
+		else
+			registrations[kept++] = registrations[i];
+	}
+	nregistrations = kept;
+}
+
+static void
+consumer_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			consumer_unregister(InvalidSubTransactionId);
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+			nregistrations = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+consumer_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		consumer_unregister(mySubid);
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (int i = 0; i < nregistrations; i++)
+			if (registrations[i].subid == mySubid)
+				registrations[i].subid = parentSubid;
+	}
+}
+
+/* Take the session lock that registers this backend as a consumer. */
+static void
+consumer_register(const char *queue)
+{
+	LOCKTAG		tag;
+	uint32		key2 = consumer_lock_key2(queue);
+
+	consumer_lock_tag(&tag, key2);
+	if (LockHeldByMe(&tag, ShareLock))
+		return;
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(consumer_xact_callback, NULL);
+		RegisterSubXactCallback(consumer_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	if (nregistrations >= maxregistrations)
+	{
+		int			newmax = Max(8, maxregistrations * 2);
+
+		registrations = registrations == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(ConsumerRegistration) * newmax) :
+			repalloc(registrations, sizeof(ConsumerRegistration) * newmax);
+		maxregistrations = newmax;
+	}
+
+	/*
+	 * A session lock survives transaction end and is released when the
+	 * backend exits, crash or not.
+	 */
+	(void) LockAcquire(&tag, ShareLock, true, false);
+	registrations[nregistrations].key2 = key2;
+	registrations[nregistrations].subid = GetCurrentSubTransactionId();
+	nregistrations++;
+}
+
+/*
+ * Whether some backend of this database has called dlq_listen(queue) and
+ * is still alive.  Must be called inside SPI.
+ */
+bool
+dlq_consumer_alive(const char *queue)
+{
+	Datum		values[3];
+	bool		isnull;
+	int			ret;
+
+	if (alive_plan == NULL)
+	{
+		Oid			types[3] = {OIDOID, OIDOID, OIDOID};
+
+		alive_plan = dlq_prepare_kept(
+									  "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l"
+									  " WHERE l.locktype = 'advisory' AND l.database = $1"
+									  " AND l.classid = $2 AND l.objid = $3 AND l.objsubid = 2"
+									  " AND l.granted)",
+									  3, types);
+	}
+	values[0] = ObjectIdGetDatum(MyDatabaseId);
+	values[1] = ObjectIdGetDatum((Oid) DLQ_CONSUMER_LOCK_KEY1);
+	values[2] = ObjectIdGetDatum((Oid) consumer_lock_key2(queue));
+	ret = SPI_execute_plan(alive_plan, values, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not look for consumers: %s", SPI_result_code_string(ret));
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* Raise 42704 unless the queue exists.  Inside SPI, as the owner. */
+void
+dlq_check_queue_exists(const char *queue)
+{
+	Datum		value = CStringGetTextDatum(queue);
+	int			ret;
+
+	if (queue_exists_plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		queue_exists_plan = dlq_prepare_kept(
+											 "SELECT 1 FROM dlq.queues WHERE queue = $1", 1, types);
+	}
+	ret = SPI_execute_plan(queue_exists_plan, &value, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read queue: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("queue \"%s\" does not exist", queue)));
+}
+
+PG_FUNCTION_INFO_V1(dlq_listen);
+
+/*
+ * dlq_listen(queue) returns text
+ *
+ * LISTEN on the queue's channel and register as a live consumer until the
+ * session ends.  The queue is created with defaults if it is new, so that
+ * consumers may start before the first failure.  Returns the channel.
+ */
+Datum
+dlq_listen(PG_FUNCTION_ARGS)
+{
+	char	   *queue = dlq_check_name("queue name",
+									   PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
+	DlqOwnerContext owner;
+	Datum		value = CStringGetTextDatum(queue);
+	char	   *channel;
+	bool		isnull;
+	int			ret;
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (channel_plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		channel_plan = dlq_prepare_kept("SELECT channel FROM dlq.queues WHERE queue = $1",
+										1, types);
+	}
+	dlq_ensure_queue(queue);
+	ret = SPI_execute_plan(channel_plan, &value, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the channel of queue \"%s\"", queue);
+	channel = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 1, &isnull));
+	channel = MemoryContextStrdup(TopTransactionContext, channel);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	Async_Listen(channel);
+	consumer_register(queue);
+
+	PG_RETURN_TEXT_P(cstring_to_text(channel));
+}
+
+PG_FUNCTION_INFO_V1(dlq_claim);
+
+/*
+ * dlq_claim(queue, batch_size, visibility) returns setof dlq.message
+ *
+ * Lease up to batch_size replaying messages of the queue that nobody holds
+ * (never claimed, or whose lease expired) for the visibility interval.
+ */
+Datum
+dlq_claim(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *queue;
+	int32		batch_size;
+	Interval   *visibility;
+	Interval	zero = {0};
+	Datum		values[4];
+	Tuplestorestate *tupstore;
+	TupleDesc	tupdesc;
+	MemoryContext oldcontext;
+	DlqOwnerContext owner;
+	int			ret;
+
+	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
+	dlq_check_not_null(fcinfo, 1, "batch_size");
+	batch_size = PG_GETARG_INT32(1);
+	if (batch_size < 1 || batch_size > DLQ_MAX_CLAIM_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch_size must be between 1 and %d", DLQ_MAX_CLAIM_BATCH)));
+	dlq_check_not_null(fcinfo, 2, "visibility");
+	visibility = PG_GETARG_INTERVAL_P(2);
+	if (DatumGetBool(DirectFunctionCall2(interval_le, IntervalPGetDatum(visibility),
+										 IntervalPGetDatum(&zero))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("visibility must be positive")));
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		(rsinfo->allowedModes & SFRM_Materialize) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	tupdesc = CreateTupleDescCopy(tupdesc);
+	tupstore = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(oldcontext);
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (claim_plan == NULL)
+	{
+		Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, INTERVALOID};
+
+		claim_plan = dlq_prepare_kept(
+									  "WITH c AS (SELECT message_id FROM dlq.messages"
+									  "  WHERE queue = $1 AND status = 'replaying'"
+									  "  AND (claim_expires_at IS NULL OR claim_expires_at <= now())"
+									  "  ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+									  " UPDATE dlq.messages m SET claimed_by = $3,"
+									  "  claim_expires_at = now() + $4"
+									  " FROM c WHERE m.message_id = c.message_id"
+									  " RETURNING m.*",
+									  4, types);
+	}
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = Int32GetDatum(batch_size);
+	values[2] = CStringGetTextDatum(psprintf("%s/%d",
+											 GetUserNameFromId(owner.caller, false),
+											 MyProcPid));
+	values[3] = IntervalPGetDatum(visibility);
+	ret = SPI_execute_plan(claim_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not claim messages: %s", SPI_result_code_string(ret));
+	if (SPI_tuptable->tupdesc->natts != tupdesc->natts)
+		elog(ERROR, "dlq.message does not match dlq.messages");
+
+	/* RETURNING comes back in no particular order: hand them out by id. */
+	if (SPI_processed > 0)
+	{
+		uint64		n = SPI_processed;
+		HeapTuple  *rows = SPI_tuptable->vals;
+		int64	   *ids = palloc(sizeof(int64) * n);
+		bool		isnull;
+
+		for (uint64 i = 0; i < n; i++)
+			ids[i] = DatumGetInt64(SPI_getbinval(rows[i], SPI_tuptable->tupdesc, 1, &isnull));
+		for (uint64 i = 1; i < n; i++)
+		{
+			for (uint64 j = i; j > 0 && ids[j - 1] > ids[j]; j--)
+			{
+				int64		t = ids[j];
+				HeapTuple	r = rows[j];
+
+				ids[j] = ids[j - 1];
+				rows[j] = rows[j - 1];
+				ids[j - 1] = t;
+				rows[j - 1] = r;
+			}
+		}
+		for (uint64 i = 0; i < n; i++)
+			tuplestore_puttuple(tupstore, rows[i]);
+	}
+	else
+		dlq_check_queue_exists(queue);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tupstore;
+	rsinfo->setDesc = tupdesc;
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(dlq_ack);
+
+/*
+ * dlq_ack(message_ids) returns bigint
+ *
+ * Resolve replaying messages; returns how many were.  Ids that are not
+ * replaying (already acked, timed out back to pending, unknown) are left
+ * alone and not counted.
+ */
+Datum
+dlq_ack(PG_FUNCTION_ARGS)
+{
+	int			nids;
+	int64	   *ids;
+	DlqOwnerContext owner;
+	int64		acked = 0;
+	Datum		request_id = dlq_new_request_id();
+	int			ret;
+
+	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (ack_plan == NULL)
+	{
+		Oid			types[1] = {INT8ARRAYOID};
+
+		ack_plan = dlq_prepare_kept(
+									"WITH a AS (UPDATE dlq.messages SET status = 'resolved',"
+									"  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
+									"  next_retry_at = NULL"
+									"  WHERE message_id = ANY ($1) AND status = 'replaying'"
+									"  RETURNING queue, message_id)"
+									" SELECT queue, count(*), array_agg(message_id ORDER BY message_id)"
+									" FROM a GROUP BY queue ORDER BY queue",
+									1, types);
+	}
+	for (int off = 0; off < nids; off += DLQ_BATCH_IDS)
+	{
+		int			n = Min(DLQ_BATCH_IDS, nids - off);
+		Datum		arg = dlq_id_array_datum(ids + off, n);
+
+		ret = SPI_execute_plan(ack_plan, &arg, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not acknowledge messages: %s", SPI_result_code_string(ret));
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	row = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
+			int64		count = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+			int			nq;
+			int64	   *qids = NULL;
+
+			if (count <= DLQ_AUDIT_MAX_IDS)
+				qids = dlq_id_array_values(DatumGetArrayTypeP(SPI_getbinval(row, desc, 3, &isnull)),
+										   &nq);
+			else
+				nq = 0;
+			dlq_audit("acked", GetUserNameFromId(owner.caller, false), queue,
+					  request_id, true, count, qids, nq, NULL);
+			acked += count;
+		}
+	}
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_INT64(acked);
+}
+
+PG_FUNCTION_INFO_V1(dlq_nack);
+
+/*
+ * dlq_nack(message_id, error, sqlstate, retry_in) returns text
+ *
+ * End the replay of one message with a failure: the error is recorded and
+ * the message goes back to pending, or to review when it has used its
+ * max_attempts replays.  retry_in sets next_retry_at; without it auto_retry
+ * queues back off with dlq.retry_delay.  A message whose dedup_key is
+ * meanwhile held by another open message is folded into that one (its
+ * occurrences added) and resolved, with a "merged" event.  Returns the new
+ * status.
+ */
+Datum
+dlq_nack(PG_FUNCTION_ARGS)
+{
+	int64		id;
+	char	   *error;
+	const char *sqlstate;
+	Interval   *retry_in = NULL;
+	DlqOwnerContext owner;
+	Datum		values[6];
+	char		nulls[6];
+	int			ret;
+	bool		isnull;
+	char	   *queue;
+	char	   *dedup_key = NULL;
+	char	   *status;
+	int64		into = 0;
+	const char *actor;
+
+	dlq_check_not_null(fcinfo, 0, "message_id");
+	id = PG_GETARG_INT64(0);
+	dlq_check_not_null(fcinfo, 1, "error");
+	error = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (error[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("error must not be empty")));
+	if (strlen(error) > dlq_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("error text is too large"),
+				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
+						   (int) strlen(error), dlq_max_payload_bytes)));
+	sqlstate = dlq_check_sqlstate(PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2));
+	if (!PG_ARGISNULL(3))
+	{
+		Interval	zero = {0};
+
+		retry_in = PG_GETARG_INTERVAL_P(3);
+		if (DatumGetBool(DirectFunctionCall2(interval_lt, IntervalPGetDatum(retry_in),
+											 IntervalPGetDatum(&zero))))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("retry_in must not be negative")));
+	}
+
+	dlq_become_owner(&owner);
+	actor = GetUserNameFromId(owner.caller, false);
+	SPI_connect();
+	if (nack_plan == NULL)
+	{
+		Oid			ltypes[1] = {INT8OID};
+		Oid			types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID, INT8OID};
+
+		nack_lock_plan = dlq_prepare_kept(
+										  "SELECT m.status::text, m.queue, m.dedup_key,"
+										  "  (SELECT o.message_id FROM dlq.messages o"
+										  "   WHERE o.queue = m.queue AND o.dedup_key = m.dedup_key"
+										  "   AND o.status IN ('pending', 'review') AND o.message_id <> m.message_id"
+										  "   FOR UPDATE)"
+										  " FROM dlq.messages m WHERE m.message_id = $1 FOR UPDATE OF m",
+										  1, ltypes);
+		nack_plan = dlq_prepare_kept(
+									 "UPDATE dlq.messages m SET"
+									 "  status = CASE WHEN m.attempts >= m.max_attempts"
+									 "   THEN 'review' ELSE 'pending' END::dlq.status,"
+									 "  error = $2, sqlstate = $3, error_class = $4,"
+									 "  error_detail = NULL, last_failed_at = now(),"
+									 "  claimed_by = NULL, claim_expires_at = NULL,"
+									 "  next_retry_at = CASE WHEN m.attempts >= m.max_attempts THEN NULL"
+									 "   WHEN $5 IS NOT NULL THEN now() + $5"
+									 "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q, m.attempts + 1)"
+									 "   END"
+									 " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
+									 " RETURNING m.status::text",
+									 6, types);
+		nack_fold_plan = dlq_prepare_kept(
+										  "WITH r AS (UPDATE dlq.messages SET status = 'resolved',"
+										  "  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
+										  "  error = $2, sqlstate = $3, error_class = $4, last_failed_at = now()"
+										  "  WHERE message_id = $1 RETURNING occurrences)"
+										  " UPDATE dlq.messages o SET occurrences = o.occurrences + r.occurrences,"
+										  "  error = $2, sqlstate = $3, error_class = $4, error_detail = NULL,"
+										  "  last_failed_at = now()"
+										  " FROM r WHERE o.message_id = $6",
+										  6, types);
+	}
+
+	values[0] = Int64GetDatum(id);
+	ret = SPI_execute_plan(nack_lock_plan, values, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read message: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA),
+				 errmsg("message %lld does not exist", (long long) id)));
+	status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+	queue = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 2, &isnull));
+	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	if (!isnull)
+		dedup_key = "";
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+
+		if (!isnull)
+			into = DatumGetInt64(d);
+	}
+	if (strcmp(status, "replaying") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("message %lld is not being replayed", (long long) id),
+				 errdetail("Its status is \"%s\".", status)));
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[1] = CStringGetTextDatum(error);
+	if (sqlstate)
+		values[2] = CStringGetTextDatum(sqlstate);
+	else
+		nulls[2] = 'n';
+	values[3] = CStringGetTextDatum(dlq_error_class(sqlstate));
+	if (retry_in)
+		values[4] = IntervalPGetDatum(retry_in);
+	else
+		nulls[4] = 'n';
+	values[5] = Int64GetDatum(into);
+
+	if (dedup_key != NULL && into != 0)
+	{
+		Jsonb	   *detail;
+
+		ret = SPI_execute_plan(nack_fold_plan, values, nulls, false, 0);
+		if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+			elog(ERROR, "could not fold message %lld into message %lld",
+				 (long long) id, (long long) into);
+		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+																			  psprintf("{\"into\": %lld, \"error\": %s}", (long long) into,
+																					   dlq_json_quote(error)))));
+		dlq_audit("nacked", actor, queue, (Datum) 0, false, 1, &id, 1, detail);
+		dlq_audit("merged", actor, queue, (Datum) 0, false, 1, &id, 1, detail);
+		status = "resolved";
+	}
+	else
+	{
+		Jsonb	   *detail;
+
+		ret = SPI_execute_plan(nack_plan, values, nulls, false, 0);
+		if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+			elog(ERROR, "could not nack message %lld", (long long) id);
+		status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+																			  psprintf("{\"status\": \"%s\", \"error\": %s}", status,
+																					   dlq_json_quote(error)))));
+		dlq_audit("nacked", actor, queue, (Datum) 0, false, 1, &id, 1, detail);
+	}
+	status = MemoryContextStrdup(TopTransactionContext, status);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_TEXT_P(cstring_to_text(status));
+}

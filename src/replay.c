@@ -1,0 +1,1133 @@
+/*-------------------------------------------------------------------------
+ *
+ * replay.c
+ *	  The operator's side of the replay lifecycle: dlq_reprocess,
+ *	  dlq_reprocess_all, dlq_discard, dlq_discard_all and dlq_resolve, and
+ *	  the small helpers the other lifecycle modules share.
+ *
+ *	  A replay takes ids in batches of DLQ_BATCH_IDS (the _all form finds
+ *	  them with a keyset loop over the queue's index, so a million messages
+ *	  never need a million-element array).  Each batch first counts what
+ *	  exists and checks every queue it touches once (paused, live consumer,
+ *	  privileges on the replay target), then locks the eligible messages
+ *	  with FOR UPDATE SKIP LOCKED: a message locked by a concurrent replay or
+ *	  discard is skipped, never replayed twice.
+ *
+ *	  Queues without a replay target hand their messages to consumers:
+ *	  pending (or, with force, review) becomes replaying in one UPDATE per
+ *	  batch, and at the end ONE notification per queue is queued, sent by
+ *	  PostgreSQL at commit.  Queues with a replay target re-apply each row
+ *	  to the table as the caller (capture.h): success resolves the message,
+ *	  failure records the new error on the same message and sends it back to
+ *	  pending, or to review once it has used max_attempts replays.
+ *
+ *	  Every call is one request id; every queue it touched gets one audit
+ *	  event per kind of outcome, with the ids when there are few.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "capture.h"
+#include "dlq.h"
+
+/* At most this many failures are listed in a replay summary. */
+#define DLQ_MAX_FAILURES 100
+
+/* One queue a call touched, with what happened to its messages. */
+typedef struct ReplayQueue
+{
+	char	   *queue;
+	bool		settings_read;	/* settings read, not paused */
+	bool		checked;		/* and checked for replay */
+	bool		update_checked; /* UPDATE privilege on the target checked */
+	Oid			target;			/* replay target, or InvalidOid */
+	char	   *channel;
+	DlqIdTally	handed;			/* moved to replaying */
+	DlqIdTally	redriven;		/* taken from review with force */
+	DlqIdTally	reapplied;		/* re-applied to the target */
+	DlqIdTally	failed;			/* re-apply failed */
+} ReplayQueue;
+
+typedef struct ReplayState
+{
+	DlqOwnerContext *owner;
+	const char *actor;
+	Datum		request_id;
+	char	   *request_id_str;
+	bool		force;
+	List	   *queues;			/* ReplayQueue */
+	int64		requested;
+	int64		found;
+	int64		nfailures;
+	StringInfoData failures;	/* JSON array elements, comma separated */
+	MemoryContext batch_cxt;
+} ReplayState;
+
+static SPIPlanPtr info_plan = NULL;
+static SPIPlanPtr settings_plan = NULL;
+static SPIPlanPtr hand_plan = NULL;
+static SPIPlanPtr lock_target_plan = NULL;
+static SPIPlanPtr reapplied_plan = NULL;
+static SPIPlanPtr reapply_failed_plan = NULL;
+static SPIPlanPtr last_replay_plan = NULL;
+static SPIPlanPtr candidates_plan = NULL;
+static SPIPlanPtr count_plan = NULL;
+static SPIPlanPtr discard_plan = NULL;
+static SPIPlanPtr discard_all_plan = NULL;
+static SPIPlanPtr resolve_plan = NULL;
+
+/*
+ * Prepare a plan and keep it for the life of the backend.
+ */
+SPIPlanPtr
+dlq_prepare_kept(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/* A bigint[] datum of n ids. */
+Datum
+dlq_id_array_datum(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* The elements of a bigint[] without NULLs. */
+int64 *
+dlq_id_array_values(ArrayType *array, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int64	   *ids;
+
+	deconstruct_array(array, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, n);
+	ids = palloc(sizeof(int64) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		ids[i] = DatumGetInt64(elems[i]);
+	return ids;
+}
+
+/* A string as a JSON string literal. */
+char *
+dlq_json_quote(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	escape_json(&buf, s);
+	return buf.data;
+}
+
+void
+dlq_tally_add(DlqIdTally *tally, int64 id)
+{
+	if (tally->count < DLQ_AUDIT_MAX_IDS)
+		tally->ids[tally->count] = id;
+	tally->count++;
+}
+
+/* One audit event for a tally, unless it is empty. */
+void
+dlq_tally_audit(const DlqIdTally *tally, const char *kind, const char *actor,
+				const char *queue, Datum request_id, Jsonb *detail)
+{
+	int64		sorted[DLQ_AUDIT_MAX_IDS];
+	int			n = tally->count <= DLQ_AUDIT_MAX_IDS ? (int) tally->count : 0;
+
+	if (tally->count == 0)
+		return;
+	/* RETURNING hands rows back in no particular order. */
+	memcpy(sorted, tally->ids, sizeof(int64) * n);
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--)
+		{
+			int64		t = sorted[j];
+
+			sorted[j] = sorted[j - 1];
+			sorted[j - 1] = t;
+		}
+	dlq_audit(kind, actor, queue, request_id, true, tally->count, sorted, n, detail);
+}
+
+/*
+ * Find or add the entry of a queue in a list of DlqQueueTally (for
+ * discard, resolve and ack, which audit one event per queue).
+ */
+DlqQueueTally *
+dlq_queue_tally(List **tallies, const char *queue)
+{
+	ListCell   *lc;
+	DlqQueueTally *t;
+
+	foreach(lc, *tallies)
+	{
+		t = (DlqQueueTally *) lfirst(lc);
+		if (strcmp(t->queue, queue) == 0)
+			return t;
+	}
+	t = palloc0(sizeof(DlqQueueTally));
+	t->queue = pstrdup(queue);
+	*tallies = lappend(*tallies, t);
+	return t;
+}
+
+/*
+ * Add the rows of the last SPI result, (queue text, message_id bigint), to
+ * per-queue tallies.
+ */
+int64
+dlq_queue_tally_rows(List **tallies)
+{
+	DlqQueueTally *t = NULL;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		bool		isnull;
+		char	   *queue = TextDatumGetCString(SPI_getbinval(row, SPI_tuptable->tupdesc, 1,
+															  &isnull));
+
+		if (t == NULL || strcmp(t->queue, queue) != 0)
+			t = dlq_queue_tally(tallies, queue);
+		dlq_tally_add(&t->tally,
+					  DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+	return (int64) SPI_processed;
+}
+
+/* Raise 42501 unless the caller may write to a replay target. */
+static void
+replay_check_target_privilege(ReplayState *st, ReplayQueue *rq, AclMode mode)
+{
+	if (pg_class_aclcheck(rq->target, st->owner->caller, mode) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to replay into table %s",
+						get_rel_name(rq->target) ? get_rel_name(rq->target) : "?"),
+				 errdetail("Queue \"%s\" re-applies its rows to that table with the privileges of the caller, which lacks %s on it.",
+						   rq->queue, mode == ACL_INSERT ? "INSERT" : "UPDATE")));
+}
+
+static ReplayQueue *
+replay_queue(ReplayState *st, const char *queue)
+{
+	ListCell   *lc;
+	ReplayQueue *rq;
+	MemoryContext old;
+
+	foreach(lc, st->queues)
+	{
+		rq = (ReplayQueue *) lfirst(lc);
+		if (strcmp(rq->queue, queue) == 0)
+			return rq;
+	}
+	old = MemoryContextSwitchTo(MemoryContextGetParent(st->batch_cxt));
+	rq = palloc0(sizeof(ReplayQueue));
+	rq->queue = pstrdup(queue);
+	st->queues = lappend(st->queues, rq);
+	MemoryContextSwitchTo(old);
+	return rq;
+}
+
+/*
+ * Read a queue's settings and check that its messages may be replayed now:
+ * not paused (55000); a consumer listening unless the queue does without
+ * (55000); privileges on the replay target (42501).  Once per queue per
+ * call; an error undoes the whole call.
+ */
+static void
+replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_update)
+{
+	if (!rq->checked && !(rq->settings_read && !eligible))
+	{
+		Datum		value = CStringGetTextDatum(rq->queue);
+		HeapTuple	row;
+		TupleDesc	desc;
+		bool		isnull;
+		bool		paused;
+		bool		require_listener;
+		Datum		d;
+		int			ret;
+
+		if (settings_plan == NULL)
+		{
+			Oid			types[1] = {TEXTOID};
+
+			settings_plan = dlq_prepare_kept(
+											 "SELECT paused, replay_target, channel, require_listener"
+											 " FROM dlq.queues WHERE queue = $1",
+											 1, types);
+		}
+		ret = SPI_execute_plan(settings_plan, &value, NULL, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not read queue: %s", SPI_result_code_string(ret));
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("queue \"%s\" does not exist", rq->queue)));
+		row = SPI_tuptable->vals[0];
+		desc = SPI_tuptable->tupdesc;
+		paused = DatumGetBool(SPI_getbinval(row, desc, 1, &isnull));
+		d = SPI_getbinval(row, desc, 2, &isnull);
+		rq->target = isnull ? InvalidOid : DatumGetObjectId(d);
+		rq->channel = MemoryContextStrdup(MemoryContextGetParent(st->batch_cxt),
+										  TextDatumGetCString(SPI_getbinval(row, desc, 3, &isnull)));
+		require_listener = DatumGetBool(SPI_getbinval(row, desc, 4, &isnull));
+		SPI_freetuptable(SPI_tuptable);
+
+		if (paused)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("queue \"%s\" is paused", rq->queue),
+					 errdetail("Nothing was replayed."),
+					 errhint("Resume it with dlq_resume('%s').", rq->queue)));
+		rq->settings_read = true;
+		if (!eligible)
+			return;
+		if (!OidIsValid(rq->target) && require_listener &&
+			!dlq_consumer_alive(rq->queue))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("no consumer is listening on queue \"%s\"", rq->queue),
+					 errdetail("Nothing was replayed: replayed messages would wait until a consumer appears."),
+					 errhint("Start a consumer that calls dlq_listen('%s'), or configure the queue with require_listener => false.",
+							 rq->queue)));
+		if (OidIsValid(rq->target))
+			replay_check_target_privilege(st, rq, ACL_INSERT);
+		rq->checked = true;
+	}
+	if (needs_update && OidIsValid(rq->target) && !rq->update_checked)
+	{
+		replay_check_target_privilege(st, rq, ACL_UPDATE);
+		rq->update_checked = true;
+	}
+}
+
+static void
+replay_add_failure(ReplayState *st, int64 id, const char *sqlstate, const char *error)
+{
+	if (st->nfailures < DLQ_MAX_FAILURES)
+	{
+		MemoryContext old = MemoryContextSwitchTo(MemoryContextGetParent(st->batch_cxt));
+
+		if (st->nfailures > 0)
+			appendStringInfoString(&st->failures, ", ");
+		appendStringInfo(&st->failures, "{\"message_id\": " INT64_FORMAT ", \"sqlstate\": %s, \"error\": %s}",
+						 id, sqlstate && sqlstate[0] ? dlq_json_quote(sqlstate) : "null",
+						 dlq_json_quote(error ? error : ""));
+		MemoryContextSwitchTo(old);
+	}
+	st->nfailures++;
+}
+
+/*
+ * Re-apply the locked rows of the last SPI result (message_id, queue,
+ * was_review, payload, operation, target) to their tables as the caller.
+ */
+static void
+replay_reapply_rows(ReplayState *st)
+{
+	uint64		n = SPI_processed;
+	SPITupleTable *tt = SPI_tuptable;
+	int64	   *ok_ids = palloc(sizeof(int64) * Max(n, 1));
+	int			nok = 0;
+	Datum		values[7];
+	char		nulls[7];
+	int			ret;
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	row = tt->vals[i];
+		TupleDesc	desc = tt->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+		char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 2, &isnull));
+		bool		was_review = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
+		Jsonb	   *payload = DatumGetJsonbP(SPI_getbinval(row, desc, 4, &isnull));
+		Datum		op = SPI_getbinval(row, desc, 5, &isnull);
+		char	   *operation = isnull ? NULL : TextDatumGetCString(op);
+		ReplayQueue *rq = replay_queue(st, queue);
+		DlqReapplyResult result = {0};
+		Oid			owner_id;
+		int			owner_sec;
+
+		GetUserIdAndSecContext(&owner_id, &owner_sec);
+		SetUserIdAndSecContext(st->owner->caller, st->owner->caller_sec_context);
+		dlq_reapply_row(rq->target, payload, operation, &result);
+		SetUserIdAndSecContext(owner_id, owner_sec);
+
+		if (was_review)
+			dlq_tally_add(&rq->redriven, id);
+		if (result.ok)
+		{
+			ok_ids[nok++] = id;
+			dlq_tally_add(&rq->reapplied, id);
+			continue;
+		}
+
+		if (reapply_failed_plan == NULL)
+		{
+			Oid			types[7] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID, BOOLOID};
+
+			reapply_failed_plan = dlq_prepare_kept(
+												   "UPDATE dlq.messages m SET"
+												   "  attempts = CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END,"
+												   "  status = CASE WHEN (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
+												   "   >= m.max_attempts THEN 'review' ELSE 'pending' END::dlq.status,"
+												   "  error = $2, sqlstate = $3, error_class = $4, error_detail = $5,"
+												   "  last_failed_at = now(), replay_request_id = $6,"
+												   "  claimed_by = NULL, claim_expires_at = NULL,"
+												   "  next_retry_at = CASE WHEN (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
+												   "   >= m.max_attempts THEN NULL"
+												   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
+												   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
+												   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
+												   7, types);
+		}
+		memset(nulls, ' ', sizeof(nulls));
+		values[0] = Int64GetDatum(id);
+		values[1] = CStringGetTextDatum(result.error ? result.error : "replay failed");
+		if (result.sqlstate[0])
+			values[2] = CStringGetTextDatum(result.sqlstate);
+		else
+			nulls[2] = 'n';
+		values[3] = CStringGetTextDatum(dlq_error_class(result.sqlstate[0] ? result.sqlstate : NULL));
+		if (result.error_detail)
+			values[4] = JsonbPGetDatum(result.error_detail);
+		else
+			nulls[4] = 'n';
+		values[5] = st->request_id;
+		values[6] = BoolGetDatum(was_review);
+		ret = SPI_execute_plan(reapply_failed_plan, values, nulls, false, 0);
+		if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+			elog(ERROR, "could not record the failed replay of message " INT64_FORMAT, id);
+		dlq_tally_add(&rq->failed, id);
+		replay_add_failure(st, id, result.sqlstate, result.error);
+	}
+
+	if (nok > 0)
+	{
+		if (reapplied_plan == NULL)
+		{
+			Oid			types[2] = {INT8ARRAYOID, UUIDOID};
+
+			reapplied_plan = dlq_prepare_kept(
+											  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
+											  "  attempts = CASE WHEN status = 'review' THEN 1 ELSE attempts + 1 END,"
+											  "  replay_request_id = $2, next_retry_at = NULL,"
+											  "  claimed_by = NULL, claim_expires_at = NULL"
+											  " WHERE message_id = ANY ($1)",
+											  2, types);
+		}
+		values[0] = dlq_id_array_datum(ok_ids, nok);
+		values[1] = st->request_id;
+		ret = SPI_execute_plan(reapplied_plan, values, NULL, false, 0);
+		if (ret != SPI_OK_UPDATE || SPI_processed != nok)
+			elog(ERROR, "could not resolve re-applied messages");
+	}
+	SPI_freetuptable(tt);
+}
+
+/*
+ * Replay one batch of at most DLQ_BATCH_IDS distinct ids, sorted.
+ */
+static void
+replay_batch(ReplayState *st, const int64 *ids, int n)
+{
+	Datum		values[3];
+	bool		any_handed = false;
+	bool		any_target = false;
+	int			ret;
+	MemoryContext old = MemoryContextSwitchTo(st->batch_cxt);
+
+	values[0] = dlq_id_array_datum(ids, n);
+	values[1] = BoolGetDatum(st->force);
+	values[2] = st->request_id;
+
+	/* What exists, per queue; check the queues of the eligible ones. */
+	if (info_plan == NULL)
+	{
+		Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
+
+		info_plan = dlq_prepare_kept(
+									 "SELECT m.queue, count(*),"
+									 "  count(*) FILTER (WHERE m.status = 'pending'"
+									 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3)),"
+									 "  coalesce(bool_or(m.operation = 'UPDATE'), false)"
+									 " FROM dlq.messages m WHERE m.message_id = ANY ($1)"
+									 " GROUP BY m.queue ORDER BY m.queue",
+									 3, types);
+	}
+	ret = SPI_execute_plan(info_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read messages: %s", SPI_result_code_string(ret));
+	{
+		SPITupleTable *tt = SPI_tuptable;
+		uint64		nq = SPI_processed;
+
+		for (uint64 i = 0; i < nq; i++)
+		{
+			bool		isnull;
+			char	   *queue = TextDatumGetCString(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+			int64		found = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+			int64		eligible = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+			bool		has_update = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
+			ReplayQueue *rq;
+
+			st->found += found;
+			if (eligible == 0)
+				continue;
+			rq = replay_queue(st, queue);
+			replay_check_queue(st, rq, true, has_update);
+			if (OidIsValid(rq->target))
+				any_target = true;
+			else
+				any_handed = true;
+		}
+		SPI_freetuptable(tt);
+	}
+
+	/* Queues without a target: pending (review with force) to replaying. */
+	if (any_handed)
+	{
+		ReplayQueue *rq = NULL;
+
+		if (hand_plan == NULL)
+		{
+			Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
+
+			hand_plan = dlq_prepare_kept(
+										 "WITH c AS (SELECT m.message_id, m.status AS old_status"
+										 "  FROM dlq.messages m JOIN dlq.queues q"
+										 "   ON q.queue = m.queue AND q.replay_target IS NULL"
+										 "  WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+										 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
+										 "  ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED)"
+										 " UPDATE dlq.messages m SET status = 'replaying',"
+										 "  attempts = CASE WHEN c.old_status = 'review' THEN 1 ELSE m.attempts + 1 END,"
+										 "  replay_request_id = $3, claimed_by = NULL, claim_expires_at = NULL,"
+										 "  next_retry_at = NULL"
+										 " FROM c WHERE m.message_id = c.message_id"
+										 " RETURNING m.queue, m.message_id, c.old_status = 'review'",
+										 3, types);
+		}
+		ret = SPI_execute_plan(hand_plan, values, NULL, false, 0);
+		if (ret != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not replay messages: %s", SPI_result_code_string(ret));
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	row = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
+			int64		id = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+
+			if (rq == NULL || strcmp(rq->queue, queue) != 0)
+				rq = replay_queue(st, queue);
+			dlq_tally_add(&rq->handed, id);
+			if (DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)))
+				dlq_tally_add(&rq->redriven, id);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+
+	/* Queues with a target: lock, then re-apply row by row. */
+	if (any_target)
+	{
+		if (lock_target_plan == NULL)
+		{
+			Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
+
+			lock_target_plan = dlq_prepare_kept(
+												"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation"
+												" FROM dlq.messages m JOIN dlq.queues q"
+												"  ON q.queue = m.queue AND q.replay_target IS NOT NULL"
+												" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+												"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
+												" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED",
+												3, types);
+		}
+		ret = SPI_execute_plan(lock_target_plan, values, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not lock messages: %s", SPI_result_code_string(ret));
+		replay_reapply_rows(st);
+	}
+
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(st->batch_cxt);
+}
+
+static void
+replay_init(ReplayState *st, DlqOwnerContext *owner, bool force)
+{
+	memset(st, 0, sizeof(*st));
+	st->owner = owner;
+	st->force = force;
+	st->request_id = dlq_new_request_id();
+	st->request_id_str = DatumGetCString(DirectFunctionCall1(uuid_out, st->request_id));
+	initStringInfo(&st->failures);
+}
+
+static int
+replay_queue_cmp(const ListCell *a, const ListCell *b)
+{
+	return strcmp(((ReplayQueue *) lfirst(a))->queue, ((ReplayQueue *) lfirst(b))->queue);
+}
+
+/*
+ * Notify, audit and stamp every queue the call touched, in name order so
+ * that concurrent calls lock queue rows in the same order.  Returns the
+ * summary, allocated in result_cxt.
+ */
+static Jsonb *
+replay_finish(ReplayState *st, MemoryContext result_cxt)
+{
+	ListCell   *lc;
+	int64		handed = 0;
+	int64		reapplied = 0;
+	int64		failed = 0;
+	int64		notifications = 0;
+	StringInfoData buf;
+	MemoryContext old;
+	Jsonb	   *summary;
+
+	list_sort(st->queues, replay_queue_cmp);
+	foreach(lc, st->queues)
+	{
+		ReplayQueue *rq = (ReplayQueue *) lfirst(lc);
+		int64		touched = rq->handed.count + rq->reapplied.count + rq->failed.count;
+
+		if (rq->handed.count > 0)
+		{
+			char	   *payload = psprintf("{\"queue\": %s, \"request_id\": \"%s\", \"count\": " INT64_FORMAT "}",
+										   dlq_json_quote(rq->queue), st->request_id_str,
+										   rq->handed.count);
+
+			Async_Notify(rq->channel, payload);
+			notifications++;
+		}
+		dlq_tally_audit(&rq->handed, "replay_requested", st->actor, rq->queue,
+						st->request_id, NULL);
+		dlq_tally_audit(&rq->redriven, "redriven", st->actor, rq->queue,
+						st->request_id, NULL);
+		dlq_tally_audit(&rq->reapplied, "replayed", st->actor, rq->queue,
+						st->request_id, NULL);
+		dlq_tally_audit(&rq->failed, "replay_failed", st->actor, rq->queue,
+						st->request_id, NULL);
+		if (touched > 0)
+		{
+			Datum		value = CStringGetTextDatum(rq->queue);
+
+			if (last_replay_plan == NULL)
+			{
+				Oid			types[1] = {TEXTOID};
+
+				last_replay_plan = dlq_prepare_kept(
+													"UPDATE dlq.queues SET last_replay_at = now() WHERE queue = $1",
+													1, types);
+			}
+			if (SPI_execute_plan(last_replay_plan, &value, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not record the replay of queue \"%s\"", rq->queue);
+		}
+		handed += rq->handed.count;
+		reapplied += rq->reapplied.count;
+		failed += rq->failed.count;
+	}
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf,
+					 "{\"request_id\": \"%s\", \"requested\": " INT64_FORMAT
+					 ", \"replayed\": " INT64_FORMAT ", \"notified\": " INT64_FORMAT
+					 ", \"notifications\": " INT64_FORMAT ", \"failed\": " INT64_FORMAT
+					 ", \"skipped\": " INT64_FORMAT ", \"not_found\": " INT64_FORMAT
+					 ", \"failures\": [%s]}",
+					 st->request_id_str, st->requested, handed + reapplied, handed,
+					 notifications, failed,
+					 st->found - handed - reapplied - failed,
+					 st->requested - st->found, st->failures.data);
+	old = MemoryContextSwitchTo(result_cxt);
+	summary = DatumGetJsonbPCopy(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	MemoryContextSwitchTo(old);
+	return summary;
+}
+
+static void
+replay_begin(ReplayState *st, DlqOwnerContext *owner, bool force)
+{
+	dlq_become_owner(owner);
+	SPI_connect();
+	replay_init(st, owner, force);
+	st->actor = GetUserNameFromId(owner->caller, false);
+	st->batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "dlq replay batch",
+										  ALLOCSET_DEFAULT_SIZES);
+}
+
+PG_FUNCTION_INFO_V1(dlq_reprocess);
+
+/*
+ * dlq_reprocess(message_ids bigint[], force boolean) returns jsonb
+ */
+Datum
+dlq_reprocess(PG_FUNCTION_ARGS)
+{
+	int			nids;
+	int64	   *ids;
+	bool		force;
+	DlqOwnerContext owner;
+	ReplayState st;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	Jsonb	   *summary;
+
+	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
+	dlq_check_not_null(fcinfo, 1, "force");
+	force = PG_GETARG_BOOL(1);
+
+	replay_begin(&st, &owner, force);
+	st.requested = nids;
+	for (int off = 0; off < nids; off += DLQ_BATCH_IDS)
+		replay_batch(&st, ids + off, Min(DLQ_BATCH_IDS, nids - off));
+	summary = replay_finish(&st, caller_cxt);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_JSONB_P(summary);
+}
+
+PG_FUNCTION_INFO_V1(dlq_reprocess_all);
+
+/*
+ * dlq_reprocess_all(queue, component, max_messages, force) returns jsonb
+ *
+ * Every pending message of the queue (then, with force, every review one),
+ * optionally of one component, at most max_messages of them, oldest first.
+ */
+Datum
+dlq_reprocess_all(PG_FUNCTION_ARGS)
+{
+	char	   *queue;
+	char	   *component;
+	int64		max_messages = PG_INT64_MAX;
+	bool		force;
+	DlqOwnerContext owner;
+	ReplayState st;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	Jsonb	   *summary;
+	ReplayQueue *rq;
+	int64	   *ids = palloc(sizeof(int64) * DLQ_BATCH_IDS);
+
+	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
+	component = dlq_check_name("component", PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1), true);
+	if (!PG_ARGISNULL(2))
+	{
+		max_messages = PG_GETARG_INT32(2);
+		if (max_messages < 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_messages must be positive"),
+					 errhint("Pass NULL to replay every message.")));
+	}
+	dlq_check_not_null(fcinfo, 3, "force");
+	force = PG_GETARG_BOOL(3);
+
+	replay_begin(&st, &owner, force);
+
+	/* The queue must exist and not be paused even when it is empty. */
+	dlq_check_queue_exists(queue);
+	rq = replay_queue(&st, queue);
+	replay_check_queue(&st, rq, false, false);
+
+	if (candidates_plan == NULL)
+	{
+		Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID, UUIDOID};
+
+		candidates_plan = dlq_prepare_kept(
+										   "SELECT message_id FROM dlq.messages"
+										   " WHERE queue = $1 AND status = $2::dlq.status"
+										   " AND ($3::text IS NULL OR component = $3)"
+										   " AND message_id > $4"
+										   " AND replay_request_id IS DISTINCT FROM $6"
+										   " ORDER BY message_id LIMIT $5",
+										   6, types);
+	}
+	for (int pass = 0; pass < (force ? 2 : 1); pass++)
+	{
+		int64		cursor = 0;
+
+		while (st.requested < max_messages)
+		{
+			Datum		values[6];
+			char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+			int			limit = (int) Min((int64) DLQ_BATCH_IDS, max_messages - st.requested);
+			int			n;
+			int			ret;
+
+			values[0] = CStringGetTextDatum(queue);
+			values[1] = CStringGetTextDatum(pass == 0 ? "pending" : "review");
+			if (component)
+				values[2] = CStringGetTextDatum(component);
+			else
+				nulls[2] = 'n';
+			values[3] = Int64GetDatum(cursor);
+			values[4] = Int32GetDatum(limit);
+			values[5] = st.request_id;
+			ret = SPI_execute_plan(candidates_plan, values, nulls, false, 0);
+			if (ret != SPI_OK_SELECT)
+				elog(ERROR, "could not find messages: %s", SPI_result_code_string(ret));
+			n = (int) SPI_processed;
+			for (int i = 0; i < n; i++)
+			{
+				bool		isnull;
+
+				ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+			}
+			SPI_freetuptable(SPI_tuptable);
+			if (n == 0)
+				break;
+			cursor = ids[n - 1];
+			st.requested += n;
+			replay_batch(&st, ids, n);
+			if (n < limit)
+				break;
+		}
+	}
+
+	summary = replay_finish(&st, caller_cxt);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_JSONB_P(summary);
+}
+
+/* ---------------------------------------------------------------------
+ * Discard and resolve
+ * ---------------------------------------------------------------------
+ */
+
+/* How many of a batch of ids exist.  Inside SPI, as the owner. */
+static int64
+lifecycle_count_existing(Datum ids)
+{
+	bool		isnull;
+	int64		n;
+
+	if (count_plan == NULL)
+	{
+		Oid			types[1] = {INT8ARRAYOID};
+
+		count_plan = dlq_prepare_kept(
+									  "SELECT count(*) FROM dlq.messages WHERE message_id = ANY ($1)",
+									  1, types);
+	}
+	if (SPI_execute_plan(count_plan, &ids, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not count messages");
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return n;
+}
+
+/* One audit event per queue of the tallies. */
+static void
+lifecycle_audit(List *tallies, const char *kind, const char *actor, Datum request_id,
+				Jsonb *detail)
+{
+	ListCell   *lc;
+
+	foreach(lc, tallies)
+	{
+		DlqQueueTally *t = (DlqQueueTally *) lfirst(lc);
+
+		dlq_tally_audit(&t->tally, kind, actor, t->queue, request_id, detail);
+	}
+}
+
+static Jsonb *
+lifecycle_summary(MemoryContext cxt, const char *request_id, const char *verb,
+				  int64 done, int64 skipped, int64 not_found)
+{
+	char	   *s = psprintf("{\"request_id\": \"%s\", \"%s\": " INT64_FORMAT
+							 ", \"skipped\": " INT64_FORMAT ", \"not_found\": " INT64_FORMAT "}",
+							 request_id, verb, done, skipped, not_found);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Jsonb	   *j = DatumGetJsonbPCopy(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+
+	MemoryContextSwitchTo(old);
+	return j;
+}
+
+/*
+ * Run an id-batch plan ($1 ids) returning (queue, message_id)
+ * of the messages it changed, over all ids; count what existed.
+ */
+static void
+lifecycle_run(SPIPlanPtr plan, const int64 *ids, int nids,
+			  List **tallies, int64 *done, int64 *found)
+{
+	for (int off = 0; off < nids; off += DLQ_BATCH_IDS)
+	{
+		Datum		value = dlq_id_array_datum(ids + off, Min(DLQ_BATCH_IDS, nids - off));
+		int			ret;
+
+		*found += lifecycle_count_existing(value);
+		ret = SPI_execute_plan(plan, &value, NULL, false, 0);
+		if (ret != SPI_OK_DELETE_RETURNING && ret != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not change messages: %s", SPI_result_code_string(ret));
+		*done += dlq_queue_tally_rows(tallies);
+		SPI_freetuptable(SPI_tuptable);
+	}
+}
+
+PG_FUNCTION_INFO_V1(dlq_discard);
+
+/*
+ * dlq_discard(message_ids bigint[]) returns jsonb
+ *
+ * Delete messages for good.  Replaying messages are in a consumer's hands
+ * and are skipped; so is nothing else.  Waits for concurrent changes to the
+ * same messages and decides on their outcome.
+ */
+Datum
+dlq_discard(PG_FUNCTION_ARGS)
+{
+	int			nids;
+	int64	   *ids;
+	DlqOwnerContext owner;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	List	   *tallies = NIL;
+	int64		done = 0;
+	int64		found = 0;
+	Datum		request_id = dlq_new_request_id();
+	Jsonb	   *summary;
+
+	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (discard_plan == NULL)
+	{
+		Oid			types[1] = {INT8ARRAYOID};
+
+		discard_plan = dlq_prepare_kept(
+										"DELETE FROM dlq.messages WHERE message_id = ANY ($1)"
+										" AND status <> 'replaying'"
+										" RETURNING queue, message_id",
+										1, types);
+	}
+	lifecycle_run(discard_plan, ids, nids, &tallies, &done, &found);
+	lifecycle_audit(tallies, "discarded", GetUserNameFromId(owner.caller, false),
+					request_id, NULL);
+	summary = lifecycle_summary(caller_cxt,
+								DatumGetCString(DirectFunctionCall1(uuid_out, request_id)),
+								"discarded", done, found - done, nids - found);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_JSONB_P(summary);
+}
+
+PG_FUNCTION_INFO_V1(dlq_discard_all);
+
+/*
+ * dlq_discard_all(queue, status, component, older_than) returns jsonb
+ *
+ * Delete every message of the queue in one status (not replaying),
+ * optionally of one component and stored longer ago than older_than, in
+ * keyset batches.  Messages locked by a concurrent call are left alone.
+ */
+Datum
+dlq_discard_all(PG_FUNCTION_ARGS)
+{
+	char	   *queue;
+	const char *status;
+	char	   *component;
+	Interval   *older_than = NULL;
+	DlqOwnerContext owner;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	List	   *tallies = NIL;
+	int64		done = 0;
+	int64		cursor = 0;
+	Datum		request_id = dlq_new_request_id();
+	Jsonb	   *summary;
+
+	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
+	status = dlq_check_status(PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1), false);
+	if (strcmp(status, "replaying") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cannot discard replaying messages"),
+				 errdetail("Replaying messages are in the hands of consumers."),
+				 errhint("Wait for them to be acknowledged or to time out, or resolve them with dlq_resolve.")));
+	component = dlq_check_name("component", PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2), true);
+	if (!PG_ARGISNULL(3))
+	{
+		Interval	zero = {0};
+
+		older_than = PG_GETARG_INTERVAL_P(3);
+		if (DatumGetBool(DirectFunctionCall2(interval_lt, IntervalPGetDatum(older_than),
+											 IntervalPGetDatum(&zero))))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("older_than must not be negative")));
+	}
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	dlq_check_queue_exists(queue);
+	if (discard_all_plan == NULL)
+	{
+		Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, INT8OID};
+
+		discard_all_plan = dlq_prepare_kept(
+											"WITH c AS (SELECT message_id FROM dlq.messages"
+											"  WHERE queue = $1 AND status = $2::dlq.status"
+											"  AND ($3::text IS NULL OR component = $3)"
+											"  AND ($4::interval IS NULL OR stored_at < now() - $4)"
+											"  AND message_id > $5"
+											"  ORDER BY message_id LIMIT 1000 FOR UPDATE SKIP LOCKED),"
+											" d AS (DELETE FROM dlq.messages m USING c"
+											"  WHERE m.message_id = c.message_id RETURNING m.message_id)"
+											" SELECT (SELECT max(message_id) FROM c), (SELECT count(*) FROM d),"
+											"  (SELECT array_agg(message_id) FROM"
+											"   (SELECT message_id FROM d ORDER BY 1 LIMIT 101) x)",
+											5, types);
+	}
+	for (;;)
+	{
+		Datum		values[5];
+		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+		bool		isnull;
+		Datum		d;
+		DlqQueueTally *t;
+		int			ret;
+
+		values[0] = CStringGetTextDatum(queue);
+		values[1] = CStringGetTextDatum(status);
+		if (component)
+			values[2] = CStringGetTextDatum(component);
+		else
+			nulls[2] = 'n';
+		if (older_than)
+			values[3] = IntervalPGetDatum(older_than);
+		else
+			nulls[3] = 'n';
+		values[4] = Int64GetDatum(cursor);
+		ret = SPI_execute_plan(discard_all_plan, values, nulls, false, 0);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not discard messages: %s", SPI_result_code_string(ret));
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull)
+			break;
+		cursor = DatumGetInt64(d);
+		t = dlq_queue_tally(&tallies, queue);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		if (!isnull)
+		{
+			int			n;
+			int64	   *got = dlq_id_array_values(DatumGetArrayTypeP(d), &n);
+
+			for (int i = 0; i < n; i++)
+				dlq_tally_add(&t->tally, got[i]);
+			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+			/* the ids beyond the first 101 only count */
+			t->tally.count += DatumGetInt64(d) - n;
+			done += DatumGetInt64(d);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	lifecycle_audit(tallies, "discarded", GetUserNameFromId(owner.caller, false),
+					request_id, NULL);
+	summary = lifecycle_summary(caller_cxt,
+								DatumGetCString(DirectFunctionCall1(uuid_out, request_id)),
+								"discarded", done, 0, 0);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_JSONB_P(summary);
+}
+
+PG_FUNCTION_INFO_V1(dlq_resolve);
+
+/*
+ * dlq_resolve(message_ids bigint[], note text) returns jsonb
+ *
+ * Close open messages (pending, replaying, review) without replay.
+ */
+Datum
+dlq_resolve(PG_FUNCTION_ARGS)
+{
+	int			nids;
+	int64	   *ids;
+	DlqOwnerContext owner;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	List	   *tallies = NIL;
+	int64		done = 0;
+	int64		found = 0;
+	Datum		request_id = dlq_new_request_id();
+	Jsonb	   *summary;
+	Jsonb	   *detail = NULL;
+	char	   *note = NULL;
+
+	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
+	if (!PG_ARGISNULL(1))
+	{
+		note = text_to_cstring(PG_GETARG_TEXT_PP(1));
+		if (strlen(note) > dlq_max_payload_bytes)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("note is too large"),
+					 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
+							   (int) strlen(note), dlq_max_payload_bytes)));
+		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+																			  psprintf("{\"note\": %s}", dlq_json_quote(note)))));
+	}
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (resolve_plan == NULL)
+	{
+		Oid			types[1] = {INT8ARRAYOID};
+
+		resolve_plan = dlq_prepare_kept(
+										"UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
+										"  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL"
+										" WHERE message_id = ANY ($1)"
+										" AND status IN ('pending', 'replaying', 'review')"
+										" RETURNING queue, message_id",
+										1, types);
+	}
+	lifecycle_run(resolve_plan, ids, nids, &tallies, &done, &found);
+	lifecycle_audit(tallies, "resolved", GetUserNameFromId(owner.caller, false),
+					request_id, detail);
+	summary = lifecycle_summary(caller_cxt,
+								DatumGetCString(DirectFunctionCall1(uuid_out, request_id)),
+								"resolved", done, found - done, nids - found);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+
+	PG_RETURN_JSONB_P(summary);
+}

@@ -1,0 +1,1053 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The dlq background worker: a launcher and one worker per database.
+ *
+ * The launcher is registered when the library is in
+ * shared_preload_libraries.  It connects to no database and reads the
+ * shared catalog pg_database every naptime.  It cannot see pg_extension of
+ * other databases, so it starts a worker in every connectable, non-template
+ * database (those listed in dlq.databases, when set); a worker that finds
+ * no extension frees its shared-memory slot and exits at once, and the
+ * launcher tries that database again DLQ_RECHECK_NAPTIMES naptimes later.
+ * A worker whose slot is still there when it exits failed, and is started
+ * again after one naptime.  A kill -9 restarts the whole server, launcher
+ * included (bgw_restart_time), and the launcher starts the workers again.
+ *
+ * A worker runs a round every naptime: it returns timed-out replays,
+ * expires, requests automatic retries, purges and alerts.  Each step is one
+ * bounded batch (dlq.batch_size) in a transaction of its own, repeated
+ * until a batch comes back short; the statements are the SQL functions
+ * dlq.worker_* (src/sql/80_worker.sql), which take rows with SKIP LOCKED so
+ * that operators are never blocked.  A failing batch is reported to the log
+ * and to the slot, its transaction aborted, and the worker goes on.
+ *
+ * A connected worker would make DROP DATABASE (and ALTER DATABASE RENAME,
+ * CREATE DATABASE ... TEMPLATE) fail, so at least once a second it checks,
+ * without waiting, for the lock those commands hold while they wait for
+ * other sessions to leave, and leaves if it is taken.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "tcop/tcopprot.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+#include "utils/wait_event.h"
+
+#include "dlq.h"
+#include "shmem.h"
+
+PGDLLEXPORT void dlq_launcher_main(Datum main_arg);
+PGDLLEXPORT void dlq_worker_main(Datum main_arg);
+
+/* A database without the extension is looked at again after this many naptimes. */
+#define DLQ_RECHECK_NAPTIMES 5
+
+/* The launcher is restarted this many seconds after it dies. */
+#define DLQ_LAUNCHER_RESTART_SECS 1
+
+/* Longest sleep of a worker, so that a waiting DROP DATABASE is noticed. */
+#define DLQ_MAX_SLEEP_MS 1000
+
+/* Actor recorded in dlq.events for what the worker does. */
+#define DLQ_WORKER_ACTOR "dlq worker"
+
+static uint32 dlq_wait_event = 0;
+
+/*
+ * The wait event shown in pg_stat_activity while sleeping: a named one
+ * where the server supports it (PostgreSQL 17), else "Extension".
+ */
+static uint32
+dlq_get_wait_event(const char *name)
+{
+	if (dlq_wait_event == 0)
+	{
+#if PG_VERSION_NUM >= 170000
+		dlq_wait_event = WaitEventExtensionNew(name);
+#else
+		dlq_wait_event = PG_WAIT_EXTENSION;
+#endif
+	}
+	return dlq_wait_event;
+}
+
+static void
+dlq_fill_worker(BackgroundWorker *worker, const char *function, const char *type)
+{
+	memset(worker, 0, sizeof(BackgroundWorker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	strlcpy(worker->bgw_library_name, "dlq", BGW_MAXLEN);
+	strlcpy(worker->bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(worker->bgw_type, type, BGW_MAXLEN);
+}
+
+/* Called from _PG_init while shared_preload_libraries are loaded. */
+void
+dlq_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	dlq_fill_worker(&worker, "dlq_launcher_main", "dlq launcher");
+	strlcpy(worker.bgw_name, "dlq launcher", BGW_MAXLEN);
+	worker.bgw_restart_time = DLQ_LAUNCHER_RESTART_SECS;
+	RegisterBackgroundWorker(&worker);
+}
+
+/* Is the process that holds this slot alive? Caller holds dlq_shared->lock. */
+static bool
+dlq_slot_alive(DlqWorkerSlot *slot)
+{
+	return slot->pid != 0 && BackendPidGetProc(slot->pid) != NULL;
+}
+
+/* ----------------------------------------------------------------
+ * Launcher
+ * ----------------------------------------------------------------
+ */
+
+typedef struct DlqDatabase
+{
+	Oid			dboid;			/* hash key */
+	char		name[NAMEDATALEN];
+	BackgroundWorkerHandle *handle; /* NULL: we started no worker, or it stopped */
+	TimestampTz next_start;		/* not before this */
+	bool		seen;			/* still wanted in this round */
+	bool		warned;			/* could-not-start reported */
+} DlqDatabase;
+
+static HTAB *launcher_databases = NULL;
+static MemoryContext launcher_round_cxt = NULL;
+
+static void
+dlq_launcher_detach(int code, Datum arg)
+{
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	if (dlq_shared->launcher_pid == MyProcPid)
+		dlq_shared->launcher_pid = 0;
+	LWLockRelease(dlq_shared->lock);
+}
+
+/* Is this database named in dlq.databases (or is the list empty)? */
+static bool
+dlq_database_wanted(List *wanted, const char *name)
+{
+	ListCell   *lc;
+
+	if (wanted == NIL)
+		return true;
+	foreach(lc, wanted)
+		if (strcmp((const char *) lfirst(lc), name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The databases a worker may run in, as a list of DlqDatabase (only dboid
+ * and name set) in launcher_round_cxt.  pg_database is a shared catalog, so
+ * the launcher can read it without a database of its own, the way the
+ * autovacuum launcher does.
+ */
+static List *
+dlq_launcher_scan(void)
+{
+	List	   *result = NIL;
+	List	   *wanted = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	MemoryContext oldcxt;
+
+	oldcxt = MemoryContextSwitchTo(launcher_round_cxt);
+	if (dlq_databases != NULL && dlq_databases[0] != '\0' &&
+		!SplitIdentifierString(pstrdup(dlq_databases), ',', &wanted))
+		wanted = NIL;			/* cannot happen: the check hook refused it */
+	MemoryContextSwitchTo(oldcxt);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+		DlqDatabase *entry;
+
+		if (!db->datallowconn || db->datistemplate)
+			continue;
+#ifdef DATCONNLIMIT_INVALID_DB
+		if (database_is_invalid_form(db))
+			continue;
+#endif
+		if (!dlq_database_wanted(wanted, NameStr(db->datname)))
+			continue;
+
+		oldcxt = MemoryContextSwitchTo(launcher_round_cxt);
+		entry = palloc0(sizeof(DlqDatabase));
+		entry->dboid = db->oid;
+		strlcpy(entry->name, NameStr(db->datname), NAMEDATALEN);
+		result = lappend(result, entry);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	CommitTransactionCommand();
+	return result;
+}
+
+static void
+dlq_launcher_start(DlqDatabase *db, TimestampTz now)
+{
+	BackgroundWorker worker;
+	MemoryContext oldcxt;
+	bool		started;
+
+	dlq_fill_worker(&worker, "dlq_worker_main", "dlq worker");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "dlq worker for database %s", db->name);
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	worker.bgw_main_arg = ObjectIdGetDatum(db->dboid);
+	worker.bgw_notify_pid = MyProcPid;
+
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	started = RegisterDynamicBackgroundWorker(&worker, &db->handle);
+	MemoryContextSwitchTo(oldcxt);
+
+	if (started)
+	{
+		db->warned = false;
+		return;
+	}
+	db->handle = NULL;
+	db->next_start = TimestampTzPlusMilliseconds(now, DLQ_RECHECK_NAPTIMES * dlq_naptime);
+	if (!db->warned)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start the dlq worker for database \"%s\"", db->name),
+				 errhint("Raise max_worker_processes; the launcher keeps trying.")));
+	db->warned = true;
+}
+
+/* Start, restart or leave alone the worker of one wanted database. */
+static void
+dlq_launcher_tend(DlqDatabase *db, TimestampTz now)
+{
+	DlqWorkerSlot *slot;
+	bool		alive;
+
+	if (db->handle != NULL)
+	{
+		pid_t		pid;
+		BgwHandleStatus status = GetBackgroundWorkerPid(db->handle, &pid);
+
+		if (status == BGWH_STARTED || status == BGWH_NOT_YET_STARTED)
+			return;
+
+		/*
+		 * It stopped.  A worker that found no extension (or a database on
+		 * its way out) freed its slot: look again in a few naptimes.  One
+		 * whose slot is still there failed: start it again after a naptime.
+		 */
+		pfree(db->handle);
+		db->handle = NULL;
+		LWLockAcquire(dlq_shared->lock, LW_SHARED);
+		slot = dlq_worker_slot_locked(db->dboid, false);
+		LWLockRelease(dlq_shared->lock);
+		db->next_start = TimestampTzPlusMilliseconds(now,
+													 (slot ? 1 : DLQ_RECHECK_NAPTIMES) * dlq_naptime);
+	}
+
+	if (now < db->next_start)
+		return;
+
+	/* A worker an earlier launcher started is still at work: leave it be. */
+	LWLockAcquire(dlq_shared->lock, LW_SHARED);
+	slot = dlq_worker_slot_locked(db->dboid, false);
+	alive = slot != NULL && dlq_slot_alive(slot);
+	LWLockRelease(dlq_shared->lock);
+	if (alive)
+		return;
+
+	dlq_launcher_start(db, now);
+}
+
+/*
+ * One launcher round: tend every wanted database, stop the workers of
+ * databases no longer wanted (dropped, or left out of dlq.databases), and
+ * free slots nobody will come back to.
+ */
+static void
+dlq_launcher_round(void)
+{
+	List	   *wanted;
+	ListCell   *lc;
+	HASH_SEQ_STATUS seq;
+	DlqDatabase *db;
+	TimestampTz now;
+
+	MemoryContextReset(launcher_round_cxt);
+	wanted = dlq_launcher_scan();
+	now = GetCurrentTimestamp();
+
+	hash_seq_init(&seq, launcher_databases);
+	while ((db = hash_seq_search(&seq)) != NULL)
+		db->seen = false;
+
+	foreach(lc, wanted)
+	{
+		DlqDatabase *w = (DlqDatabase *) lfirst(lc);
+		bool		found;
+
+		db = hash_search(launcher_databases, &w->dboid, HASH_ENTER, &found);
+		if (!found)
+		{
+			db->handle = NULL;
+			db->next_start = 0;
+			db->warned = false;
+		}
+		strlcpy(db->name, w->name, NAMEDATALEN);
+		db->seen = true;
+		dlq_launcher_tend(db, now);
+	}
+
+	hash_seq_init(&seq, launcher_databases);
+	while ((db = hash_seq_search(&seq)) != NULL)
+	{
+		if (db->seen)
+			continue;
+		if (db->handle != NULL)
+		{
+			TerminateBackgroundWorker(db->handle);
+			pfree(db->handle);
+		}
+		(void) hash_search(launcher_databases, &db->dboid, HASH_REMOVE, NULL);
+	}
+
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < DLQ_MAX_DATABASES; i++)
+	{
+		DlqWorkerSlot *slot = &dlq_shared->slots[i];
+
+		if (slot->dboid != InvalidOid &&
+			hash_search(launcher_databases, &slot->dboid, HASH_FIND, NULL) == NULL &&
+			!dlq_slot_alive(slot))
+			memset(slot, 0, sizeof(DlqWorkerSlot));
+	}
+	LWLockRelease(dlq_shared->lock);
+}
+
+void
+dlq_launcher_main(Datum main_arg)
+{
+	HASHCTL		ctl;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* No database: only shared catalogs, which is all the launcher reads. */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	dlq_shared->launcher_pid = MyProcPid;
+	LWLockRelease(dlq_shared->lock);
+	before_shmem_exit(dlq_launcher_detach, (Datum) 0);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(DlqDatabase);
+	launcher_databases = hash_create("dlq launcher databases", 64, &ctl,
+									 HASH_ELEM | HASH_BLOBS);
+	launcher_round_cxt = AllocSetContextCreate(TopMemoryContext,
+											   "dlq launcher round",
+											   ALLOCSET_DEFAULT_SIZES);
+
+	ereport(LOG, (errmsg("dlq launcher started")));
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		dlq_launcher_round();
+
+		/* A worker that starts or stops sets our latch (bgw_notify_pid). */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 dlq_naptime, dlq_get_wait_event("DlqLauncherMain"));
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Worker
+ * ----------------------------------------------------------------
+ */
+
+/* The worker's statements, prepared once and kept. */
+typedef enum DlqPlanId
+{
+	DLQ_PLAN_CHECK,
+	DLQ_PLAN_RECOVER,
+	DLQ_PLAN_EXPIRE,
+	DLQ_PLAN_RETRY_DUE,
+	DLQ_PLAN_RETRY,
+	DLQ_PLAN_RETRY_DEFER,
+	DLQ_PLAN_PURGE,
+	DLQ_PLAN_PURGE_EVENTS,
+	DLQ_PLAN_ALERT,
+	DLQ_NUM_PLANS
+} DlqPlanId;
+
+typedef struct DlqPlanDef
+{
+	const char *what;			/* for pg_stat_activity and error reports */
+	const char *sql;			/* NULL: built at run time */
+	int			nargs;
+	Oid			argtypes[4];
+} DlqPlanDef;
+
+static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
+	[DLQ_PLAN_CHECK] = {"checking the extension",
+		"SELECT e.extowner, n.nspname,"
+		"       pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname)"
+		"                                  || '.dlq_reprocess(bigint[],boolean)') IS NOT NULL"
+		"  FROM pg_catalog.pg_extension e"
+		"  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
+		" WHERE e.extname = 'dlq'",
+	0, {InvalidOid}},
+	[DLQ_PLAN_RECOVER] = {"returning timed-out replays",
+		"SELECT dlq.worker_recover($1, $2 * interval '1 second', $3, $4)",
+	4, {INT4OID, FLOAT8OID, TEXTOID, BOOLOID}},
+	[DLQ_PLAN_EXPIRE] = {"expiring messages",
+		"SELECT dlq.worker_expire($1, $2)",
+	2, {INT4OID, TEXTOID}},
+	[DLQ_PLAN_RETRY_DUE] = {"finding messages due for a retry",
+		"SELECT queue, message_ids FROM dlq.worker_retry_due($1)",
+	1, {INT4OID}},
+	[DLQ_PLAN_RETRY] = {"requesting automatic retries",
+		NULL,
+	3, {INT8ARRAYOID, TEXTOID, TEXTOID}},
+	[DLQ_PLAN_RETRY_DEFER] = {"deferring retries",
+		"SELECT dlq.worker_retry_defer($1)",
+	1, {INT8ARRAYOID}},
+	[DLQ_PLAN_PURGE] = {"purging messages",
+		"SELECT dlq.worker_purge($1, $2)",
+	2, {INT4OID, TEXTOID}},
+	[DLQ_PLAN_PURGE_EVENTS] = {"purging audit events",
+		"SELECT dlq.worker_purge_events($1, $2 * interval '1 second', $3)",
+	3, {INT4OID, FLOAT8OID, TEXTOID}},
+	[DLQ_PLAN_ALERT] = {"raising alerts",
+		"SELECT dlq.worker_alert()",
+	0, {InvalidOid}},
+};
+
+static SPIPlanPtr dlq_plans[DLQ_NUM_PLANS];
+
+/* What the check at the start of a round found. */
+typedef struct DlqWorkerState
+{
+	Oid			owner;			/* extension owner: maintenance runs as it */
+	Oid			retry_role;		/* dlq.worker_role or the owner */
+	char	   *schema;			/* extension schema, in worker_cxt */
+	bool		has_reprocess;	/* dlq_reprocess exists (replay installed) */
+	bool		role_warned;	/* missing dlq.worker_role reported */
+} DlqWorkerState;
+
+/* A queue's messages due for a retry. */
+typedef struct DlqRetryGroup
+{
+	char	   *queue;
+	Datum		ids;			/* bigint[] */
+} DlqRetryGroup;
+
+static DlqWorkerSlot *worker_slot = NULL;
+static char *worker_dbname = NULL;
+static bool worker_free_slot_on_exit = false;
+static MemoryContext worker_cxt = NULL;		/* lives as long as the worker */
+static MemoryContext round_cxt = NULL;	/* reset every round */
+static DlqWorkerState worker_state;
+static List *retry_groups = NIL;	/* result of DLQ_PLAN_RETRY_DUE */
+static TimestampTz last_unclaimed_check = 0;
+
+static void
+dlq_worker_detach(int code, Datum arg)
+{
+	if (worker_slot == NULL)
+		return;
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	if (worker_slot->dboid == MyDatabaseId && worker_slot->pid == MyProcPid)
+	{
+		if (worker_free_slot_on_exit)
+			memset(worker_slot, 0, sizeof(DlqWorkerSlot));
+		else
+			worker_slot->pid = 0;
+	}
+	LWLockRelease(dlq_shared->lock);
+}
+
+/* Leave without an error: the launcher sees the freed slot and looks again later. */
+static void
+dlq_worker_leave(const char *why)
+{
+	if (worker_slot != NULL)
+		ereport(LOG,
+				(errmsg("dlq worker for database \"%s\" stopping: %s",
+						worker_dbname, why)));
+	else
+		elog(DEBUG1, "dlq worker for database \"%s\" not needed: %s",
+			 worker_dbname, why);
+	worker_free_slot_on_exit = true;
+	proc_exit(0);
+}
+
+static void
+dlq_worker_record_error(const char *what, const char *message)
+{
+	if (worker_slot == NULL)
+		return;
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	worker_slot->errors++;
+	worker_slot->last_error_at = GetCurrentTimestamp();
+	snprintf(worker_slot->last_error, DLQ_LAST_ERROR_LEN, "%s: %s", what, message);
+	LWLockRelease(dlq_shared->lock);
+}
+
+static SPIPlanPtr
+dlq_worker_plan(DlqPlanId id)
+{
+	if (dlq_plans[id] == NULL)
+	{
+		const DlqPlanDef *def = &dlq_plan_defs[id];
+		const char *sql = def->sql;
+		SPIPlanPtr	plan;
+
+		/*
+		 * The retry is requested through the API, so that it is exactly what
+		 * an operator's dlq_reprocess would do, and audited next to it.
+		 */
+		if (id == DLQ_PLAN_RETRY)
+			sql = psprintf("WITH r AS (SELECT %s.dlq_reprocess($1, false) AS r)"
+						   " INSERT INTO dlq.events"
+						   "  (actor, kind, queue, request_id, message_count, message_ids, detail)"
+						   " SELECT $3, 'retried', $2, (r ->> 'request_id')::uuid,"
+						   "        pg_catalog.cardinality($1),"
+						   "        CASE WHEN pg_catalog.cardinality($1) <= %d THEN $1 END, r"
+						   "   FROM r RETURNING message_count",
+						   quote_identifier(worker_state.schema), DLQ_AUDIT_MAX_IDS);
+
+		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 sql, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		dlq_plans[id] = plan;
+	}
+	return dlq_plans[id];
+}
+
+/* Keep the rows of DLQ_PLAN_RETRY_DUE for the round. */
+static void
+dlq_worker_keep_retry_groups(void)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(round_cxt);
+
+	retry_groups = NIL;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		DlqRetryGroup *g = palloc(sizeof(DlqRetryGroup));
+		bool		isnull;
+		Datum		ids;
+
+		g->queue = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		ids = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+		g->ids = PointerGetDatum(DatumGetArrayTypePCopy(ids));
+		retry_groups = lappend(retry_groups, g);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* Keep what DLQ_PLAN_CHECK found. */
+static void
+dlq_worker_keep_check(void)
+{
+	bool		isnull;
+	char	   *schema;
+
+	worker_state.owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 1, &isnull));
+	schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	worker_state.has_reprocess = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc, 3, &isnull));
+	if (worker_state.schema == NULL || strcmp(worker_state.schema, schema) != 0)
+	{
+		/* Another schema (dropped and created again): the retry plan names it. */
+		if (dlq_plans[DLQ_PLAN_RETRY] != NULL)
+		{
+			SPI_freeplan(dlq_plans[DLQ_PLAN_RETRY]);
+			dlq_plans[DLQ_PLAN_RETRY] = NULL;
+		}
+		worker_state.schema = MemoryContextStrdup(worker_cxt, schema);
+	}
+
+	worker_state.retry_role = worker_state.owner;
+	if (dlq_worker_role != NULL && dlq_worker_role[0] != '\0')
+	{
+		/* A wrong setting stops the retries only; the rest goes on. */
+		worker_state.retry_role = get_role_oid(dlq_worker_role, true);
+		if (!OidIsValid(worker_state.retry_role) && !worker_state.role_warned)
+		{
+			worker_state.role_warned = true;
+			ereport(WARNING,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("role \"%s\" named in dlq.worker_role does not exist",
+							dlq_worker_role),
+					 errdetail("No automatic retries are requested until it does.")));
+		}
+		if (!OidIsValid(worker_state.retry_role))
+			dlq_worker_record_error("checking dlq.worker_role",
+									"role named in dlq.worker_role does not exist");
+		else
+			worker_state.role_warned = false;
+	}
+}
+
+/*
+ * Does a DROP DATABASE, ALTER DATABASE or CREATE DATABASE ... TEMPLATE of
+ * this database wait for us to leave?  They hold a lock on the database
+ * that conflicts with the one a connecting session takes.  Caller is in a
+ * transaction; the lock, if we get it, goes with it.
+ */
+static bool
+dlq_database_claimed(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, MyDatabaseId, 0);
+	return LockAcquire(&tag, RowExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL;
+}
+
+/*
+ * Run one statement in a transaction of its own, as role, and return the
+ * bigint in its first column (0 without a row), or -1 when it failed: the
+ * error is then logged, recorded in the slot and the transaction aborted.
+ * DLQ_PLAN_CHECK and DLQ_PLAN_RETRY_DUE keep their rows instead.
+ */
+static int64
+dlq_worker_run(DlqPlanId id, Oid role, Datum *values)
+{
+	const char *what = dlq_plan_defs[id].what;
+	volatile int64 result = -1;
+	const char *volatile leave = NULL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		Oid			save_user;
+		int			save_sec;
+		int			ret;
+
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, what);
+
+		if (id == DLQ_PLAN_CHECK && dlq_database_claimed())
+			leave = "the database is being dropped or changed";
+		else
+		{
+			GetUserIdAndSecContext(&save_user, &save_sec);
+			if (OidIsValid(role))
+				SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+			ret = SPI_execute_plan(dlq_worker_plan(id), values, NULL, false, 0);
+			SetUserIdAndSecContext(save_user, save_sec);
+			if (ret != SPI_OK_SELECT && ret != SPI_OK_INSERT_RETURNING)
+				elog(ERROR, "%s failed: %s", what, SPI_result_code_string(ret));
+
+			if (id == DLQ_PLAN_CHECK)
+			{
+				if (SPI_processed == 0)
+					leave = "extension \"dlq\" is not installed";
+				else
+					dlq_worker_keep_check();
+			}
+			else if (id == DLQ_PLAN_RETRY_DUE)
+				dlq_worker_keep_retry_groups();
+			else if (SPI_processed > 0)
+			{
+				bool		isnull;
+				Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull);
+
+				result = isnull ? 0 : DatumGetInt64(d);
+			}
+			if (result < 0)
+				result = 0;
+		}
+
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* Log it, remember it, and go on with the next step or round. */
+		MemoryContextSwitchTo(worker_cxt);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		dlq_worker_record_error(what, edata->message);
+		FreeErrorData(edata);
+		result = -1;
+	}
+	PG_END_TRY();
+
+	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_stat(false);
+	MemoryContextSwitchTo(round_cxt);
+
+	if (leave != NULL)
+		dlq_worker_leave((const char *) leave);
+	return result;
+}
+
+/* Between batches: stop promptly on SIGTERM, and take in a reload. */
+static void
+dlq_worker_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/*
+ * Repeat a maintenance step in batches until one comes back short (or
+ * fails); returns how many messages it handled.
+ */
+static int64
+dlq_worker_repeat(DlqPlanId id, Datum *values)
+{
+	int64		total = 0;
+
+	for (;;)
+	{
+		int64		n;
+
+		values[0] = Int32GetDatum(dlq_batch_size);
+		n = dlq_worker_run(id, worker_state.owner, values);
+		if (n < 0)
+			break;
+		total += n;
+		if (n < dlq_batch_size)
+			break;
+
+		LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+		worker_slot->last_heartbeat = GetCurrentTimestamp();
+		LWLockRelease(dlq_shared->lock);
+		dlq_worker_interrupts();
+	}
+	return total;
+}
+
+/*
+ * Automatic retries: one dlq_reprocess call per queue, each in its own
+ * transaction, as dlq.worker_role.  A call that fails (a paused queue, no
+ * live consumer) puts the retry of those messages off by one backoff step.
+ */
+static int64
+dlq_worker_retry(void)
+{
+	int64		total = 0;
+	ListCell   *lc;
+	Datum		values[3];
+
+	if (!worker_state.has_reprocess || !OidIsValid(worker_state.retry_role))
+		return 0;
+
+	values[0] = Int32GetDatum(dlq_batch_size);
+	if (dlq_worker_run(DLQ_PLAN_RETRY_DUE, worker_state.owner, values) < 0)
+		return 0;
+
+	foreach(lc, retry_groups)
+	{
+		DlqRetryGroup *g = (DlqRetryGroup *) lfirst(lc);
+		int64		n;
+
+		values[0] = g->ids;
+		values[1] = CStringGetTextDatum(g->queue);
+		values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+		n = dlq_worker_run(DLQ_PLAN_RETRY, worker_state.retry_role, values);
+		if (n < 0)
+			(void) dlq_worker_run(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values);
+		else
+			total += n;
+		dlq_worker_interrupts();
+	}
+	return total;
+}
+
+/* Claim this database's slot in shared memory for our heartbeat. */
+static void
+dlq_worker_attach(void)
+{
+	DlqWorkerSlot *slot;
+
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	slot = dlq_worker_slot_locked(MyDatabaseId, true);
+	if (slot != NULL && slot->pid != MyProcPid && dlq_slot_alive(slot))
+	{
+		/* Another worker already looks after this database. */
+		LWLockRelease(dlq_shared->lock);
+		proc_exit(0);
+	}
+	if (slot == NULL)
+	{
+		LWLockRelease(dlq_shared->lock);
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("no free dlq worker slot for database \"%s\"",
+						worker_dbname),
+				 errdetail("The dlq worker runs in at most %d databases at once.",
+						   DLQ_MAX_DATABASES),
+				 errhint("Use dlq.databases to choose the databases.")));
+		proc_exit(0);
+	}
+	slot->pid = MyProcPid;
+	slot->started_at = GetCurrentTimestamp();
+	slot->rounds = 0;
+	slot->errors = 0;
+	slot->starts++;
+	worker_slot = slot;
+	LWLockRelease(dlq_shared->lock);
+}
+
+static void
+dlq_worker_round(void)
+{
+	Datum		values[4];
+	int64		recovered,
+				expired,
+				retried,
+				purged,
+				events_purged = 0,
+				alerts;
+	TimestampTz start = GetCurrentTimestamp();
+
+	MemoryContextReset(round_cxt);
+	MemoryContextSwitchTo(round_cxt);
+	retry_groups = NIL;
+
+	if (dlq_worker_run(DLQ_PLAN_CHECK, InvalidOid, NULL) < 0)
+		return;
+	if (worker_slot == NULL)
+		dlq_worker_attach();
+
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	worker_slot->last_round_start = start;
+	LWLockRelease(dlq_shared->lock);
+
+	/*
+	 * Unclaimed replays are looked for four times per dlq.replay_timeout (at
+	 * most once per round): that costs a probe per unclaimed message.
+	 */
+	values[1] = Float8GetDatum((double) dlq_replay_timeout);
+	values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	values[3] = BoolGetDatum(start >= TimestampTzPlusMilliseconds(last_unclaimed_check,
+																  dlq_replay_timeout * 250L));
+	if (DatumGetBool(values[3]))
+		last_unclaimed_check = start;
+	recovered = dlq_worker_repeat(DLQ_PLAN_RECOVER, values);
+
+	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	expired = dlq_worker_repeat(DLQ_PLAN_EXPIRE, values);
+
+	retried = dlq_worker_retry();
+
+	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	purged = dlq_worker_repeat(DLQ_PLAN_PURGE, values);
+
+	if (dlq_events_retention > 0)
+	{
+		values[1] = Float8GetDatum((double) dlq_events_retention);
+		values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+		events_purged = dlq_worker_repeat(DLQ_PLAN_PURGE_EVENTS, values);
+	}
+
+	alerts = dlq_worker_run(DLQ_PLAN_ALERT, worker_state.owner, NULL);
+
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	worker_slot->last_recovered = recovered;
+	worker_slot->last_expired = expired;
+	worker_slot->last_retried = retried;
+	worker_slot->last_purged = purged;
+	worker_slot->last_events_purged = events_purged;
+	worker_slot->last_alerts = Max(alerts, 0);
+	worker_slot->rounds++;
+	worker_slot->last_heartbeat = GetCurrentTimestamp();
+	LWLockRelease(dlq_shared->lock);
+}
+
+/*
+ * Between rounds: sleep, waking at least every DLQ_MAX_SLEEP_MS to see
+ * whether a DROP DATABASE waits for us.
+ */
+static void
+dlq_worker_sleep(TimestampTz round_start)
+{
+	for (;;)
+	{
+		TimestampTz next = TimestampTzPlusMilliseconds(round_start, dlq_naptime);
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
+
+		if (left <= 0)
+			return;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(left, DLQ_MAX_SLEEP_MS),
+						 dlq_get_wait_event("DlqWorkerMain"));
+		ResetLatch(MyLatch);
+		dlq_worker_interrupts();
+
+		if (left > DLQ_MAX_SLEEP_MS)
+		{
+			bool		claimed;
+
+			StartTransactionCommand();
+			claimed = dlq_database_claimed();
+			CommitTransactionCommand();
+			if (claimed)
+				dlq_worker_leave("the database is being dropped or changed");
+		}
+	}
+}
+
+void
+dlq_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/*
+	 * Connect as the bootstrap superuser; every statement then runs as the
+	 * extension owner (or dlq.worker_role for retries).
+	 */
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	before_shmem_exit(dlq_worker_detach, (Datum) 0);
+
+	StartTransactionCommand();
+	worker_dbname = MemoryContextStrdup(TopMemoryContext,
+										get_database_name(MyDatabaseId));
+	CommitTransactionCommand();
+
+	SetConfigOption("application_name", "dlq worker", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
+	/* A batch waits for no table lock for long; the next round tries again. */
+	SetConfigOption("lock_timeout", "5s", PGC_SUSET, PGC_S_SESSION);
+
+	worker_cxt = AllocSetContextCreate(TopMemoryContext, "dlq worker",
+									   ALLOCSET_DEFAULT_SIZES);
+	round_cxt = AllocSetContextCreate(worker_cxt, "dlq worker round",
+									  ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		TimestampTz start = GetCurrentTimestamp();
+
+		dlq_worker_interrupts();
+		dlq_worker_round();
+		dlq_worker_sleep(start);
+	}
+}
+
+/* ----------------------------------------------------------------
+ * SQL: dlq.worker_status()
+ * ----------------------------------------------------------------
+ */
+
+PG_FUNCTION_INFO_V1(dlq_worker_status);
+
+/*
+ * The shared-memory slot of this database's worker as one row, or no row
+ * when there is none (library not preloaded, worker not started yet).
+ */
+Datum
+dlq_worker_status(PG_FUNCTION_ARGS)
+{
+	DlqWorkerSlot slot;
+	TupleDesc	tupdesc;
+	Datum		values[15];
+	bool		nulls[15];
+	bool		running;
+	int			i = 0;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (!dlq_worker_slot_copy(MyDatabaseId, &slot))
+		PG_RETURN_NULL();
+
+	memset(nulls, 0, sizeof(nulls));
+	running = slot.pid != 0;
+	values[i] = Int32GetDatum(slot.pid);
+	nulls[i++] = !running;
+	values[i++] = BoolGetDatum(running);
+#define DLQ_TS(t) do { values[i] = TimestampTzGetDatum(t); nulls[i++] = (t) == 0; } while (0)
+	DLQ_TS(slot.started_at);
+	DLQ_TS(slot.last_round_start);
+	DLQ_TS(slot.last_heartbeat);
+	values[i++] = Int64GetDatum(slot.rounds);
+	values[i++] = Int64GetDatum(slot.last_expired);
+	values[i++] = Int64GetDatum(slot.last_purged);
+	values[i++] = Int64GetDatum(slot.last_events_purged);
+	values[i++] = Int64GetDatum(slot.last_recovered);
+	values[i++] = Int64GetDatum(slot.last_retried);
+	values[i++] = Int64GetDatum(slot.last_alerts);
+	values[i++] = Int64GetDatum(slot.errors);
+	DLQ_TS(slot.last_error_at);
+#undef DLQ_TS
+	values[i] = CStringGetTextDatum(slot.last_error);
+	nulls[i++] = slot.last_error[0] == '\0';
+	Assert(i == lengthof(values));
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
