@@ -120,17 +120,6 @@ static SPIPlanPtr register_plan = NULL;
 static SPIPlanPtr watermark_plan = NULL;
 
 static SPIPlanPtr
-status_prepare(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
-static SPIPlanPtr
 status_prepare_generic(const char *sql, int nargs, Oid *types)
 {
 	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
@@ -349,14 +338,14 @@ counts_flush(void)
 		}
 		count_plan = count_insert_plan = NULL;
 		/* The shard's row exists but for a writer's first change: update it. */
-		count_plan = status_prepare(
+		count_plan = dlq_prepare_kept(
 									"UPDATE dlq.counts c SET n = c.n OPERATOR(pg_catalog.+) $4,"
 									"  last_failed_at = GREATEST(c.last_failed_at, $5)"
 									" WHERE c.queue OPERATOR(pg_catalog.=) $1"
 									" AND c.status OPERATOR(pg_catalog.=) $2"
 									" AND c.shard OPERATOR(pg_catalog.=) $3",
 									5, types);
-		count_insert_plan = status_prepare(
+		count_insert_plan = dlq_prepare_kept(
 										   "INSERT INTO dlq.counts AS c (queue, status, shard, n, last_failed_at)"
 										   " VALUES ($1, $2, $3, $4, $5)"
 										   " ON CONFLICT (queue, status, shard) DO UPDATE"
@@ -493,7 +482,7 @@ dlq_count_messages(PG_FUNCTION_ARGS)
 		npending_counts = 0;
 		SPI_connect();
 		if (truncate_plan == NULL)
-			truncate_plan = status_prepare("DELETE FROM dlq.counts", 0, NULL);
+			truncate_plan = dlq_prepare_kept("DELETE FROM dlq.counts", 0, NULL);
 		if (SPI_execute_plan(truncate_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not reset dlq.counts");
 		SPI_finish();
@@ -695,7 +684,7 @@ prepare_status_plans(void)
 								 " WHERE $1 IS NULL OR q.queue = $1"
 								 " ORDER BY q.queue",
 								 1, types);
-	stages_plan = status_prepare(
+	stages_plan = dlq_prepare_kept(
 								 "SELECT s.stage, s.source::oid, s.key_column::text, s.watermark, s.watermark_at"
 								 " FROM dlq.stages s WHERE $1 IS NULL OR s.stage = $1"
 								 " ORDER BY s.stage",
@@ -1269,7 +1258,7 @@ etl_register_stage(PG_FUNCTION_ARGS)
 	{
 		Oid			types[3] = {TEXTOID, OIDOID, TEXTOID};
 
-		register_plan = status_prepare(
+		register_plan = dlq_prepare_kept(
 									   "INSERT INTO dlq.stages (stage, source, key_column) VALUES ($1, $2::regclass, $3::name)"
 									   " ON CONFLICT (stage) DO UPDATE SET source = excluded.source,"
 									   "  key_column = excluded.key_column, watermark = NULL, watermark_at = NULL,"
@@ -1327,7 +1316,7 @@ etl_watermark(PG_FUNCTION_ARGS)
 	{
 		Oid			types[2] = {TEXTOID, INT8OID};
 
-		watermark_plan = status_prepare(
+		watermark_plan = dlq_prepare_kept(
 										"UPDATE dlq.stages s SET"
 										" watermark = GREATEST(s.watermark, $2),"
 										" watermark_at = CASE WHEN s.watermark IS NULL OR $2 > s.watermark"
