@@ -192,3 +192,7 @@ RESET ROLE;
 SELECT actor FROM dlq.events WHERE queue = 'rp_t' AND kind = 'resolved';
 DROP ROLE rp_op, rp_reader, rp_nobody;
 DROP TABLE rp_target;
+
+-- Every action of this test left events naming the role and a request id.
+SELECT count(*) > 0 AS events, count(*) FILTER (WHERE request_id IS NULL OR actor IS NULL) AS without_request
+  FROM dlq.events WHERE queue LIKE 'rp\_%';

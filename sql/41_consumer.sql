@@ -131,3 +131,7 @@ SELECT pg_temp.err($$SELECT * FROM dlq_claim('cs_a')$$);
 SELECT pg_temp.err($$SELECT dlq_listen('cs_a')$$);
 RESET ROLE;
 DROP ROLE cs_reader;
+
+-- Every action of this test left events naming the role and a request id.
+SELECT count(*) AS events, count(*) FILTER (WHERE request_id IS NULL OR actor IS NULL) AS without_request
+  FROM dlq.events WHERE queue LIKE 'cs\_%';

@@ -410,6 +410,12 @@ dlq_ack(PG_FUNCTION_ARGS)
 
 	dlq_become_owner(&owner);
 	SPI_connect();
+	/*
+	 * status is compared as text so that the statement is always driven by
+	 * the primary key on the ids: statistics taken while few messages were
+	 * replaying would otherwise pick the status index and scan every
+	 * replaying message for each batch.
+	 */
 	if (ack_plan == NULL)
 	{
 		Oid			types[1] = {INT8ARRAYOID};
@@ -418,7 +424,7 @@ dlq_ack(PG_FUNCTION_ARGS)
 									"WITH a AS (UPDATE dlq.messages SET status = 'resolved',"
 									"  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
 									"  next_retry_at = NULL"
-									"  WHERE message_id = ANY ($1) AND status = 'replaying'"
+									"  WHERE message_id = ANY ($1) AND status::text = 'replaying'"
 									"  RETURNING queue, message_id)"
 									" SELECT queue, count(*), array_agg(message_id ORDER BY message_id)"
 									" FROM a GROUP BY queue ORDER BY queue",
@@ -488,6 +494,7 @@ dlq_nack(PG_FUNCTION_ARGS)
 	char	   *status;
 	int64		into = 0;
 	const char *actor;
+	Datum		request_id = dlq_new_request_id();
 
 	dlq_check_not_null(fcinfo, 0, "message_id");
 	id = PG_GETARG_INT64(0);
@@ -609,8 +616,8 @@ dlq_nack(PG_FUNCTION_ARGS)
 		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
 																			  psprintf("{\"into\": %lld, \"error\": %s}", (long long) into,
 																					   dlq_json_quote(error)))));
-		dlq_audit("nacked", actor, queue, (Datum) 0, false, 1, &id, 1, detail);
-		dlq_audit("merged", actor, queue, (Datum) 0, false, 1, &id, 1, detail);
+		dlq_audit("nacked", actor, queue, request_id, true, 1, &id, 1, detail);
+		dlq_audit("merged", actor, queue, request_id, true, 1, &id, 1, detail);
 		status = "resolved";
 	}
 	else
@@ -625,7 +632,7 @@ dlq_nack(PG_FUNCTION_ARGS)
 		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
 																			  psprintf("{\"status\": \"%s\", \"error\": %s}", status,
 																					   dlq_json_quote(error)))));
-		dlq_audit("nacked", actor, queue, (Datum) 0, false, 1, &id, 1, detail);
+		dlq_audit("nacked", actor, queue, request_id, true, 1, &id, 1, detail);
 	}
 	status = MemoryContextStrdup(TopTransactionContext, status);
 	SPI_finish();

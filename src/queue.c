@@ -161,7 +161,7 @@ dlq_configure(PG_FUNCTION_ARGS)
 		elog(ERROR, "dlq_configure's result type does not match dlq.queues");
 	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], tupdesc));
 	dlq_audit("configured", GetUserNameFromId(owner.caller, false), queue,
-			  (Datum) 0, false, 0, NULL, 0, detail);
+			  dlq_new_request_id(), true, 0, NULL, 0, detail);
 	SPI_finish();
 	dlq_restore_caller(&owner);
 
@@ -197,7 +197,7 @@ queue_set_paused(FunctionCallInfo fcinfo, bool paused)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("queue \"%s\" does not exist", queue)));
 	dlq_audit(paused ? "paused" : "resumed", GetUserNameFromId(owner.caller, false),
-			  queue, (Datum) 0, false, 0, NULL, 0, NULL);
+			  queue, dlq_new_request_id(), true, 0, NULL, 0, NULL);
 	SPI_finish();
 	dlq_restore_caller(&owner);
 }

@@ -1108,6 +1108,7 @@ dlq_resolve(PG_FUNCTION_ARGS)
 
 	dlq_become_owner(&owner);
 	SPI_connect();
+	/* status as text: driven by the primary key, see dlq_ack */
 	if (resolve_plan == NULL)
 	{
 		Oid			types[1] = {INT8ARRAYOID};
@@ -1116,7 +1117,7 @@ dlq_resolve(PG_FUNCTION_ARGS)
 										"UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
 										"  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL"
 										" WHERE message_id = ANY ($1)"
-										" AND status IN ('pending', 'replaying', 'review')"
+										" AND status::text IN ('pending', 'replaying', 'review')"
 										" RETURNING queue, message_id",
 										1, types);
 	}

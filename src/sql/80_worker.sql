@@ -107,9 +107,60 @@ CREATE FUNCTION dlq.worker_recover(batch_size integer, timeout interval,
                                    actor text DEFAULT current_user,
                                    with_unclaimed boolean DEFAULT true)
 RETURNS bigint
-LANGUAGE sql VOLATILE STRICT
+LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    picked bigint[];
+    r record;
+    into_id bigint;
+    folded bigint := 0;
+    returned bigint;
+BEGIN
+    picked := ARRAY(
+        SELECT s.message_id FROM dlq.messages s
+         WHERE s.status = 'replaying'
+           AND (s.claim_expires_at <= now() - timeout
+                OR (with_unclaimed AND s.claim_expires_at IS NULL
+                    AND EXISTS (SELECT 1 FROM dlq.events e
+                                 WHERE e.request_id = s.replay_request_id
+                                   AND e.at <= now() - timeout)))
+         ORDER BY s.message_id
+         LIMIT batch_size
+           FOR UPDATE SKIP LOCKED);
+
+    /*
+     * A message with a dedup_key whose key is meanwhile held by another open
+     * (pending or review) message cannot go back to pending: it is folded
+     * into that one, as dlq_nack does, and resolved with a "merged" event.
+     * Going one by one also folds two returning messages with the same key.
+     */
+    FOR r IN SELECT message_id, queue, dedup_key, occurrences FROM dlq.messages
+              WHERE message_id = ANY (picked) AND dedup_key IS NOT NULL ORDER BY message_id LOOP
+        SELECT o.message_id INTO into_id FROM dlq.messages o
+         WHERE o.queue = r.queue AND o.dedup_key = r.dedup_key
+           AND o.status IN ('pending', 'review') AND o.message_id <> r.message_id
+           FOR UPDATE;
+        IF into_id IS NULL THEN
+            /* the first of its key reopens now, so that later ones fold into it */
+            UPDATE dlq.messages
+               SET status = CASE WHEN attempts >= max_attempts THEN 'review' ELSE 'pending' END::dlq.status,
+                   claimed_by = NULL, claim_expires_at = NULL
+             WHERE message_id = r.message_id;
+            CONTINUE;
+        END IF;
+        UPDATE dlq.messages SET occurrences = occurrences + r.occurrences, last_failed_at = now()
+         WHERE message_id = into_id;
+        UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),
+               claimed_by = NULL, claim_expires_at = NULL
+         WHERE message_id = r.message_id;
+        INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+        VALUES (actor, 'merged', r.queue, 1, ARRAY[r.message_id],
+                jsonb_build_object('into', into_id, 'reason', 'replay timed out'));
+        picked := array_remove(picked, r.message_id);
+        folded := folded + 1;
+    END LOOP;
+
     WITH back AS (
         UPDATE dlq.messages m
            SET status = CASE WHEN m.attempts >= m.max_attempts
@@ -119,16 +170,7 @@ AS $$
                next_retry_at = CASE WHEN q.auto_retry AND m.attempts < m.max_attempts
                                     THEN now() + dlq.retry_delay(q, m.attempts + 1) END
           FROM dlq.queues q
-         WHERE m.ctid = ANY (ARRAY(
-                   SELECT s.ctid FROM dlq.messages s
-                    WHERE s.status = 'replaying'
-                      AND (s.claim_expires_at <= now() - timeout
-                           OR (with_unclaimed AND s.claim_expires_at IS NULL
-                               AND EXISTS (SELECT 1 FROM dlq.events e
-                                            WHERE e.request_id = s.replay_request_id
-                                              AND e.at <= now() - timeout)))
-                    LIMIT batch_size
-                      FOR UPDATE SKIP LOCKED))
+         WHERE m.message_id = ANY (picked)
            AND q.queue = m.queue
         RETURNING m.queue, m.message_id, m.status
     ), audit AS (
@@ -140,7 +182,9 @@ AS $$
                                   'timeout', timeout::text)
           FROM back GROUP BY queue
     )
-    SELECT count(*) FROM back
+    SELECT count(*) INTO returned FROM back;
+    RETURN returned + folded;
+END
 $$;
 COMMENT ON FUNCTION dlq.worker_recover(integer, interval, text, boolean) IS
     'worker step: return at most batch_size replaying messages abandoned for longer than timeout to pending (or review)';

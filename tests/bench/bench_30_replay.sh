@@ -46,12 +46,19 @@ reset() {
         -c "VACUUM ANALYZE dlq.messages" >/dev/null
 }
 
+# rate MS: messages/s of $rows messages in MS milliseconds.
+rate() {
+    awk -v n="$rows" -v ms="$1" 'BEGIN { printf "%.0f\n", n * 1000 / (ms > 0 ? ms : 1) }'
+}
+rm -f "$BENCH_DIR/replay_only.txt" "$BENCH_DIR/update_only.txt"
+
 # subject: prints messages/s of reprocess_all + claim + ack of every row.
 subject() {
     reset
     local start replayed
     start=$(bench_now_ms)
     replayed=$(bench_psql -c "SELECT dlq_reprocess_all('$queue') ->> 'replayed'")
+    rate "$(bench_elapsed_ms "$start")" >>"$BENCH_DIR/replay_only.txt"
     bench_psql -c "DO \$\$
         DECLARE ids bigint[];
         BEGIN
@@ -70,7 +77,7 @@ subject() {
         return 1
     fi
     echo "SELECT 1;" >&7
-    awk -v n="$rows" -v ms="$ms" 'BEGIN { printf "%.0f\n", n * 1000 / (ms > 0 ? ms : 1) }'
+    rate "$ms"
 }
 
 # baseline: the same rows' status changed by two plain UPDATEs.
@@ -79,9 +86,9 @@ baseline() {
     local start
     start=$(bench_now_ms)
     bench_psql -c "UPDATE dlq.messages SET status = 'replaying' WHERE queue = '$queue' AND status = 'pending'" >/dev/null
+    rate "$(bench_elapsed_ms "$start")" >>"$BENCH_DIR/update_only.txt"
     bench_psql -c "UPDATE dlq.messages SET status = 'resolved' WHERE queue = '$queue' AND status = 'replaying'" >/dev/null
-    local ms=$(bench_elapsed_ms "$start")
-    awk -v n="$rows" -v ms="$ms" 'BEGIN { printf "%.0f\n", n * 1000 / (ms > 0 ? ms : 1) }'
+    rate "$(bench_elapsed_ms "$start")"
 }
 
 echo "$rounds rounds per side, alternating; $rows messages per round"
@@ -97,10 +104,17 @@ wait "$listener" || true
 notes=$(grep -c 'Asynchronous notification "dlq_bench_replay"' "$listen_out" || true)
 per_call=$(bench_ratio "$notes" "$rounds")
 ratio=$(bench_ratio "$subj" "$base")
+# shellcheck disable=SC2046
+replay_only=$(bench_median $(cat "$BENCH_DIR/replay_only.txt"))
+# shellcheck disable=SC2046
+update_only=$(bench_median $(cat "$BENCH_DIR/update_only.txt"))
+ratio_only=$(bench_ratio "$replay_only" "$update_only")
 
 echo "replay cycle (reprocess_all + claim + ack): $subj messages/s"
 echo "baseline (two plain UPDATEs of status):     $base messages/s"
-echo "ratio: $ratio; notifications received: $notes for $rounds calls ($per_call per call)"
+echo "ratio: $ratio"
+echo "dlq_reprocess_all alone: $replay_only messages/s; UPDATE pending -> replaying: $update_only messages/s; ratio $ratio_only"
+echo "notifications received: $notes for $rounds calls ($per_call per call)"
 echo "all runs (subject, baseline, ...): $all"
 
 bench_report \
@@ -115,5 +129,8 @@ bench_report \
     "| replay cycle, messages/s | $subj |" \
     "| baseline (2 UPDATEs), messages/s | $base |" \
     "| ratio subject / baseline | $ratio |" \
+    "| \`dlq_reprocess_all\` alone, messages/s | $replay_only |" \
+    "| UPDATE pending -> replaying alone, messages/s | $update_only |" \
+    "| ratio | $ratio_only |" \
     "| notifications per dlq_reprocess_all call | $per_call ($notes in $rounds calls) |" \
     ""
