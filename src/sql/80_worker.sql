@@ -245,35 +245,43 @@ RETURNS bigint
 LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH due AS (
-        SELECT q.queue, q.alert_threshold
-          FROM dlq.queues q
+    /*
+     * Depth comes from dlq.counts (kept at commit by the triggers of
+     * 70_status.sql), not from counting a million index entries; the oldest
+     * open message is the first entry of its queue's (queue, status,
+     * message_id) range, written as a row comparison so that no plan walks
+     * the primary key through other queues.
+     */
+    WITH depth AS (
+        SELECT c.queue, sum(c.n) AS depth
+          FROM dlq.counts c
+         WHERE c.status IN ('pending', 'replaying')
+         GROUP BY c.queue
+    ), due AS (
+        SELECT q.queue, q.alert_threshold, d.depth
+          FROM dlq.queues q JOIN depth d ON d.queue = q.queue
          WHERE (q.last_alert_at IS NULL OR q.last_alert_at <= now() - q.alert_cooldown)
-           AND (SELECT count(*) FROM (SELECT 1 FROM dlq.messages m
-                                       WHERE m.queue = q.queue
-                                         AND m.status IN ('pending', 'replaying')
-                                       LIMIT q.alert_threshold) s) >= q.alert_threshold
+           AND d.depth >= q.alert_threshold
            FOR UPDATE OF q SKIP LOCKED
     ), alert AS (
         SELECT d.queue,
                jsonb_build_object(
                    'queue', d.queue,
-                   'depth', n.depth,
+                   'depth', d.depth,
                    'threshold', d.alert_threshold,
-                   'severity', CASE WHEN n.depth >= 5 * d.alert_threshold THEN 'critical'
+                   'severity', CASE WHEN d.depth >= 5 * d.alert_threshold THEN 'critical'
                                     ELSE 'warning' END,
                    'oldest_age_seconds',
                    floor(extract(epoch FROM now() - least(
                        (SELECT m.stored_at FROM dlq.messages m
-                         WHERE m.queue = d.queue AND m.status = 'pending'
-                         ORDER BY m.message_id LIMIT 1),
+                         WHERE (m.queue, m.status, m.message_id) > (d.queue, 'pending'::dlq.status, 0)
+                           AND (m.queue, m.status) <= (d.queue, 'pending'::dlq.status)
+                         ORDER BY m.queue, m.status, m.message_id LIMIT 1),
                        (SELECT m.stored_at FROM dlq.messages m
-                         WHERE m.queue = d.queue AND m.status = 'replaying'
-                         ORDER BY m.message_id LIMIT 1))))::bigint) AS payload
+                         WHERE (m.queue, m.status, m.message_id) > (d.queue, 'replaying'::dlq.status, 0)
+                           AND (m.queue, m.status) <= (d.queue, 'replaying'::dlq.status)
+                         ORDER BY m.queue, m.status, m.message_id LIMIT 1))))::bigint) AS payload
           FROM due d
-         CROSS JOIN LATERAL (SELECT count(*) AS depth FROM dlq.messages m
-                              WHERE m.queue = d.queue
-                                AND m.status IN ('pending', 'replaying')) n
     ), mark AS (
         UPDATE dlq.queues q SET last_alert_at = now()
           FROM alert WHERE q.queue = alert.queue
