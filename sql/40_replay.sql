@@ -8,20 +8,20 @@
 SELECT queue, max_attempts, channel, require_listener, auto_retry, paused
   FROM dlq_configure('rp_a', require_listener => false, max_attempts => 3);
 SELECT kind, actor, queue, detail FROM dlq.events WHERE queue = 'rp_a' ORDER BY event_id;
-SELECT pg_temp.err($$SELECT dlq_configure(NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_configure('')$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', max_attempts => 0)$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', max_attempts => 1001)$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', retention => '0')$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', resolved_retention => '-1 s')$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', retry_base => '0')$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', retry_factor => 0.5)$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', retry_factor => 'NaN')$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', retry_max => '-1 h')$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', alert_threshold => 0)$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', alert_cooldown => '-1 s')$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', channel => '')$$);
-SELECT pg_temp.err($$SELECT dlq_configure('rp_a', replay_target => 'pg_tables'::regclass)$$);
+SELECT dlq_test.try($$SELECT dlq_configure(NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_configure('')$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', max_attempts => 0)$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', max_attempts => 1001)$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', retention => '0')$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', resolved_retention => '-1 s')$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', retry_base => '0')$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', retry_factor => 0.5)$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', retry_factor => 'NaN')$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', retry_max => '-1 h')$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', alert_threshold => 0)$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', alert_cooldown => '-1 s')$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', channel => '')$$);
+SELECT dlq_test.try($$SELECT dlq_configure('rp_a', replay_target => 'pg_tables'::regclass)$$);
 SELECT max_attempts, channel, require_listener, retry_factor FROM dlq.queues WHERE queue = 'rp_a';
 SELECT count(*) AS configured_events FROM dlq.events WHERE queue = 'rp_a';
 
@@ -41,29 +41,29 @@ SELECT dlq_reprocess(ARRAY[pg_temp.id('rp_a', 1), pg_temp.id('rp_a', 1), pg_temp
 SELECT pg_temp.st('rp_a');
 
 -- Id arrays: NULL, empty, NULL element, two dimensions, too many.
-SELECT pg_temp.err($$SELECT dlq_reprocess(NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_reprocess('{}')$$);
-SELECT pg_temp.err($$SELECT dlq_reprocess(ARRAY[1, NULL])$$);
-SELECT pg_temp.err($$SELECT dlq_reprocess('{{1},{2}}')$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess(NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess('{}')$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess(ARRAY[1, NULL])$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess('{{1},{2}}')$$);
 SET dlq.max_ids_per_call = 2;
-SELECT pg_temp.err($$SELECT dlq_reprocess(ARRAY[1, 2, 3])$$);
-SELECT pg_temp.err($$SELECT dlq_discard(ARRAY[1, 2, 3])$$);
-SELECT pg_temp.err($$SELECT dlq_resolve(ARRAY[1, 2, 3])$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess(ARRAY[1, 2, 3])$$);
+SELECT dlq_test.try($$SELECT dlq_discard(ARRAY[1, 2, 3])$$);
+SELECT dlq_test.try($$SELECT dlq_resolve(ARRAY[1, 2, 3])$$);
 RESET dlq.max_ids_per_call;
-SELECT pg_temp.err($$SELECT dlq_reprocess(ARRAY[1], NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_discard(NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_resolve('{}')$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess(ARRAY[1], NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_discard(NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_resolve('{}')$$);
 SELECT pg_temp.st('rp_a');
 
 -- Paused queue: 55000 and nothing changes, for both forms.
 SELECT dlq_pause('rp_a');
 SELECT paused FROM dlq.queues WHERE queue = 'rp_a';
-SELECT pg_temp.err(format('SELECT dlq_reprocess(ARRAY[%s])', pg_temp.id('rp_a', 4)));
-SELECT pg_temp.err($$SELECT dlq_reprocess_all('rp_a')$$);
+SELECT dlq_test.try(format('SELECT dlq_reprocess(ARRAY[%s])', pg_temp.id('rp_a', 4)));
+SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_a')$$);
 SELECT pg_temp.st('rp_a');
 SELECT dlq_resume('rp_a');
-SELECT pg_temp.err($$SELECT dlq_pause('rp_nope')$$);
-SELECT pg_temp.err($$SELECT dlq_resume(NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_pause('rp_nope')$$);
+SELECT dlq_test.try($$SELECT dlq_resume(NULL)$$);
 SELECT kind, actor FROM dlq.events WHERE queue = 'rp_a' AND kind IN ('paused', 'resumed') ORDER BY event_id;
 
 -- dlq_reprocess_all: every pending message, max_messages, component.
@@ -74,17 +74,17 @@ SELECT pg_temp.st('rp_a');
 SELECT dlq_reprocess_all('rp_a') - 'request_id' AS summary;
 SELECT pg_temp.st('rp_a');
 SELECT dlq_reprocess_all('rp_a') - 'request_id' AS nothing_left;
-SELECT pg_temp.err($$SELECT dlq_reprocess_all('rp_nope')$$);
-SELECT pg_temp.err($$SELECT dlq_reprocess_all(NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_reprocess_all('rp_a', max_messages => 0)$$);
-SELECT pg_temp.err($$SELECT dlq_reprocess_all('rp_a', force => NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_reprocess_all('rp_a', component => '')$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_nope')$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess_all(NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_a', max_messages => 0)$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_a', force => NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_a', component => '')$$);
 
 -- A NOTIFY queue without a live consumer: 55000 with a hint, nothing changes.
 SELECT (dlq_configure('rp_b')).queue;
 SELECT dlq_store('rp_b', jsonb_build_object('n', g), 'e') IS NOT NULL FROM generate_series(1, 2) g;
 SELECT dlq_reprocess_all('rp_b');
-SELECT pg_temp.err(format('SELECT dlq_reprocess(ARRAY[%s])', pg_temp.id('rp_b', 1)));
+SELECT dlq_test.try(format('SELECT dlq_reprocess(ARRAY[%s])', pg_temp.id('rp_b', 1)));
 SELECT pg_temp.st('rp_b');
 -- Nothing eligible: no consumer needed (resolved messages are only skipped).
 SELECT dlq_resolve(ARRAY[pg_temp.id('rp_b', 2)]) - 'request_id' AS resolved;
@@ -140,11 +140,11 @@ SELECT dlq_discard_all('rp_e', 'resolved') - 'request_id' AS no_resolved;
 SELECT dlq_discard_all('rp_e') - 'request_id' AS the_rest;
 SELECT count(*) AS left_in_rp_e FROM dlq.messages WHERE queue = 'rp_e';
 SELECT kind, message_count, array_length(message_ids, 1) FROM dlq.events WHERE queue = 'rp_e' ORDER BY event_id;
-SELECT pg_temp.err($$SELECT dlq_discard_all('rp_e', 'replaying')$$);
-SELECT pg_temp.err($$SELECT dlq_discard_all('rp_e', 'any')$$);
-SELECT pg_temp.err($$SELECT dlq_discard_all('rp_e', NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_discard_all('rp_e', older_than => '-1 s')$$);
-SELECT pg_temp.err($$SELECT dlq_discard_all('rp_nope')$$);
+SELECT dlq_test.try($$SELECT dlq_discard_all('rp_e', 'replaying')$$);
+SELECT dlq_test.try($$SELECT dlq_discard_all('rp_e', 'any')$$);
+SELECT dlq_test.try($$SELECT dlq_discard_all('rp_e', NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_discard_all('rp_e', older_than => '-1 s')$$);
+SELECT dlq_test.try($$SELECT dlq_discard_all('rp_nope')$$);
 
 -- Bulk forms work in batches: 2500 messages, more than two batches.
 SELECT (dlq_configure('rp_f', require_listener => false)).queue;
@@ -169,7 +169,7 @@ SELECT (dlq_configure('rp_t', replay_target => 'rp_target')).replay_target;
 SELECT dlq_store('rp_t', '{"n": 1}', 'e') IS NOT NULL;
 CREATE ROLE rp_op IN ROLE dlq_operator;
 SET ROLE rp_op;
-SELECT pg_temp.err($$SELECT dlq_reprocess_all('rp_t')$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_t')$$);
 RESET ROLE;
 SELECT pg_temp.st('rp_t');
 SELECT (dlq_configure('rp_t', replay_target => 0)).replay_target IS NULL AS cleared;
@@ -178,13 +178,13 @@ SELECT (dlq_configure('rp_t', replay_target => 0)).replay_target IS NULL AS clea
 CREATE ROLE rp_reader IN ROLE dlq_reader;
 CREATE ROLE rp_nobody;
 SET ROLE rp_reader;
-SELECT pg_temp.err($$SELECT dlq_reprocess_all('rp_a')$$);
-SELECT pg_temp.err($$SELECT dlq_pause('rp_a')$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_a')$$);
+SELECT dlq_test.try($$SELECT dlq_pause('rp_a')$$);
 SELECT count(*) > 0 AS reader_sees_history FROM dlq_history(pg_temp.id('rp_c', 1));
 RESET ROLE;
 SET ROLE rp_nobody;
-SELECT pg_temp.err($$SELECT * FROM dlq_history(1)$$);
-SELECT pg_temp.err($$SELECT dlq_discard(ARRAY[1])$$);
+SELECT dlq_test.try($$SELECT * FROM dlq_history(1)$$);
+SELECT dlq_test.try($$SELECT dlq_discard(ARRAY[1])$$);
 RESET ROLE;
 SET ROLE rp_op;
 SELECT dlq_resolve(ARRAY[pg_temp.id('rp_t', 1)], 'op') - 'request_id' AS op_resolves;

@@ -31,8 +31,8 @@ SELECT dlq_listen('cs_rb2');
 ROLLBACK;
 SELECT pg_temp.registrations() AS still_registered;
 UNLISTEN *;
-SELECT pg_temp.err($$SELECT dlq_listen(NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_listen(repeat('x', 64))$$);
+SELECT dlq_test.try($$SELECT dlq_listen(NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_listen(repeat('x', 64))$$);
 
 SELECT (dlq_configure('cs_a', require_listener => false, max_attempts => 2)).queue;
 SELECT dlq_store('cs_a', jsonb_build_object('n', g), 'e' || g) IS NOT NULL FROM generate_series(1, 5) g;
@@ -78,24 +78,24 @@ SELECT kind, message_ids = ARRAY[pg_temp.id('cs_a', 3)] AS ids, detail FROM dlq.
  WHERE queue = 'cs_a' AND kind = 'nacked' AND message_ids = ARRAY[pg_temp.id('cs_a', 3)] ORDER BY event_id;
 
 -- Bad input, wrong state, unknown message: errors, nothing changes.
-SELECT regexp_replace(pg_temp.err(format('SELECT dlq_nack(%s, %L)', pg_temp.id('cs_a', 3), 'x')),
+SELECT regexp_replace(dlq_test.try(format('SELECT dlq_nack(%s, %L)', pg_temp.id('cs_a', 3), 'x')),
                       'message \d+', 'message N') AS err;
-SELECT pg_temp.err($$SELECT dlq_nack(-1, 'x')$$);
-SELECT pg_temp.err($$SELECT dlq_nack(NULL, 'x')$$);
-SELECT pg_temp.err(format('SELECT dlq_nack(%s, NULL)', pg_temp.id('cs_a', 5)));
-SELECT pg_temp.err(format('SELECT dlq_nack(%s, %L)', pg_temp.id('cs_a', 5), ''));
-SELECT pg_temp.err(format('SELECT dlq_nack(%s, %L, %L)', pg_temp.id('cs_a', 5), 'x', 'bad'));
-SELECT pg_temp.err(format('SELECT dlq_nack(%s, %L, retry_in => %L)', pg_temp.id('cs_a', 5), 'x', '-1 min'));
-SELECT pg_temp.err($$SELECT * FROM dlq_claim('cs_nope')$$);
-SELECT pg_temp.err($$SELECT * FROM dlq_claim(NULL)$$);
-SELECT pg_temp.err($$SELECT * FROM dlq_claim('cs_a', 0)$$);
-SELECT pg_temp.err($$SELECT * FROM dlq_claim('cs_a', 1001)$$);
-SELECT pg_temp.err($$SELECT * FROM dlq_claim('cs_a', NULL)$$);
-SELECT pg_temp.err($$SELECT * FROM dlq_claim('cs_a', 1, '0')$$);
-SELECT pg_temp.err($$SELECT * FROM dlq_claim('cs_a', 1, NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_ack(NULL)$$);
-SELECT pg_temp.err($$SELECT dlq_ack('{}')$$);
-SELECT pg_temp.err($$SELECT dlq_ack(ARRAY[NULL]::bigint[])$$);
+SELECT dlq_test.try($$SELECT dlq_nack(-1, 'x')$$);
+SELECT dlq_test.try($$SELECT dlq_nack(NULL, 'x')$$);
+SELECT dlq_test.try(format('SELECT dlq_nack(%s, NULL)', pg_temp.id('cs_a', 5)));
+SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L)', pg_temp.id('cs_a', 5), ''));
+SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L, %L)', pg_temp.id('cs_a', 5), 'x', 'bad'));
+SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L, retry_in => %L)', pg_temp.id('cs_a', 5), 'x', '-1 min'));
+SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_nope')$$);
+SELECT dlq_test.try($$SELECT * FROM dlq_claim(NULL)$$);
+SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_a', 0)$$);
+SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_a', 1001)$$);
+SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_a', NULL)$$);
+SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_a', 1, '0')$$);
+SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_a', 1, NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_ack(NULL)$$);
+SELECT dlq_test.try($$SELECT dlq_ack('{}')$$);
+SELECT dlq_test.try($$SELECT dlq_ack(ARRAY[NULL]::bigint[])$$);
 SELECT pg_temp.st('cs_a');
 
 -- auto_retry queues back off with dlq.retry_delay on a nack without retry_in.
@@ -127,8 +127,8 @@ SELECT payload->>'n' AS n, status, occurrences FROM dlq.messages WHERE queue = '
 -- Consumers need dlq_operator.
 CREATE ROLE cs_reader IN ROLE dlq_reader;
 SET ROLE cs_reader;
-SELECT pg_temp.err($$SELECT * FROM dlq_claim('cs_a')$$);
-SELECT pg_temp.err($$SELECT dlq_listen('cs_a')$$);
+SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_a')$$);
+SELECT dlq_test.try($$SELECT dlq_listen('cs_a')$$);
 RESET ROLE;
 DROP ROLE cs_reader;
 

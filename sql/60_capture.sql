@@ -2,18 +2,6 @@
 \set VERBOSITY default
 SET client_min_messages = warning;
 
--- Runs a statement; returns its SQLSTATE, message and detail, or 'ok'.
-CREATE FUNCTION cap_try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    d text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
-    RETURN SQLSTATE || ': ' || SQLERRM || coalesce(' / ' || nullif(d, ''), '');
-END
-$$;
 
 CREATE TABLE cap_parent (pid int PRIMARY KEY);
 INSERT INTO cap_parent VALUES (1), (2);
@@ -41,11 +29,11 @@ SELECT sqlstate, error, error_detail, payload->>'note' AS note, operation, sourc
 
 -- The same errors PostgreSQL raises without the trigger.
 SELECT dlq_detach('cap_orders');
-SELECT cap_try($$INSERT INTO cap_orders VALUES (1, 'b', 5, 1, 'duplicate id')$$);
-SELECT cap_try($$INSERT INTO cap_orders VALUES (2, 'c', NULL, 1, 'null qty')$$);
-SELECT cap_try($$INSERT INTO cap_orders VALUES (3, 'd', -1, 1, 'negative qty')$$);
-SELECT cap_try($$INSERT INTO cap_orders VALUES (4, 'e', 1, 9, 'no parent')$$);
-SELECT cap_try($$INSERT INTO cap_orders VALUES (5, 'a', 1, NULL, 'duplicate code, NULL fk is fine')$$);
+SELECT dlq_test.err($$INSERT INTO cap_orders VALUES (1, 'b', 5, 1, 'duplicate id')$$);
+SELECT dlq_test.err($$INSERT INTO cap_orders VALUES (2, 'c', NULL, 1, 'null qty')$$);
+SELECT dlq_test.err($$INSERT INTO cap_orders VALUES (3, 'd', -1, 1, 'negative qty')$$);
+SELECT dlq_test.err($$INSERT INTO cap_orders VALUES (4, 'e', 1, 9, 'no parent')$$);
+SELECT dlq_test.err($$INSERT INTO cap_orders VALUES (5, 'a', 1, NULL, 'duplicate code, NULL fk is fine')$$);
 SELECT dlq_attach('cap_orders', 'cap_q');
 
 -- Duplicates within one statement: the first wins, the later ones are diverted.
@@ -130,7 +118,7 @@ SELECT dlq_attach('cap_events', 'cap_qp');
 CREATE TABLE cap_events_us PARTITION OF cap_events FOR VALUES IN ('us');
 INSERT INTO cap_events VALUES (1, 'eu', 1, 1), (1, 'us', 1, 1), (1, 'eu', 2, 1), (2, 'us', -1, 1), (3, 'us', 1, 9);
 -- A row that matches no partition fails in routing, before any trigger: not captured.
-SELECT cap_try($$INSERT INTO cap_events VALUES (3, 'apac', 0)$$);
+SELECT dlq_test.err($$INSERT INTO cap_events VALUES (3, 'apac', 0)$$);
 SELECT tableoid::regclass, * FROM cap_events ORDER BY region, id;
 SELECT sqlstate, error, error_detail->>'detail' AS detail, error_detail->>'table' AS tab,
        source_relation, operation
@@ -177,24 +165,24 @@ SELECT count(*) FROM dlq.messages WHERE payload->>'note' = 'in a transaction';
 -- Bad use of the trigger functions: clear errors.
 CREATE TABLE cap_bad (id int);
 CREATE TRIGGER t AFTER INSERT ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture('cap_bad_q');
-SELECT cap_try('INSERT INTO cap_bad VALUES (1)');
+SELECT dlq_test.err('INSERT INTO cap_bad VALUES (1)');
 DROP TRIGGER t ON cap_bad;
 INSERT INTO cap_bad VALUES (1);
 CREATE TRIGGER t BEFORE DELETE ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture('cap_bad_q');
-SELECT cap_try('DELETE FROM cap_bad');
+SELECT dlq_test.err('DELETE FROM cap_bad');
 DROP TRIGGER t ON cap_bad;
 CREATE TRIGGER t BEFORE INSERT ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture();
-SELECT cap_try('INSERT INTO cap_bad VALUES (1)');
+SELECT dlq_test.err('INSERT INTO cap_bad VALUES (1)');
 DROP TRIGGER t ON cap_bad;
 CREATE TRIGGER t BEFORE INSERT ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture('cap_bad_q', 'c', 'extra');
-SELECT cap_try('INSERT INTO cap_bad VALUES (1)');
+SELECT dlq_test.err('INSERT INTO cap_bad VALUES (1)');
 DROP TRIGGER t ON cap_bad;
 CREATE TRIGGER t BEFORE INSERT ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture('');
-SELECT cap_try('INSERT INTO cap_bad VALUES (1)');
+SELECT dlq_test.err('INSERT INTO cap_bad VALUES (1)');
 DROP TRIGGER t ON cap_bad;
 CREATE TRIGGER t BEFORE INSERT ON cap_bad FOR EACH ROW EXECUTE FUNCTION dlq_capture('cap_bad_q', '');
-SELECT cap_try('INSERT INTO cap_bad VALUES (1)');
+SELECT dlq_test.err('INSERT INTO cap_bad VALUES (1)');
 DROP TRIGGER t ON cap_bad;
-SELECT cap_try('SELECT dlq_capture()');
+SELECT dlq_test.err('SELECT dlq_capture()');
 SELECT count(*) FROM cap_bad;
 SELECT count(*) FROM dlq.messages WHERE queue = 'cap_bad_q';

@@ -3,14 +3,6 @@
 \set VERBOSITY default
 SET client_min_messages = warning;
 
-CREATE FUNCTION rp_try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 
 CREATE TABLE rp_customer (cid int PRIMARY KEY);
 INSERT INTO rp_customer VALUES (1);
@@ -53,7 +45,7 @@ CREATE ROLE rp_op LOGIN IN ROLE dlq_operator;
 SELECT count(*) AS rows_before FROM rp_orders \gset
 CREATE TEMP TABLE rp_before AS SELECT message_id, status, attempts, error FROM dlq.messages WHERE queue = 'rp_q';
 SET ROLE rp_op;
-SELECT rp_try($$SELECT dlq_reprocess_all('rp_q')$$);
+SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_q')$$);
 RESET ROLE;
 SELECT count(*) = :rows_before AS rows_unchanged FROM rp_orders;
 SELECT count(*) AS messages_changed FROM dlq.messages m JOIN rp_before b USING (message_id)

@@ -2,15 +2,6 @@
 -- stages and watermarks, metrics, privileges and bad input.
 \set VERBOSITY default
 
--- Errors are shown with their SQLSTATE.
-CREATE FUNCTION st_try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 
 -- dlq.counts matches dlq.messages for every queue and state.
 CREATE VIEW st_count_mismatch AS
@@ -268,31 +259,31 @@ CREATE INDEX ON st_noidx USING hash (id);
 CREATE INDEX ON st_noidx (t, id);
 CREATE VIEW st_view AS SELECT * FROM st_src;
 SELECT count(*) AS stages_before FROM dlq.stages \gset
-SELECT st_try($$SELECT etl_register_stage('st_bad', 'st_noidx', 'id')$$);
-SELECT st_try($$SELECT etl_register_stage('st_bad', 'st_noidx', 't')$$);
-SELECT st_try($$SELECT etl_register_stage('st_bad', 'st_noidx', 'n')$$);
-SELECT st_try($$SELECT etl_register_stage('st_bad', 'st_noidx', 'nope')$$);
-SELECT st_try($$SELECT etl_register_stage('st_bad', 'st_view', 'id')$$);
-SELECT st_try($$SELECT etl_register_stage('st_bad', 12345678, 'id')$$);
-SELECT st_try($$SELECT etl_register_stage(NULL, 'st_src', 'id')$$);
-SELECT st_try($$SELECT etl_register_stage('', 'st_src', 'id')$$);
-SELECT st_try($$SELECT etl_register_stage(repeat('s', 64), 'st_src', 'id')$$);
-SELECT st_try($$SELECT etl_register_stage('st_bad', NULL, 'id')$$);
-SELECT st_try($$SELECT etl_register_stage('st_bad', 'st_src', NULL)$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_bad', 'st_noidx', 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_bad', 'st_noidx', 't')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_bad', 'st_noidx', 'n')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_bad', 'st_noidx', 'nope')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_bad', 'st_view', 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_bad', 12345678, 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage(NULL, 'st_src', 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('', 'st_src', 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage(repeat('s', 64), 'st_src', 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_bad', NULL, 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_bad', 'st_src', NULL)$$);
 SELECT count(*) = :stages_before AS nothing_registered FROM dlq.stages;
 -- Bad watermarks and names.
 SELECT etl_watermark('st_mart', 650) AS wm_before \gset
-SELECT st_try($$SELECT etl_watermark('st_nope', 1)$$);
-SELECT st_try($$SELECT etl_watermark(NULL, 1)$$);
-SELECT st_try($$SELECT etl_watermark('st_mart', NULL)$$);
+SELECT dlq_test.try($$SELECT etl_watermark('st_nope', 1)$$);
+SELECT dlq_test.try($$SELECT etl_watermark(NULL, 1)$$);
+SELECT dlq_test.try($$SELECT etl_watermark('st_mart', NULL)$$);
 SELECT watermark = :wm_before AS unchanged FROM dlq.stages WHERE stage = 'st_mart';
-SELECT st_try($$SELECT * FROM etl_status('st_nope')$$);
-SELECT st_try($$SELECT * FROM etl_status('')$$);
-SELECT st_try($$SELECT * FROM etl_status(E'a\nb')$$);
+SELECT dlq_test.try($$SELECT * FROM etl_status('st_nope')$$);
+SELECT dlq_test.try($$SELECT * FROM etl_status('')$$);
+SELECT dlq_test.try($$SELECT * FROM etl_status(E'a\nb')$$);
 SET dlq.status_now = 'not a time';
-SELECT st_try($$SELECT * FROM etl_status('st_walk')$$);
+SELECT dlq_test.try($$SELECT * FROM etl_status('st_walk')$$);
 RESET dlq.status_now;
-SELECT st_try($$SET dlq.status_worker = 'dead'$$);
+SELECT dlq_test.try($$SET dlq.status_worker = 'dead'$$);
 
 ------------------------------------------------------------------------------
 -- etl_status_json, dlq.metrics, dlq.etl_worker_state
@@ -334,25 +325,25 @@ GRANT SELECT ON st_src TO st_reader, st_operator;
 SET ROLE st_reader;
 SELECT name, health FROM etl_status('st_walk');
 SELECT count(*) > 0 AS metrics_visible FROM dlq.metrics;
-SELECT st_try($$SELECT etl_watermark('st_mart', 1000)$$);
-SELECT st_try($$SELECT etl_register_stage('st_r', 'st_src', 'id')$$);
-SELECT st_try($$SELECT dlq.recount()$$);
+SELECT dlq_test.try($$SELECT etl_watermark('st_mart', 1000)$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_r', 'st_src', 'id')$$);
+SELECT dlq_test.try($$SELECT dlq.recount()$$);
 RESET ROLE;
 SET ROLE st_writer;
 SELECT etl_watermark('st_mart', 1000);
-SELECT st_try($$SELECT * FROM etl_status()$$);
+SELECT dlq_test.try($$SELECT * FROM etl_status()$$);
 RESET ROLE;
 SET ROLE st_operator;
-SELECT st_try($$SELECT etl_register_stage('st_op', 'st_noidx', 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_op', 'st_noidx', 'id')$$);
 SELECT etl_register_stage('st_op', 'st_src', 'id');
 RESET ROLE;
 -- the source max is read with the caller's privileges
 REVOKE SELECT ON st_src FROM st_reader;
 SET ROLE st_reader;
-SELECT st_try($$SELECT * FROM etl_status('st_mart')$$);
+SELECT dlq_test.try($$SELECT * FROM etl_status('st_mart')$$);
 RESET ROLE;
 SET ROLE st_writer;
-SELECT st_try($$SELECT etl_register_stage('st_w', 'st_src', 'id')$$);
+SELECT dlq_test.try($$SELECT etl_register_stage('st_w', 'st_src', 'id')$$);
 RESET ROLE;
 DELETE FROM dlq.stages WHERE stage IN ('st_mart', 'st_op');
 DROP OWNED BY st_reader, st_writer, st_operator;

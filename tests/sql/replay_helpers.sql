@@ -1,14 +1,5 @@
--- Helpers shared by the replay regression tests (sql/40_*, sql/41_*).
--- err(sql): runs sql, returns 'ok' or 'SQLSTATE: message'.  The failing
--- call is rolled back with its subtransaction, as a client would see it.
-CREATE FUNCTION pg_temp.err(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
+-- Helpers shared by the replay regression tests (sql/40_*, sql/41_*); errors
+-- go through dlq_test.try() from sql/00_setup.sql.
 -- st(queue): every message of a queue as n:status:attempts, by id.
 CREATE FUNCTION pg_temp.st(q text) RETURNS text LANGUAGE sql AS $$
     SELECT string_agg(format('%s:%s:%s', payload->>'n', status, attempts), ' ' ORDER BY message_id)
