@@ -1,50 +1,107 @@
--- The story `make demo` tells: a pipeline fails, dlq keeps every failure,
--- an operator pages through them.
+-- The story `make demo` tells: a pipeline fails, dlq keeps every failure
+-- with its context, a load diverts its bad rows instead of aborting, an
+-- operator fixes the cause and replays, consumers take the rest, and
+-- etl_status says how healthy it all is.
 \pset footer off
 \set ECHO none
+\set QUIET on
 
 \echo '1. CREATE EXTENSION dlq'
 CREATE EXTENSION dlq;
 
-\echo '2. An ETL job fails on three rows and a CDC consumer fails on the same key twice; each failure is kept.'
-SELECT dlq_store('orders', '{"id": 7, "amount": -5}', 'new row violates check constraint "amount_positive"',
-                 component => 'loader', sqlstate => '23514') AS stored_id
+\echo
+\echo '2. An application handler fails on three payments, and a CDC consumer fails twice on the same row;'
+\echo '   each failure is kept with its error context (the repeated one as one message, two occurrences).'
+SELECT dlq_store('payments', '{"payment": 7, "amount": -5}', 'amount must be positive',
+                 component => 'validator', sqlstate => '22023') AS stored_id
 UNION ALL
-SELECT dlq_store('orders', '{"id": 8, "customer": 99}', 'insert or update on table "orders" violates foreign key constraint "orders_customer_fkey"',
-                 component => 'loader', sqlstate => '23503')
+SELECT dlq_store('payments', '{"payment": 8}', 'card processor unreachable', component => 'gateway', sqlstate => '08006')
 UNION ALL
-SELECT dlq_store('orders', '{"id": 9}', 'could not connect to warehouse', component => 'sink', sqlstate => '08006')
+SELECT dlq_store('payments', '{"payment": 9}', 'card processor timed out', component => 'gateway', sqlstate => '57014')
 UNION ALL
 SELECT dlq_store('cdc', '{"lsn": "0/16B3748", "table": "users", "id": 42}', 'timeout writing to search index',
                  component => 'indexer', sqlstate => '57014', dedup_key => 'users:42')
 UNION ALL
 SELECT dlq_store('cdc', '{"lsn": "0/16B3790", "table": "users", "id": 42}', 'timeout writing to search index (again)',
                  component => 'indexer', sqlstate => '57014', dedup_key => 'users:42');
-
-\echo '3. What is in the DLQ (the repeated CDC failure is one message with two occurrences):'
-SELECT message_id, queue, component, sqlstate, error_class, occurrences, left(error, 50) AS error
+SELECT message_id, queue, component, sqlstate, error_class, occurrences, error
   FROM dlq_list(batch_size => 100) ORDER BY message_id;
 
-\echo '4. Paging through queue "orders" two at a time with a keyset cursor:'
-SELECT dlq_list_page('orders', batch_size => 2) AS page \gset
+\echo
+\echo '3. Paging through queue "payments" two at a time with a keyset cursor:'
+SELECT dlq_list_page('payments', batch_size => 2) AS page \gset
 SELECT jsonb_path_query_array(:'page'::jsonb, '$.messages[*].message_id') AS ids,
        (:'page'::jsonb)->'next_cursor' AS next_cursor, (:'page'::jsonb)->'has_more' AS has_more;
-SELECT dlq_list_page('orders', cursor => ((:'page'::jsonb)->>'next_cursor')::bigint, batch_size => 2) AS page \gset
+SELECT dlq_list_page('payments', cursor => ((:'page'::jsonb)->>'next_cursor')::bigint, batch_size => 2) AS page \gset
 SELECT jsonb_path_query_array(:'page'::jsonb, '$.messages[*].message_id') AS ids,
        (:'page'::jsonb)->'next_cursor' AS next_cursor, (:'page'::jsonb)->'has_more' AS has_more;
 
-\echo '5. One message in full:'
-\x on
-SELECT message_id, queue, status, payload, error, sqlstate, error_class, occurrences, attempts, max_attempts,
-       stored_at::timestamp(0) AS stored_at, expires_at::timestamp(0) AS expires_at
-  FROM dlq_get((SELECT min(message_id) FROM dlq.messages WHERE queue = 'cdc'));
-\x off
-
-\echo '6. Bad input is refused with a clear error and changes nothing:'
+\echo
+\echo '4. Bad input is refused with a clear error and a deliberate SQLSTATE, and changes nothing:'
 \set ON_ERROR_STOP 0
 \set VERBOSITY verbose
-SELECT dlq_store('orders', '{}', 'e', sqlstate => 'oops');
+SELECT dlq_store('payments', '{}', 'e', sqlstate => 'oops');
 SELECT * FROM dlq_list(batch_size => 5000);
 \set VERBOSITY default
 \set ON_ERROR_STOP 1
-SELECT count(*) AS messages_in_dlq FROM dlq.messages;
+
+\echo
+\echo '5. An ETL load: dlq_attach(''orders'') diverts rows that would break a constraint into queue "orders".'
+CREATE TABLE customers (id int PRIMARY KEY);
+INSERT INTO customers VALUES (1), (2);
+CREATE TABLE orders (
+    id    int PRIMARY KEY,
+    cid   int NOT NULL REFERENCES customers,
+    qty   int CHECK (qty > 0),
+    note  text
+);
+SELECT dlq_attach('orders') AS queue;
+\echo '   COPY orders FROM stdin: 6 rows, 4 of them bad. The COPY does not abort:'
+COPY orders FROM stdin WITH (FORMAT csv);
+1,1,5,ok
+2,3,1,customer 3 is not loaded yet
+3,1,0,zero quantity
+1,2,4,duplicate id
+4,,1,no customer
+5,2,2,ok
+\.
+SELECT count(*) AS rows_loaded FROM orders;
+SELECT message_id, sqlstate, error, error_detail->>'detail' AS detail
+  FROM dlq_list('orders') ORDER BY message_id;
+
+\echo
+\echo '6. The missing customer arrives; replay the queue into the table with the operator''s privileges.'
+\echo '   The row whose cause is fixed lands; the others record their new error and attempt:'
+INSERT INTO customers VALUES (3);
+SELECT jsonb_pretty(dlq_reprocess_all('orders') - 'request_id' - 'failures') AS summary;
+SELECT count(*) AS rows_in_orders FROM orders;
+SELECT message_id, status, attempts, sqlstate FROM dlq_list('orders', status => 'any') ORDER BY message_id;
+
+\echo
+\echo '7. A consumer: dlq_listen registers it; dlq_reprocess_all sends ONE notification for the whole batch;'
+\echo '   the consumer claims, acks what worked and nacks what did not.'
+SELECT dlq_listen('payments') AS channel;
+SELECT dlq_reprocess_all('payments') - 'request_id' - 'failures' AS summary;
+SELECT 1 AS "(the notification arrives with the next command)";
+SELECT message_id, payload, claimed_by IS NOT NULL AS claimed FROM dlq_claim('payments', 10) ORDER BY message_id;
+SELECT dlq_ack(ARRAY(SELECT message_id FROM dlq.messages WHERE queue = 'payments' AND component = 'gateway')) AS acked;
+SELECT dlq_nack(min(message_id), 'still negative', sqlstate => '22023') AS nacked_to
+  FROM dlq.messages WHERE queue = 'payments' AND status = 'replaying';
+SELECT message_id, status, attempts, error FROM dlq_list('payments', status => 'any') ORDER BY message_id;
+
+\echo
+\echo '8. Pipeline health at a glance (after waiting up to 20 s for the background worker to notice'
+\echo '   the new extension; it expires, purges, recovers stuck replays, retries and raises alerts):'
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN coalesce((SELECT running FROM dlq.worker_status()), false);
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+END $$;
+SELECT name, health, lag, pending, replaying, resolved, review, worker FROM etl_status() ORDER BY name;
+SELECT etl_status_json()->>'health' AS overall_health;
+
+\echo
+\echo '9. The audit trail: who did what'
+SELECT kind, queue, actor, message_count FROM dlq.events ORDER BY event_id;
