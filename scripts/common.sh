@@ -16,12 +16,22 @@ dlq_ensure_deps() {
     local sudo=
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo apt-get update -q >/dev/null || true
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null ||
+        return 1
+    # pg_config may only exist now
+    dlq_find_pg_config
 }
 
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
-[ -x "$PG_CONFIG" ] || PG_CONFIG=pg_config
-PG_BIN=$("$PG_CONFIG" --bindir 2>/dev/null || echo "/usr/lib/postgresql/$PG_MAJOR/bin")
+# PG_CONFIG from the environment wins; else this major version's.
+dlq_find_pg_config() {
+    if [ -z "${DLQ_PG_CONFIG_GIVEN:-}" ]; then
+        PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+        [ -x "$PG_CONFIG" ] || PG_CONFIG=pg_config
+    fi
+    PG_BIN=$("$PG_CONFIG" --bindir 2>/dev/null || echo "/usr/lib/postgresql/$PG_MAJOR/bin")
+}
+[ -n "${PG_CONFIG:-}" ] && DLQ_PG_CONFIG_GIVEN=1
+dlq_find_pg_config
 
 # Build and install the extension (installing needs root or sudo).
 dlq_build_install() {
