@@ -289,7 +289,6 @@ dlq_claim(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	Tuplestorestate *tupstore;
 	TupleDesc	tupdesc;
-	MemoryContext oldcontext;
 	DlqOwnerContext owner;
 	int			ret;
 
@@ -308,18 +307,9 @@ dlq_claim(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("visibility must be positive")));
 
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
-		(rsinfo->allowedModes & SFRM_Materialize) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("set-valued function called in context that cannot accept a set")));
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-
-	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	tupdesc = CreateTupleDescCopy(tupdesc);
-	tupstore = tuplestore_begin_heap(true, false, work_mem);
-	MemoryContextSwitchTo(oldcontext);
+	InitMaterializedSRF(fcinfo, 0);
+	tupstore = rsinfo->setResult;
+	tupdesc = rsinfo->setDesc;
 
 	dlq_become_owner(&owner);
 	SPI_connect();
@@ -381,9 +371,6 @@ dlq_claim(PG_FUNCTION_ARGS)
 	SPI_finish();
 	dlq_restore_caller(&owner);
 
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = tupstore;
-	rsinfo->setDesc = tupdesc;
 	return (Datum) 0;
 }
 

@@ -15,6 +15,7 @@
 #ifndef DLQ_H
 #define DLQ_H
 
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
@@ -60,6 +61,14 @@ extern void dlq_check_json_object(const char *what, Jsonb *value);
 extern const char *dlq_check_status(text *value, bool allow_any);
 extern int64 *dlq_check_id_array(ArrayType *ids, int *nids);
 extern char *dlq_default_channel(const char *queue);
+
+/* A plan prepared once and kept for the life of the backend (util.c). */
+extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
+
+#if PG_VERSION_NUM < 150000
+/* PostgreSQL 15's helper for materialized set-returning functions (util.c). */
+extern void InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags);
+#endif
 
 /*
  * Audit trail (util.c): one row in dlq.events.  Must be called as the
@@ -134,7 +143,6 @@ typedef struct DlqQueueTally
 	DlqIdTally	tally;
 } DlqQueueTally;
 
-extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
 extern Datum dlq_id_array_datum(const int64 *ids, int n);
 extern int64 *dlq_id_array_values(ArrayType *array, int *n);
 extern char *dlq_json_quote(const char *s);

@@ -199,10 +199,7 @@ list_get_plan(int flags)
 	/* $3 is batch_size; $7 is 1 when the page looks one row ahead. */
 	appendStringInfoString(&sql, " LIMIT $3 + $7");
 
-	plan = SPI_prepare(sql.data, LIST_NARGS + 1, types);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
+	plan = dlq_prepare_kept(sql.data, LIST_NARGS + 1, types);
 	list_plans[flags] = plan;
 	return plan;
 }
@@ -255,38 +252,20 @@ dlq_list(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	ListArgs	args;
 	DlqOwnerContext owner;
-	TupleDesc	tupdesc;
-	Tuplestorestate *tupstore;
-	MemoryContext oldcontext;
-
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
-		(rsinfo->allowedModes & SFRM_Materialize) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("set-valued function called in context that cannot accept a set")));
 
 	list_parse_args(fcinfo, &args);
-
-	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	tupdesc = CreateTupleDescCopy(tupdesc);
-	tupstore = tuplestore_begin_heap(true, false, work_mem);
-	MemoryContextSwitchTo(oldcontext);
+	InitMaterializedSRF(fcinfo, 0);
 
 	dlq_become_owner(&owner);
 	SPI_connect();
 	list_run(&args, 0);
-	if (SPI_tuptable->tupdesc->natts != tupdesc->natts)
+	if (SPI_tuptable->tupdesc->natts != rsinfo->setDesc->natts)
 		elog(ERROR, "dlq.message does not match dlq.messages");
 	for (uint64 i = 0; i < SPI_processed; i++)
-		tuplestore_puttuple(tupstore, SPI_tuptable->vals[i]);
+		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
 	SPI_finish();
 	dlq_restore_caller(&owner);
 
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = tupstore;
-	rsinfo->setDesc = tupdesc;
 	return (Datum) 0;
 }
 
@@ -418,11 +397,8 @@ dlq_get(PG_FUNCTION_ARGS)
 	{
 		Oid			types[1] = {INT8OID};
 
-		get_plan = SPI_prepare("SELECT m.* FROM dlq.messages m WHERE m.message_id = $1",
-							   1, types);
-		if (get_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(get_plan);
+		get_plan = dlq_prepare_kept("SELECT m.* FROM dlq.messages m WHERE m.message_id = $1",
+									1, types);
 	}
 	arg[0] = Int64GetDatum(id);
 	ret = SPI_execute_plan(get_plan, arg, NULL, true, 1);

@@ -90,20 +90,6 @@ static SPIPlanPtr discard_plan = NULL;
 static SPIPlanPtr discard_all_plan = NULL;
 static SPIPlanPtr resolve_plan = NULL;
 
-/*
- * Prepare a plan and keep it for the life of the backend.
- */
-SPIPlanPtr
-dlq_prepare_kept(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 /* A bigint[] datum of n ids. */
 Datum
 dlq_id_array_datum(const int64 *ids, int n)

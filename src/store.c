@@ -39,17 +39,6 @@ static SPIPlanPtr ensure_queue_plan = NULL;
 /* The last queue found to need the full plan (auto_retry), or "". */
 static char auto_retry_queue[DLQ_MAX_NAME_BYTES + 1];
 
-static SPIPlanPtr
-store_prepare(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 /*
  * Create the queue with default settings unless it exists.  Must be called
  * as the owner, inside SPI.
@@ -64,7 +53,7 @@ dlq_ensure_queue(const char *queue)
 	{
 		Oid			types[2] = {TEXTOID, TEXTOID};
 
-		ensure_queue_plan = store_prepare(
+		ensure_queue_plan = dlq_prepare_kept(
 										  "INSERT INTO dlq.queues (queue, channel) VALUES ($1, $2)"
 										  " ON CONFLICT (queue) DO NOTHING",
 										  2, types);
@@ -147,7 +136,7 @@ dlq_store_message(const DlqStoreArgs *args)
 				 * without next_retry_at: its queue has no auto_retry (now).
 				 */
 				store_plans[d][full] =
-					store_prepare(psprintf("%s%s RETURNING m.message_id,"
+					dlq_prepare_kept(psprintf("%s%s RETURNING m.message_id,"
 										   " m.occurrences > 1 OR m.next_retry_at IS NOT NULL",
 										   sql, d ? dedup : ""),
 								  STORE_NARGS, types);

@@ -13,6 +13,7 @@
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -22,6 +23,7 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "catalog/pg_class.h"
+#include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
 #include "dlq.h"
@@ -339,6 +341,47 @@ dlq_new_request_id(void)
 }
 
 /*
+ * Prepare a plan and keep it for the life of the backend.
+ */
+SPIPlanPtr
+dlq_prepare_kept(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+#if PG_VERSION_NUM < 150000
+/*
+ * PostgreSQL 15's helper for a materialized set-returning function: checks
+ * the caller accepts a set and sets up rsinfo's tuplestore and descriptor.
+ */
+void
+InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext old;
+	TupleDesc	desc;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tuplestore_begin_heap(true, false, work_mem);
+	rsinfo->setDesc = CreateTupleDescCopy(desc);
+	MemoryContextSwitchTo(old);
+}
+#endif
+
+/*
  * Record one event in dlq.events.  The ids are kept only when there are at
  * most DLQ_AUDIT_MAX_IDS of them; the count always.
  */
@@ -355,16 +398,10 @@ dlq_audit(const char *kind, const char *actor, const char *queue,
 	{
 		Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, UUIDOID, INT8OID,
 		INT8ARRAYOID, JSONBOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("INSERT INTO dlq.events"
-						   " (actor, kind, queue, request_id, message_count, message_ids, detail)"
-						   " VALUES ($1, $2::dlq.event_kind, $3, $4, $5, $6, $7)",
-						   7, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		audit_plan = plan;
+		audit_plan = dlq_prepare_kept("INSERT INTO dlq.events"
+									  " (actor, kind, queue, request_id, message_count, message_ids, detail)"
+									  " VALUES ($1, $2::dlq.event_kind, $3, $4, $5, $6, $7)",
+									  7, types);
 	}
 
 	values[0] = CStringGetTextDatum(actor);
