@@ -39,6 +39,10 @@ override with_llvm = no
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# Every object depends on the module headers (PGXS tracks no header
+# dependencies unless PostgreSQL was configured with --enable-depend).
+$(OBJS): $(wildcard src/*.h)
+
 dlq--1.0.sql: $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
 

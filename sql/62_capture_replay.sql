@@ -120,3 +120,24 @@ SELECT dlq_attach('rp_up', 'rp_upq');
 UPDATE rp_up SET v = -1;
 SELECT r->'failed' AS failed, r->'failures'->0->>'sqlstate' AS sqlstate, r->'failures'->0->>'error' AS error
   FROM dlq_reprocess_all('rp_upq') r;
+
+-- Replay runs as the caller with the caller's search_path, not the pinned one
+-- the DLQ's own statements use: the table's triggers find their unqualified
+-- functions, and see the caller as current_user.
+CREATE TABLE rp_log (who name, note text);
+CREATE FUNCTION rp_note(v int) RETURNS text LANGUAGE sql AS $$ SELECT 'v=' || v $$;
+CREATE FUNCTION rp_log_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO rp_log VALUES (current_user, rp_note(NEW.v));
+    RETURN NEW;
+END $$;
+CREATE TABLE rp_trg (id int PRIMARY KEY, v int CHECK (v > 0));
+CREATE TRIGGER a_log BEFORE INSERT ON rp_trg FOR EACH ROW EXECUTE FUNCTION rp_log_row();
+SELECT dlq_attach('rp_trg', 'rp_trgq');
+INSERT INTO rp_trg VALUES (1, -1);
+UPDATE dlq.messages SET payload = jsonb_set(payload, '{v}', '5') WHERE queue = 'rp_trgq';
+DELETE FROM rp_log;
+SELECT r->'replayed' AS replayed, r->'failed' AS failed, r->'failures' AS failures
+  FROM dlq_reprocess_all('rp_trgq') r;
+SELECT * FROM rp_trg;
+SELECT who = current_user AS as_caller, note FROM rp_log;

@@ -45,11 +45,27 @@ typedef struct DlqOwnerContext
 {
 	Oid			caller;			/* user before the switch */
 	int			caller_sec_context;
+	const char *caller_search_path; /* kept alive by the GUC stack */
 	int			guc_nest_level;
 } DlqOwnerContext;
 
 extern void dlq_become_owner(DlqOwnerContext *ctx);
 extern void dlq_restore_caller(DlqOwnerContext *ctx);
+
+/*
+ * Inside dlq_become_owner: act as the caller again, with the caller's
+ * search_path, for work on user tables (their triggers see what they would
+ * see in the caller's own statements); then back to the owner.
+ */
+typedef struct DlqCallerScope
+{
+	Oid			userid;
+	int			sec_context;
+	int			guc_nest_level;
+} DlqCallerScope;
+
+extern void dlq_as_caller_begin(const DlqOwnerContext *ctx, DlqCallerScope *scope);
+extern void dlq_as_caller_end(DlqCallerScope *scope);
 extern Oid	dlq_messages_relid(void);
 
 /* Argument validation (util.c); each raises a clear error or returns. */

@@ -359,13 +359,11 @@ replay_reapply_rows(ReplayState *st)
 		char	   *operation = isnull ? NULL : TextDatumGetCString(op);
 		ReplayQueue *rq = replay_queue(st, queue);
 		DlqReapplyResult result = {0};
-		Oid			owner_id;
-		int			owner_sec;
+		DlqCallerScope caller;
 
-		GetUserIdAndSecContext(&owner_id, &owner_sec);
-		SetUserIdAndSecContext(st->owner->caller, st->owner->caller_sec_context);
+		dlq_as_caller_begin(st->owner, &caller);
 		dlq_reapply_row(rq->target, payload, operation, &result);
-		SetUserIdAndSecContext(owner_id, owner_sec);
+		dlq_as_caller_end(&caller);
 
 		if (was_review)
 			dlq_tally_add(&rq->redriven, id);

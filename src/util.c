@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -22,7 +23,6 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
-#include "catalog/pg_class.h"
 #include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
@@ -94,6 +94,7 @@ dlq_become_owner(DlqOwnerContext *ctx)
 	(void) dlq_messages_relid();
 
 	GetUserIdAndSecContext(&ctx->caller, &ctx->caller_sec_context);
+	ctx->caller_search_path = namespace_search_path;
 	SetUserIdAndSecContext(cached_owner,
 						   ctx->caller_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	ctx->guc_nest_level = NewGUCNestLevel();
@@ -107,6 +108,24 @@ dlq_restore_caller(DlqOwnerContext *ctx)
 {
 	AtEOXact_GUC(true, ctx->guc_nest_level);
 	SetUserIdAndSecContext(ctx->caller, ctx->caller_sec_context);
+}
+
+void
+dlq_as_caller_begin(const DlqOwnerContext *ctx, DlqCallerScope *scope)
+{
+	GetUserIdAndSecContext(&scope->userid, &scope->sec_context);
+	SetUserIdAndSecContext(ctx->caller, ctx->caller_sec_context);
+	scope->guc_nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", ctx->caller_search_path,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+void
+dlq_as_caller_end(DlqCallerScope *scope)
+{
+	AtEOXact_GUC(true, scope->guc_nest_level);
+	SetUserIdAndSecContext(scope->userid, scope->sec_context);
 }
 
 /*
