@@ -886,6 +886,43 @@ lifecycle_run(SPIPlanPtr plan, const int64 *ids, int nids,
 	}
 }
 
+/*
+ * The body of dlq_discard and dlq_resolve: run sql (prepared once into
+ * *plan; it takes a bigint[] and returns queue, message_id of the rows it
+ * changed) over the ids in batches, audit one "verb" event per queue, and
+ * return the summary.
+ */
+static Jsonb *
+lifecycle_by_ids(const int64 *ids, int nids, SPIPlanPtr *plan, const char *sql,
+				 const char *verb, Jsonb *detail)
+{
+	DlqOwnerContext owner;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	List	   *tallies = NIL;
+	int64		done = 0;
+	int64		found = 0;
+	Datum		request_id = dlq_new_request_id();
+	Jsonb	   *summary;
+
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (*plan == NULL)
+	{
+		Oid			types[1] = {INT8ARRAYOID};
+
+		*plan = dlq_prepare_kept(sql, 1, types);
+	}
+	lifecycle_run(*plan, ids, nids, &tallies, &done, &found);
+	lifecycle_audit(tallies, verb, GetUserNameFromId(owner.caller, false),
+					request_id, detail);
+	summary = lifecycle_summary(caller_cxt,
+								DatumGetCString(DirectFunctionCall1(uuid_out, request_id)),
+								verb, done, found - done, nids - found);
+	SPI_finish();
+	dlq_restore_caller(&owner);
+	return summary;
+}
+
 PG_FUNCTION_INFO_V1(dlq_discard);
 
 /*
@@ -900,38 +937,13 @@ dlq_discard(PG_FUNCTION_ARGS)
 {
 	int			nids;
 	int64	   *ids;
-	DlqOwnerContext owner;
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	List	   *tallies = NIL;
-	int64		done = 0;
-	int64		found = 0;
-	Datum		request_id = dlq_new_request_id();
-	Jsonb	   *summary;
 
 	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
-
-	dlq_become_owner(&owner);
-	SPI_connect();
-	if (discard_plan == NULL)
-	{
-		Oid			types[1] = {INT8ARRAYOID};
-
-		discard_plan = dlq_prepare_kept(
-										"DELETE FROM dlq.messages WHERE message_id = ANY ($1)"
-										" AND status <> 'replaying'"
-										" RETURNING queue, message_id",
-										1, types);
-	}
-	lifecycle_run(discard_plan, ids, nids, &tallies, &done, &found);
-	lifecycle_audit(tallies, "discarded", GetUserNameFromId(owner.caller, false),
-					request_id, NULL);
-	summary = lifecycle_summary(caller_cxt,
-								DatumGetCString(DirectFunctionCall1(uuid_out, request_id)),
-								"discarded", done, found - done, nids - found);
-	SPI_finish();
-	dlq_restore_caller(&owner);
-
-	PG_RETURN_JSONB_P(summary);
+	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &discard_plan,
+									   "DELETE FROM dlq.messages WHERE message_id = ANY ($1)"
+									   " AND status <> 'replaying'"
+									   " RETURNING queue, message_id",
+									   "discarded", NULL));
 }
 
 PG_FUNCTION_INFO_V1(dlq_discard_all);
@@ -1066,13 +1078,6 @@ dlq_resolve(PG_FUNCTION_ARGS)
 {
 	int			nids;
 	int64	   *ids;
-	DlqOwnerContext owner;
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	List	   *tallies = NIL;
-	int64		done = 0;
-	int64		found = 0;
-	Datum		request_id = dlq_new_request_id();
-	Jsonb	   *summary;
 	Jsonb	   *detail = NULL;
 	char	   *note = NULL;
 
@@ -1090,29 +1095,12 @@ dlq_resolve(PG_FUNCTION_ARGS)
 																			  psprintf("{\"note\": %s}", dlq_json_quote(note)))));
 	}
 
-	dlq_become_owner(&owner);
-	SPI_connect();
 	/* status as text: driven by the primary key, see dlq_ack */
-	if (resolve_plan == NULL)
-	{
-		Oid			types[1] = {INT8ARRAYOID};
-
-		resolve_plan = dlq_prepare_kept(
-										"UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
-										"  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL"
-										" WHERE message_id = ANY ($1)"
-										" AND status::text IN ('pending', 'replaying', 'review')"
-										" RETURNING queue, message_id",
-										1, types);
-	}
-	lifecycle_run(resolve_plan, ids, nids, &tallies, &done, &found);
-	lifecycle_audit(tallies, "resolved", GetUserNameFromId(owner.caller, false),
-					request_id, detail);
-	summary = lifecycle_summary(caller_cxt,
-								DatumGetCString(DirectFunctionCall1(uuid_out, request_id)),
-								"resolved", done, found - done, nids - found);
-	SPI_finish();
-	dlq_restore_caller(&owner);
-
-	PG_RETURN_JSONB_P(summary);
+	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &resolve_plan,
+									   "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
+									   "  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL"
+									   " WHERE message_id = ANY ($1)"
+									   " AND status::text IN ('pending', 'replaying', 'review')"
+									   " RETURNING queue, message_id",
+									   "resolved", detail));
 }
