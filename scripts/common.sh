@@ -4,22 +4,65 @@
 
 PG_MAJOR=${PG_MAJOR:-15}
 
+# dlq_missing_packages [PG_CONFIG]: print the Debian packages that must be
+# installed before dlq can be built and tested, one per line (nothing when all
+# is there).  It checks the files the build and the test suites really use,
+# found through pg_config, not directories that another package also ships:
+# /usr/lib/postgresql/N/lib/pgxs comes with postgresql-client-N, but the
+# server headers only with postgresql-server-dev-N.
+dlq_missing_packages() {
+    local pgc=${1:-$PG_CONFIG} major=$PG_MAJOR need=() v
+    local server=postgresql-$PG_MAJOR dev=postgresql-server-dev-$PG_MAJOR
+    if ! v=$("$pgc" --version 2>/dev/null); then
+        printf '%s\n' "$server" "$dev"
+    else
+        major=$(echo "$v" | sed -n 's/^PostgreSQL \([0-9][0-9]*\).*/\1/p')
+        major=${major:-$PG_MAJOR}
+        server=postgresql-$major
+        dev=postgresql-server-dev-$major
+        local bindir incdir pgxs pkglib
+        bindir=$("$pgc" --bindir 2>/dev/null)
+        incdir=$("$pgc" --includedir-server 2>/dev/null)
+        pgxs=$("$pgc" --pgxs 2>/dev/null)
+        pkglib=$("$pgc" --pkglibdir 2>/dev/null)
+        [ -n "$bindir" ] && [ -x "$bindir/postgres" ] && [ -x "$bindir/initdb" ] || need+=("$server")
+        # Headers, the PGXS makefile and the test drivers PGXS runs
+        # (pg_regress, pg_isolation_regress, the TAP modules).
+        [ -n "$incdir" ] && [ -f "$incdir/postgres.h" ] || need+=("$dev")
+        if [ -z "$pgxs" ] || [ ! -f "$pgxs" ] ||
+            [ ! -x "$pkglib/pgxs/src/test/regress/pg_regress" ] ||
+            [ ! -x "$pkglib/pgxs/src/test/isolation/pg_isolation_regress" ] ||
+            [ ! -f "$pkglib/pgxs/src/test/perl/PostgreSQL/Test/Cluster.pm" ]; then
+            need+=("$dev")
+        fi
+        printf '%s\n' "${need[@]}" | sort -u | grep .
+    fi
+    perl -MIPC::Run -e1 >/dev/null 2>&1 || echo libipc-run-perl
+    command -v make >/dev/null 2>&1 || echo make
+    command -v gcc >/dev/null 2>&1 || echo gcc
+    return 0
+}
+
 # Install what is missing from Debian's archive (as root, or with sudo).
 dlq_ensure_deps() {
-    local need=()
-    command -v pg_config >/dev/null 2>&1 && [ -x "/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ] \
-        && [ -d "/usr/lib/postgresql/$PG_MAJOR/lib/pgxs" ] || need+=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR)
-    perl -MIPC::Run -e1 >/dev/null 2>&1 || need+=(libipc-run-perl)
-    command -v make >/dev/null 2>&1 && command -v gcc >/dev/null 2>&1 || need+=(make gcc)
-    [ ${#need[@]} -eq 0 ] && return 0
-    echo "Installing from Debian: ${need[*]}"
+    local need
+    need=$(dlq_missing_packages "$PG_CONFIG" | sort -u | tr '\n' ' ')
+    need=${need% }
+    [ -z "$need" ] && return 0
+    echo "Installing from Debian: $need"
     local sudo=
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo apt-get update -q >/dev/null || true
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null ||
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends $need >/dev/null ||
         return 1
     # pg_config may only exist now
     dlq_find_pg_config
+    need=$(dlq_missing_packages "$PG_CONFIG" | tr '\n' ' ')
+    if [ -n "$need" ]; then
+        echo "still missing after installing: $need" >&2
+        return 1
+    fi
 }
 
 # PG_CONFIG from the environment wins; else this major version's.
