@@ -7,18 +7,20 @@
 #   make bench               benchmarks against baselines in the same run
 
 EXTENSION = dlq
+# The version comes from dlq.control alone.
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = dlq
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 
-# The install script is assembled from one part per concern (src/sql/NN_*.sql)
-# so that a newcomer finds the SQL of a feature next to its C file.
-DATA_built = dlq--1.0.sql
-DATA = $(filter-out $(DATA_built),$(wildcard dlq--*--*.sql))
+# The contrib way: the install script of 1.0, frozen as released, and one
+# upgrade script per version step.  CREATE EXTENSION dlq runs 1.0 and then the
+# chain up to $(EXTVERSION); never edit a released script.
+DATA = dlq--1.0.sql $(sort $(wildcard dlq--*--*.sql))
 
 PG_CONFIG ?= pg_config
 # Warnings are bugs.  -Wno-unused-parameter only because PostgreSQL's own
 # headers (bufpage.h, ilist.h) trip it under -Wextra.
-PG_CPPFLAGS += -Isrc -Wall -Wextra -Werror -Wno-unused-parameter \
+PG_CPPFLAGS += -Isrc -DDLQ_EXTVERSION='"$(EXTVERSION)"' -Wall -Wextra -Werror -Wno-unused-parameter \
 	-Wno-sign-compare -Wno-missing-field-initializers
 
 REGRESS = $(basename $(notdir $(sort $(wildcard sql/*.sql))))
@@ -42,9 +44,6 @@ include $(PGXS)
 # Every object depends on the module headers (PGXS tracks no header
 # dependencies unless PostgreSQL was configured with --enable-depend).
 $(OBJS): $(wildcard src/*.h)
-
-dlq--1.0.sql: $(sort $(wildcard src/sql/*.sql))
-	cat $^ > $@
 
 .PHONY: demo test bench
 demo:

@@ -7,7 +7,7 @@
  *	  A page is "message_id after the cursor, in id order, LIMIT n" under
  *	  equality filters.  Every combination of filters has an index whose
  *	  leading columns are the filters and whose last column is message_id
- *	  (see src/sql/10_storage.sql), so a page is a bounded index range scan
+ *	  (see dlq--1.0.sql, "Storage"), so a page is a bounded index range scan
  *	  whether it is the first page or the last of a million messages.  Each
  *	  combination gets its own plan, built from fixed SQL fragments, prepared
  *	  once per backend; user input only ever travels as parameters.
@@ -137,7 +137,7 @@ list_parse_args(FunctionCallInfo fcinfo, ListArgs *a)
  * The page query for a combination of filters.
  *
  * The equality filters that have an index (queue, status, component: see
- * src/sql/10_storage.sql) form a prefix P, and the page is written as a
+ * dlq--1.0.sql) form a prefix P, and the page is written as a
  * row comparison over (P, message_id) ordered by (P, message_id):
  *
  *	  (P, message_id) > (values, cursor) AND (P) <= (values)

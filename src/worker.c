@@ -18,7 +18,7 @@
  * expires, requests automatic retries, purges and alerts.  Each step is one
  * bounded batch (dlq.batch_size) in a transaction of its own, repeated
  * until a batch comes back short; the statements are the SQL functions
- * dlq.worker_* (src/sql/80_worker.sql), which take rows with SKIP LOCKED so
+ * dlq.worker_* (dlq--1.0.sql, "Worker"), which take rows with SKIP LOCKED so
  * that operators are never blocked.  A failing batch is reported to the log
  * and to the slot, its transaction aborted, and the worker goes on.
  *
