@@ -13,11 +13,23 @@
 
 
 
-/* ---- Trust model (DESIGN 7.1): binding, replay roles, limits ---- */
+/* ---- Trust: binding queues to tables, detach, capture (attach.c, capture.c) ---- */
 
 
 
-/* ---- Worker ---- */
+/* ---- Trust: replays run as a role that could write (replay.c, queue.c, worker) ---- */
+
+
+
+/* ---- Trust: consumers and the store/nack race (consumer.c, store.c) ---- */
+
+
+
+/* ---- Limits: sizes, intervals, names (util.c and every caller) ---- */
+
+
+
+/* ---- DROP EXTENSION keeps messages unless told otherwise ---- */
 
 
 
