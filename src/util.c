@@ -9,9 +9,12 @@
  */
 #include "postgres.h"
 
+#include "catalog/catalog.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -184,6 +187,47 @@ dlq_check_name(const char *what, text *value, bool allow_null)
 					 errdetail("Byte %d is 0x%02x.", i + 1, c)));
 	}
 	return s;
+}
+
+/*
+ * May roleid bind a queue to relation relid (dlq_attach, replay_target)?
+ * Binding makes dlq write into the table later, so only its owner may, and
+ * never into a system catalog or one of dlq's own tables, whoever asks.
+ */
+void
+dlq_check_bindable_relation(Oid relid, Oid roleid)
+{
+	char		relkind = get_rel_relkind(relid);
+	char	   *relname = get_rel_name(relid);
+	Oid			extoid = get_extension_oid("dlq", true);
+
+	if (relname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	if (IsCatalogRelationOid(relid) ||
+		IsCatalogNamespace(get_rel_namespace(relid)) ||
+		IsToastNamespace(get_rel_namespace(relid)) ||
+		get_rel_namespace(relid) == get_namespace_oid("dlq", true) ||
+		(OidIsValid(extoid) &&
+		 getExtensionOfObject(RelationRelationId, relid) == extoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot bind a queue to \"%s\"", relname),
+				 errdetail("System catalogs and the tables of dlq cannot be capture or replay targets.")));
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", relname)));
+#if PG_VERSION_NUM >= 160000
+	if (!object_ownercheck(RelationRelationId, relid, roleid))
+#else
+	if (!pg_class_ownercheck(relid, roleid))
+#endif
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of table %s", relname),
+				 errdetail("Only the owner of a table may bind a queue to it.")));
 }
 
 /*
