@@ -1,0 +1,150 @@
+# ALTER EXTENSION dlq UPDATE from 1.0, with data in every state, gives
+# exactly what a fresh install of the current version gives: the same schema
+# (pg_dump --binary-upgrade --schema-only lists every member of the
+# extension), the same data in the columns 1.0 had, and a worker that keeps
+# working across the update.  Before the update, the new library serves the
+# 1.0 schema or says clearly that the update is needed.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('upgrade');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'dlq'
+dlq.naptime = 1
+});
+$node->start;
+
+my $current = $node->safe_psql('postgres',
+    q{SELECT default_version FROM pg_available_extensions WHERE name = 'dlq'});
+isnt($current, '1.0', "the default version ($current) is newer than 1.0");
+
+$node->safe_psql('postgres', 'CREATE DATABASE old');
+$node->safe_psql('postgres', 'CREATE DATABASE fresh');
+
+# A 1.0 schema, filled through its own API with the new library loaded.
+$node->safe_psql('old', q{
+    CREATE EXTENSION dlq VERSION '1.0';
+    SELECT dlq_configure('orders', require_listener => false, max_attempts => 1);
+    SELECT count(dlq_store('orders', jsonb_build_object('n', i), 'failure ' || i,
+                           component => 'c' || (i % 3), sqlstate => '23505',
+                           metadata => jsonb_build_object('i', i),
+                           dedup_key => CASE WHEN i % 4 = 0 THEN 'k' || i END))
+      FROM generate_series(1, 40) i;
+    -- replaying: 1-20 handed to consumers; 1-5 acked (resolved), 6-8 nacked (review)
+    SELECT dlq_reprocess(ARRAY(SELECT generate_series(1, 20)::bigint));
+    SELECT count(*) FROM dlq_claim('orders', 8);
+    SELECT dlq_ack(ARRAY[1, 2, 3, 4, 5]::bigint[]);
+    SELECT dlq_nack(i, 'still failing', '40001') FROM generate_series(6, 8) i;
+    -- resolved by hand, discarded (removed, audited)
+    SELECT dlq_resolve(ARRAY[21, 22]::bigint[], 'fixed upstream');
+    SELECT dlq_discard(ARRAY[23]::bigint[]);
+    -- expired: past its expiry, expired by the worker's own step
+    UPDATE dlq.messages SET expires_at = now() - interval '1 second' WHERE message_id IN (24, 25);
+    SELECT dlq.worker_expire(100);
+    -- captured rows from a table, a stage with a watermark
+    CREATE TABLE items (id int PRIMARY KEY, qty int CHECK (qty > 0));
+    SELECT dlq_attach('items');
+    INSERT INTO items SELECT i, CASE WHEN i % 5 = 0 THEN -1 ELSE i END FROM generate_series(1, 30) i;
+    SELECT etl_register_stage('load_items', 'items', 'id');
+    SELECT etl_watermark('load_items', 25);
+});
+
+is($node->safe_psql('old',
+    q{SELECT string_agg(DISTINCT status::text, ',' ORDER BY status::text) FROM dlq.messages}),
+    'expired,pending,replaying,resolved,review',
+    'the 1.0 schema holds messages in every state');
+
+# What 1.0 had: its columns, and a fingerprint of every row in them.
+my %columns;
+for my $t (split /\n/, $node->safe_psql('old',
+    q{SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = 'dlq' AND c.relkind IN ('r', 'p') ORDER BY 1}))
+{
+    $columns{$t} = $node->safe_psql('old', qq{
+        SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+         WHERE attrelid = 'dlq.$t'::regclass AND attnum > 0 AND NOT attisdropped});
+}
+ok(scalar(keys %columns) >= 4, 'found the tables of dlq 1.0: ' . join(' ', sort keys %columns));
+sub fingerprint
+{
+    my ($db) = @_;
+    my %f;
+    for my $t (sort keys %columns)
+    {
+        $f{$t} = $node->safe_psql($db, qq{
+            SELECT count(*) || ':' || coalesce(md5(string_agg(r::text, '|' ORDER BY r::text)), '')
+              FROM (SELECT $columns{$t} FROM dlq.$t) r});
+    }
+    return join("\n", map { "$_ $f{$_}" } sort keys %f);
+}
+my $before = fingerprint('old');
+my $counts_before = $node->safe_psql('old',
+    q{SELECT string_agg(queue || '/' || status || '=' || n, ',' ORDER BY queue, status)
+        FROM dlq.counts WHERE n <> 0});
+
+# The update itself.
+$node->safe_psql('old', 'ALTER EXTENSION dlq UPDATE');
+is($node->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'dlq'}),
+    $current, "ALTER EXTENSION dlq UPDATE reaches $current");
+is(fingerprint('old'), $before, 'every row of 1.0 is intact in the columns 1.0 had');
+is($node->safe_psql('old',
+    q{SELECT string_agg(queue || '/' || status || '=' || n, ',' ORDER BY queue, status)
+        FROM dlq.counts WHERE n <> 0}),
+    $counts_before, 'dlq.counts is unchanged by the update');
+is($node->safe_psql('old', q{
+    SELECT count(*) FROM (SELECT queue, status, count(*) n FROM dlq.messages GROUP BY 1, 2) m
+      FULL JOIN (SELECT queue, status, n FROM dlq.counts WHERE n <> 0) c USING (queue, status)
+     WHERE m.n IS DISTINCT FROM c.n}),
+    '0', 'dlq.counts equals count(*) per queue and state after the update');
+
+# The same schema as a fresh install: every member of the extension, with
+# definitions, grants and comments (OIDs differ between databases; the
+# user's table items exists only in the updated one).
+$node->safe_psql('fresh', 'CREATE EXTENSION dlq');
+sub schema_dump
+{
+    my ($db) = @_;
+    my ($out, $err);
+    IPC::Run::run([ 'pg_dump', '--schema-only', '--binary-upgrade', '--no-owner', '--exclude-table=public.items',
+                    '-d', $node->connstr($db) ], '>', \$out, '2>', \$err)
+      or die "pg_dump $db: $err";
+    my @lines = grep {
+        !/binary_upgrade_set_|pg_catalog\.setval|^-- Dumped|^--$|^SET |^SELECT pg_catalog\.set_config|^\\(un)?restrict |^$/
+    } split /\n/, $out;
+    return join("\n", map { s/\b\d{5,}\b/OID/gr } @lines);
+}
+my $fresh_dump = schema_dump('fresh');
+my $old_dump = schema_dump('old');
+like($fresh_dump, qr/CREATE TABLE dlq\.messages/, 'the dump lists the members of the extension');
+is($old_dump eq $fresh_dump ? 'same' : 'different', 'same',
+    'pg_dump --schema-only of the updated 1.0 equals a fresh install');
+if ($old_dump ne $fresh_dump)
+{
+    my $dir = $node->basedir;
+    PostgreSQL::Test::Utils::append_to_file("$dir/fresh.sql", $fresh_dump);
+    PostgreSQL::Test::Utils::append_to_file("$dir/old.sql", $old_dump);
+    diag(scalar `diff -u $dir/fresh.sql $dir/old.sql | head -60`);
+}
+
+# The worker keeps working across the update: it expires a message that is
+# due after the update, in the updated database.
+$node->safe_psql('old', q{
+    SELECT dlq_store('orders', '{"late": true}', 'after the update');
+    UPDATE dlq.messages SET expires_at = now() - interval '1 second'
+     WHERE payload = '{"late": true}';
+});
+ok($node->poll_query_until('old', q{
+    SELECT status = 'expired' FROM dlq.messages WHERE payload = '{"late": true}'}),
+    'the worker expires messages in the updated database');
+
+# The API works on the updated schema as on a fresh one.
+is($node->safe_psql('old', q{SELECT count(*) FROM dlq_list('orders', batch_size => 100)}),
+   $node->safe_psql('old', q{SELECT count(*) FROM dlq.messages WHERE queue = 'orders' AND status = 'pending'}),
+   'dlq_list lists the pending messages of 1.0 after the update');
+
+$node->stop;
+done_testing();
