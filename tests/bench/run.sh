@@ -13,7 +13,7 @@
 # Settings that decide fairness (durability, autovacuum, planner costs) are
 # PostgreSQL's defaults and identical for the baseline and the subject of
 # every benchmark; only memory and checkpoint spacing are raised, see
-# docs/bench.md.
+# tests/bench/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -78,7 +78,7 @@ if ! dlq_as_pg "$PG_BIN/initdb" -D "$data" -U "$PGUSER" -A trust -E UTF8 --local
 fi
 cat >>"$data/postgresql.conf" <<EOF
 
-# tests/bench/run.sh: a throwaway cluster for benchmarks (see docs/bench.md)
+# tests/bench/run.sh: a throwaway cluster for benchmarks (see tests/bench/README.md)
 listen_addresses = ''
 port = $PGPORT
 unix_socket_directories = '$BENCH_DIR'

@@ -2,7 +2,15 @@
 -- dlq_discard(_all), dlq_resolve, dlq_configure, dlq_pause/resume, history.
 \set VERBOSITY default
 
-\i tests/sql/replay_helpers.sql
+-- st(queue): every message of a queue as n:status:attempts, by id.
+CREATE FUNCTION pg_temp.st(q text) RETURNS text LANGUAGE sql AS $$
+    SELECT string_agg(format('%s:%s:%s', payload->>'n', status, attempts), ' ' ORDER BY message_id)
+      FROM dlq.messages WHERE queue = q
+$$;
+-- id(queue, n): the id of message n of a queue.
+CREATE FUNCTION pg_temp.id(q text, n int) RETURNS bigint LANGUAGE sql AS $$
+    SELECT message_id FROM dlq.messages WHERE queue = q AND payload->>'n' = n::text
+$$;
 
 -- Settings: defaults, named changes, audited, every bad value refused.
 SELECT queue, max_attempts, channel, require_listener, auto_retry, paused

@@ -1,7 +1,15 @@
 -- Replay lifecycle, consumer side: dlq_listen, dlq_claim, dlq_ack, dlq_nack.
 \set VERBOSITY default
 
-\i tests/sql/replay_helpers.sql
+-- st(queue): every message of a queue as n:status:attempts, by id.
+CREATE FUNCTION pg_temp.st(q text) RETURNS text LANGUAGE sql AS $$
+    SELECT string_agg(format('%s:%s:%s', payload->>'n', status, attempts), ' ' ORDER BY message_id)
+      FROM dlq.messages WHERE queue = q
+$$;
+-- id(queue, n): the id of message n of a queue.
+CREATE FUNCTION pg_temp.id(q text, n int) RETURNS bigint LANGUAGE sql AS $$
+    SELECT message_id FROM dlq.messages WHERE queue = q AND payload->>'n' = n::text
+$$;
 
 -- dlq_listen creates a new queue and returns its channel.
 SELECT dlq_listen('cs_new');

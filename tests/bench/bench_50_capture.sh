@@ -87,7 +87,7 @@ reset_all() {
         -c "DELETE FROM dlq.messages WHERE queue = 'bench_cap'" -c "CHECKPOINT" >/dev/null
 }
 
-bench_report "## Failed-row capture (bench_40_capture.sh)" "" \
+bench_report "## Failed-row capture (bench_50_capture.sh)" "" \
     "COPY of $rows rows into a table with PK, FK, NOT NULL and CHECK; medians of $rounds runs, rows/s of input rows." "" \
     "| bad rows | (a) dlq_capture | (b) PL/pgSQL EXCEPTION trigger | (c) plain COPY of good rows | (a)/(b) | (a)/(c) | XIDs used by (a) |" \
     "|---|---|---|---|---|---|---|"

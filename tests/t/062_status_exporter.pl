@@ -1,7 +1,7 @@
 # contrib/prometheus/dlq_queries.yaml works with the real Debian
 # prometheus-postgres-exporter: a scrape shows the figures of dlq.metrics.
 # Skipped when the exporter is not installed (apt-get install
-# prometheus-postgres-exporter); 70_status.sql checks the view itself.
+# prometheus-postgres-exporter); 60_status.sql checks the view itself.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
