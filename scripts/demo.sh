@@ -28,6 +28,12 @@ stop() {
 }
 trap stop EXIT
 
+# The postgres OS user may not be able to enter the clone (a home directory
+# of mode 700, say): run from the cluster's directory and read the script
+# through our own stdin.
+story=$(pwd)/scripts/demo.sql
+cd "$base"
+
 echo "== starting a throwaway cluster in $data (port $port)"
 dlq_as_pg "$PG_BIN/initdb" -D "$data" -A trust -U postgres >/dev/null
 cat >>"$data/postgresql.conf" <<CONF
@@ -42,6 +48,6 @@ dlq_as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$base/server.log" -w start >/dev/null
 echo "== running scripts/demo.sql"
 echo
 dlq_as_pg "$PG_BIN/psql" -X -h "$base" -p "$port" -U postgres -d postgres \
-    -v ON_ERROR_STOP=1 -q -f scripts/demo.sql
+    -v ON_ERROR_STOP=1 -q -f - <"$story"
 echo
 echo "== done; the cluster is stopped and removed"
