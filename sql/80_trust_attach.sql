@@ -133,6 +133,29 @@ DROP TRIGGER sa_reenter ON dlq.queues;
 SELECT count(*) AS reentered_rows FROM dlq.messages WHERE queue = 'sa_reenter';
 SELECT 'the backend survived' AS alive;
 
+-- A flush that fails inside a subtransaction keeps the rows buffered before
+-- it, in the transaction that goes on: only the aborted subtransaction's
+-- rows are dropped.  (1.0 emptied the buffer first and lost them.)
+CREATE TABLE sa_keep (id int PRIMARY KEY);
+CREATE TRIGGER c BEFORE INSERT ON sa_keep FOR EACH ROW EXECUTE FUNCTION dlq_capture('sa_keep');
+CREATE TABLE sa_fail (id int PRIMARY KEY);
+SELECT dlq_attach('sa_fail');
+CREATE FUNCTION sa_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_rows WHERE queue = 'sa_fail') THEN
+        RAISE EXCEPTION 'sa_fail refused';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER sa_refuse AFTER INSERT ON dlq.messages REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION sa_refuse();
+BEGIN;
+INSERT INTO sa_keep VALUES (1), (1);
+SELECT dlq_test.try($$INSERT INTO sa_fail VALUES (1), (1)$$);
+COMMIT;
+DROP TRIGGER sa_refuse ON dlq.messages;
+SELECT queue, count(*) FROM dlq.messages WHERE queue IN ('sa_keep', 'sa_fail') GROUP BY queue ORDER BY queue;
+
 -- Finding 4: dlq_detach drops only what dlq made for that table, and only
 -- what the caller owns.  After the owner renames an isolate-mode table,
 -- another role's table with the old name is not attached.
@@ -251,11 +274,11 @@ SELECT queue, source_relation FROM dlq.messages WHERE queue LIKE 'sa\_it%';
 
 -- Clean up.
 SELECT dlq_detach(c.oid::regclass) FROM pg_class c
- WHERE c.relname IN ('sa_op_t', 'sa_reenter', 'sa_part', 'sa_rls', 'sa_isop');
+ WHERE c.relname IN ('sa_op_t', 'sa_reenter', 'sa_part', 'sa_rls', 'sa_isop', 'sa_fail');
 DROP TABLE sa_op_t, sa_reenter, sa_part, sa_rls, sa_isop, sa_w2_t, sa_loot, sa_team_t, sa_iso_renamed,
-    sa_moved, sa_wt, "sa odd ""name""";
+    sa_moved, sa_wt, "sa odd ""name""", sa_keep, sa_fail;
 DROP TABLE sa_look CASCADE;
-DROP FUNCTION sa_reenter_once(), sa_steal(), sa_noop();
+DROP FUNCTION sa_reenter_once(), sa_steal(), sa_noop(), sa_refuse();
 DELETE FROM dlq.messages WHERE queue LIKE 'sa\_%';
 DELETE FROM dlq.queues WHERE queue LIKE 'sa\_%';
 REVOKE ALL ON dlq.queues, dlq.messages FROM sec_attach_op, sec_attach_w, sec_attach_w2;
