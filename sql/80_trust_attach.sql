@@ -156,6 +156,33 @@ COMMIT;
 DROP TRIGGER sa_refuse ON dlq.messages;
 SELECT queue, count(*) FROM dlq.messages WHERE queue IN ('sa_keep', 'sa_fail') GROUP BY queue ORDER BY queue;
 
+-- Rows that keep diverting rows while they are stored (a superuser's
+-- trigger on dlq.messages feeding a captured table) end in a clear error at
+-- commit, not an endless loop.
+CREATE TABLE sa_echo (id int PRIMARY KEY);
+INSERT INTO sa_echo VALUES (0);
+CREATE TRIGGER c BEFORE INSERT ON sa_echo FOR EACH ROW EXECUTE FUNCTION dlq_capture('sa_echo');
+CREATE FUNCTION sa_echo_more() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.sa_echo VALUES (0); RETURN NULL; END $$;
+CREATE TRIGGER sa_echo AFTER INSERT ON dlq.messages FOR EACH STATEMENT EXECUTE FUNCTION sa_echo_more();
+INSERT INTO sa_echo VALUES (0);
+DROP TRIGGER sa_echo ON dlq.messages;
+SELECT count(*) AS echoed FROM dlq.messages WHERE queue = 'sa_echo';
+
+-- An intake trigger made by hand must name the table its view reads, and
+-- never one of dlq's: what captured rows record as their source is real.
+CREATE TABLE sa_real (id int PRIMARY KEY);
+CREATE VIEW sa_fake_intake AS SELECT id::text AS id FROM sa_real WHERE false;
+DO $$ BEGIN EXECUTE format('CREATE TRIGGER dlq_intake INSTEAD OF INSERT ON sa_fake_intake FOR EACH ROW'
+    ' EXECUTE FUNCTION dlq_capture_isolate(%L, %L)', 'sa_fake', 'sa_op_t'::regclass::oid); END $$;
+SELECT dlq_test.err($$INSERT INTO sa_fake_intake VALUES ('1')$$);
+DROP TRIGGER dlq_intake ON sa_fake_intake;
+DO $$ BEGIN EXECUTE format('CREATE TRIGGER dlq_intake INSTEAD OF INSERT ON sa_fake_intake FOR EACH ROW'
+    ' EXECUTE FUNCTION dlq_capture_isolate(%L, %L)', 'sa_fake', 'dlq.messages'::regclass::oid); END $$;
+SELECT dlq_test.err($$INSERT INTO sa_fake_intake VALUES ('1')$$);
+DROP VIEW sa_fake_intake;
+SELECT count(*) AS faked FROM dlq.messages WHERE queue = 'sa_fake';
+
 -- Finding 4: dlq_detach drops only what dlq made for that table, and only
 -- what the caller owns.  After the owner renames an isolate-mode table,
 -- another role's table with the old name is not attached.
@@ -276,9 +303,9 @@ SELECT queue, source_relation FROM dlq.messages WHERE queue LIKE 'sa\_it%';
 SELECT dlq_detach(c.oid::regclass) FROM pg_class c
  WHERE c.relname IN ('sa_op_t', 'sa_reenter', 'sa_part', 'sa_rls', 'sa_isop', 'sa_fail');
 DROP TABLE sa_op_t, sa_reenter, sa_part, sa_rls, sa_isop, sa_w2_t, sa_loot, sa_team_t, sa_iso_renamed,
-    sa_moved, sa_wt, "sa odd ""name""", sa_keep, sa_fail;
+    sa_moved, sa_wt, "sa odd ""name""", sa_keep, sa_fail, sa_echo, sa_real;
 DROP TABLE sa_look CASCADE;
-DROP FUNCTION sa_reenter_once(), sa_steal(), sa_noop(), sa_refuse();
+DROP FUNCTION sa_reenter_once(), sa_steal(), sa_noop(), sa_refuse(), sa_echo_more();
 DELETE FROM dlq.messages WHERE queue LIKE 'sa\_%';
 DELETE FROM dlq.queues WHERE queue LIKE 'sa\_%';
 REVOKE ALL ON dlq.queues, dlq.messages FROM sec_attach_op, sec_attach_w, sec_attach_w2;
