@@ -274,12 +274,16 @@ attach_check_queue(const char *queue, Oid relid, Oid caller)
 				 errdetail("The queue was created before dlq 1.1, so its creator is not known; only a superuser may attach a table to it."),
 				 errhint("Attach the table with a queue of its own.")));
 	if (!creator_null && !has_privs_of_role(caller, creator))
+	{
+		char	   *creator_name = GetUserNameFromId(creator, true);
+
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("cannot attach a table to queue \"%s\"", queue),
 				 errdetail("Only the role that created the queue may attach a table to it; role \"%s\" did.",
-						   GetUserNameFromId(creator, true) ? GetUserNameFromId(creator, true) : "(dropped)"),
+						   creator_name ? creator_name : "(dropped)"),
 				 errhint("Attach the table with a queue of its own.")));
+	}
 	if (!target_null && target != relid)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

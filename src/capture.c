@@ -30,8 +30,18 @@
  *	  by relcache callbacks; the executor state (prepared expressions, index
  *	  infos) lives for one transaction.
  *
+ *	  What a diverted row records cannot be chosen by whoever fired or made
+ *	  the trigger: its source_relation is the table the trigger was made on
+ *	  (for a clone on a partition, the table of the trigger it was cloned
+ *	  from), a row that row-level security binds is never diverted (the
+ *	  policy is checked after BEFORE triggers), and the trigger refuses
+ *	  dlq's own tables and the catalogs, whose rows storing would capture
+ *	  again.
+ *
  *	  dlq_capture_isolate is the INSTEAD OF trigger of an isolate-mode
- *	  intake view: one subtransaction per row, every error caught.
+ *	  intake view: one subtransaction per row, every error caught except a
+ *	  missing privilege (the inserting role may not write the table, so its
+ *	  row must not get there through a replay by one that may).
  *
  *	  dlq_reapply_row (replay.c) converts a captured payload back into the
  *	  table's row type, predicts violations with the same code and inserts
@@ -964,7 +974,7 @@ capture_trigger_args(Trigger *trigger, int first, const char **queue,
  * those tables have; such a trigger may divert more rows and so buffer and
  * flush again while a flush is under way.  A flush therefore takes its rows
  * out of the buffer before it runs anything: rows diverted meanwhile go into
- * a fresh buffer, which only ever grows through capture_buffer_append, and
+ * a fresh buffer, which only ever grows through capture_buffer_reserve, and
  * are stored by the nested flush or the next one.
  */
 #define CAPTURE_BATCH 1000
@@ -1359,12 +1369,14 @@ dlq_capture(PG_FUNCTION_ARGS)
 	if (fcinfo->flinfo->fn_extra == NULL)
 	{
 		MemoryContext old;
+		Oid			source;
 
 		capture_check_relation(rel);
+		source = capture_trigger_relation(trigdata->tg_trigger, rel);
 		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 		info = palloc(sizeof(CaptureTrigger));
 		capture_trigger_args(trigdata->tg_trigger, 0, &info->queue, &info->component);
-		info->source_relation = capture_trigger_relation(trigdata->tg_trigger, rel);
+		info->source_relation = source;
 		MemoryContextSwitchTo(old);
 		fcinfo->flinfo->fn_extra = info;
 	}
