@@ -15,6 +15,22 @@
 
 /* ---- Trust: binding queues to tables, detach, capture (attach.c, capture.c) ---- */
 
+/*
+ * The role that created each queue (dlq_store, a capture trigger, dlq_attach,
+ * dlq_configure, dlq_listen), set from the caller's user id: rows are written
+ * as the extension owner, so there is no DEFAULT.  Only that role (or a
+ * member) may attach a table to the queue once it exists; NULL, for queues
+ * made by 1.0, means unknown, and then only a superuser may.
+ */
+ALTER TABLE dlq.queues ADD COLUMN created_by regrole;
+COMMENT ON COLUMN dlq.queues.created_by IS
+    'role that created the queue; only it (or a member) may attach a table to it; NULL = created before 1.1, creator unknown';
+
+COMMENT ON FUNCTION @extschema@.dlq_attach(regclass, text, text) IS
+    'capture failed rows of a table you own into a queue (default: the table name) and replay into it; an existing queue must be unbound and created by you; mode validate or isolate; returns the queue';
+COMMENT ON FUNCTION @extschema@.dlq_detach(regclass) IS
+    'undo dlq_attach on a table you own: drop the capture triggers or intake view dlq made (which you must own) and clear the replay target; messages stay';
+
 
 
 /* ---- Trust: replays run as a role that could write (replay.c, queue.c, worker) ---- */

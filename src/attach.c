@@ -4,11 +4,21 @@
  *	  dlq_attach and dlq_detach: set up and remove failed-row capture on a
  *	  table, and record the table as its queue's replay target.
  *
- *	  Only the table's owner (or a member of the owning role) may attach or
- *	  detach it: the triggers are created as the extension owner, so the
- *	  ownership check here is what stops a dlq_writer from putting triggers
- *	  on somebody else's table.  The isolate-mode intake view is created as
- *	  the caller, so that it belongs to the table's owner.
+ *	  Binding a queue to a table makes dlq write into that table later, so
+ *	  dlq_attach requires owning the table (dlq_check_bindable_relation,
+ *	  which also refuses system catalogs and dlq's own tables), and a queue
+ *	  that exists already must be unbound and created by the caller: nobody
+ *	  binds their table to somebody else's queue and so receives its
+ *	  payloads on replay.  The capture triggers are created as the extension
+ *	  owner (the caller may lack EXECUTE on the trigger functions); the
+ *	  isolate-mode intake view is created as the caller, so that it belongs
+ *	  to the table's owner.
+ *
+ *	  dlq_detach removes only what dlq_attach made: triggers of that name
+ *	  that run dlq_capture, and the view that reads the table and has the
+ *	  dlq_capture_isolate trigger naming it, found by what it is and not by
+ *	  its name.  It drops them as the caller, who must own them; nothing is
+ *	  dropped unless everything may be.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,6 +28,9 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
+#include "storage/lmgr.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -25,8 +38,11 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "dlq.h"
+#include "version.h"
 
 #if PG_VERSION_NUM >= 160000
 #define dlq_rel_ownercheck(relid, roleid) \
@@ -39,8 +55,12 @@
 #define FLUSH_TRIGGER_NAME "zzz_dlq_capture_flush"
 #define INTAKE_TRIGGER_NAME "dlq_intake"
 
-/* Check that target is a table the caller owns; returns its relkind. */
-static char
+/*
+ * dlq_detach's check: target is a table the caller owns.  Unlike binding,
+ * unbinding does not refuse dlq's tables, so that one attached by 1.0 can
+ * still be detached.
+ */
+static void
 attach_check_target(Oid relid)
 {
 	char		relkind = get_rel_relkind(relid);
@@ -57,7 +77,42 @@ attach_check_target(Oid relid)
 				 errdetail("Failed-row capture works on tables and partitioned tables only.")));
 	if (!dlq_rel_ownercheck(relid, GetUserId()))
 		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, name);
-	return relkind;
+}
+
+/*
+ * Lock the table against concurrent attach, detach, rename and drop, once
+ * check() has passed (so that nobody can lock a table merely by naming it),
+ * and check again: it may have changed while we waited.
+ */
+static void
+attach_lock_target(Oid relid, void (*check) (Oid relid))
+{
+	check(relid);
+	LockRelationOid(relid, ShareRowExclusiveLock);
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	check(relid);
+}
+
+static void
+attach_check_bindable(Oid relid)
+{
+	dlq_check_bindable_relation(relid, GetUserId());
+}
+
+static Oid
+attach_rel_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
 }
 
 /* Run one utility or DML statement built from quoted identifiers. */
@@ -70,21 +125,104 @@ attach_exec(const char *sql, int expected)
 		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(ret));
 }
 
-/* Does relid have a trigger of that name? */
-static bool
-attach_has_trigger(Oid relid, const char *tgname)
+/* The OID of trigger function fname() in dlq's schema. */
+static Oid
+attach_trigger_function(const char *schema, const char *fname)
 {
-	Oid			types[2] = {OIDOID, NAMEOID};
-	Datum		values[2];
+	return LookupFuncName(list_make2(makeString(pstrdup(schema)), makeString(pstrdup(fname))),
+						  0, NULL, false);
+}
+
+/*
+ * Does relid have a trigger of that name running funcoid?  With
+ * own_only, triggers cloned from a partitioned parent do not count (they
+ * go with the parent's).  Runs as the owner, inside SPI.
+ */
+static bool
+attach_has_trigger(Oid relid, const char *tgname, Oid funcoid, bool own_only)
+{
+	Oid			types[3] = {OIDOID, NAMEOID, OIDOID};
+	Datum		values[3];
 	int			ret;
 
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetDatum(tgname);
-	ret = SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
-								2, types, values, NULL, true, 1);
+	values[2] = ObjectIdGetDatum(funcoid);
+	ret = SPI_execute_with_args(own_only ?
+								"SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2"
+								" AND tgfoid = $3 AND tgparentid = 0" :
+								"SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2"
+								" AND tgfoid = $3",
+								3, types, values, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "trigger lookup failed: %s", SPI_result_code_string(ret));
 	return SPI_processed > 0;
+}
+
+/* Is viewid's trigger of that name the one dlq_attach made for relid? */
+static bool
+attach_is_intake_of(Oid viewid, Oid relid, Oid isolate_oid)
+{
+	Relation	view = relation_open(viewid, AccessShareLock);
+	char	   *relid_arg = psprintf("%u", relid);
+	bool		found = false;
+
+	if (view->trigdesc != NULL)
+	{
+		for (int i = 0; i < view->trigdesc->numtriggers && !found; i++)
+		{
+			Trigger    *tg = &view->trigdesc->triggers[i];
+
+			found = strcmp(tg->tgname, INTAKE_TRIGGER_NAME) == 0 &&
+				tg->tgfoid == isolate_oid && tg->tgnargs >= 2 &&
+				strcmp(tg->tgargs[1], relid_arg) == 0;
+		}
+	}
+	relation_close(view, AccessShareLock);
+	return found;
+}
+
+/*
+ * The intake view dlq_attach made for relid, or InvalidOid: a view whose
+ * query reads relid and whose dlq_intake trigger runs dlq_capture_isolate
+ * for relid.  Found by what it is, whatever it and the table are called
+ * now.  Runs as the owner, inside SPI.
+ */
+static Oid
+attach_find_intake(Oid relid, Oid isolate_oid)
+{
+	Oid			types[3] = {OIDOID, NAMEOID, OIDOID};
+	Datum		values[3];
+	List	   *candidates = NIL;
+	ListCell   *lc;
+	int			ret;
+
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = CStringGetDatum(INTAKE_TRIGGER_NAME);
+	values[2] = ObjectIdGetDatum(isolate_oid);
+	ret = SPI_execute_with_args("SELECT DISTINCT t.tgrelid FROM pg_catalog.pg_trigger t"
+								" JOIN pg_catalog.pg_rewrite r ON r.ev_class = t.tgrelid"
+								" JOIN pg_catalog.pg_depend d ON d.objid = r.oid"
+								"  AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass"
+								" WHERE t.tgname = $2 AND t.tgfoid = $3"
+								"  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+								"  AND d.refobjid = $1"
+								" ORDER BY 1",
+								3, types, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "intake view lookup failed: %s", SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		candidates = lappend_oid(candidates,
+								 DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+	foreach(lc, candidates)
+		if (attach_is_intake_of(lfirst_oid(lc), relid, isolate_oid))
+			return lfirst_oid(lc);
+	return InvalidOid;
 }
 
 /* The intake view of a table: <table>_intake in the table's schema. */
@@ -102,16 +240,55 @@ attach_intake_name(Oid relid)
 	return psprintf("%s_intake", relname);
 }
 
-/* Is relid attached in isolate mode (its intake view with our trigger)? */
-static bool
-attach_has_intake(Oid relid)
+/*
+ * May caller bind relid to queue?  The queue exists (dlq_ensure_queue ran,
+ * recording caller as the creator of a new one); its row is locked here
+ * until the end of the transaction.  Runs as the owner, inside SPI.
+ */
+static void
+attach_check_queue(const char *queue, Oid relid, Oid caller)
 {
-	Oid			viewid;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		target_null;
+	bool		creator_null;
+	Oid			target;
+	Oid			creator;
+	int			ret;
 
-	if (strlen(get_rel_name(relid)) + strlen("_intake") >= NAMEDATALEN)
-		return false;
-	viewid = get_relname_relid(attach_intake_name(relid), get_rel_namespace(relid));
-	return OidIsValid(viewid) && attach_has_trigger(viewid, INTAKE_TRIGGER_NAME);
+	values[0] = CStringGetTextDatum(queue);
+	ret = SPI_execute_with_args("SELECT replay_target, created_by FROM dlq.queues"
+								" WHERE queue = $1 FOR UPDATE",
+								1, types, values, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read queue \"%s\": %s", queue, SPI_result_code_string(ret));
+	target = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											1, &target_null));
+	creator = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											 2, &creator_null));
+
+	if (creator_null && !superuser_arg(caller))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot attach a table to queue \"%s\"", queue),
+				 errdetail("The queue was created before dlq 1.1, so its creator is not known; only a superuser may attach a table to it."),
+				 errhint("Attach the table with a queue of its own.")));
+	if (!creator_null && !has_privs_of_role(caller, creator))
+	{
+		char	   *creator_name = GetUserNameFromId(creator, true);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot attach a table to queue \"%s\"", queue),
+				 errdetail("Only the role that created the queue may attach a table to it; role \"%s\" did.",
+						   creator_name ? creator_name : "(dropped)"),
+				 errhint("Attach the table with a queue of its own.")));
+	}
+	if (!target_null && target != relid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("queue \"%s\" already replays into another table", queue),
+				 errhint("Attach the table with a queue of its own.")));
 }
 
 static void
@@ -135,6 +312,77 @@ attach_audit(const char *actor, const char *queue, const char *what, Oid relid,
 			  DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data))));
 }
 
+/* isolate mode: the intake view (as the caller) and its trigger (as the owner). */
+static void
+attach_isolate(Oid relid, const char *queue, const char *schema, DlqOwnerContext *owner)
+{
+	char	   *nspname = get_namespace_name(get_rel_namespace(relid));
+	char	   *view = attach_intake_name(relid);
+	StringInfoData cols;
+	TupleDesc	tupdesc;
+	Relation	rel;
+	DlqCallerScope scope;
+
+	if (OidIsValid(get_relname_relid(view, get_rel_namespace(relid))))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_TABLE),
+				 errmsg("relation \"%s\" already exists", view),
+				 errhint("Call dlq_detach first, or drop or rename \"%s\".", view)));
+
+	/* Every column as text, json kept as is: the staging shape of a CSV. */
+	initStringInfo(&cols);
+	rel = relation_open(relid, AccessShareLock);
+	tupdesc = RelationGetDescr(rel);
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		const char *name = quote_identifier(NameStr(att->attname));
+
+		if (att->attisdropped || att->attgenerated != '\0')
+			continue;
+		if (att->atttypid == JSONOID || att->atttypid == JSONBOID)
+			appendStringInfo(&cols, "%sx.%s", cols.len > 0 ? ", " : "", name);
+		else
+			appendStringInfo(&cols, "%sx.%s::pg_catalog.text AS %s",
+							 cols.len > 0 ? ", " : "", name, name);
+	}
+	relation_close(rel, AccessShareLock);
+
+	/* The view belongs to the caller, who owns the table. */
+	dlq_as_caller_begin(owner, &scope);
+	attach_exec(psprintf("CREATE VIEW %s AS SELECT %s FROM %s x WHERE false",
+						 quote_qualified_identifier(nspname, view), cols.data,
+						 quote_qualified_identifier(nspname, get_rel_name(relid))),
+				SPI_OK_UTILITY);
+	dlq_as_caller_end(&scope);
+	/* Marks the table as attached, but never diverts: see dlq_capture. */
+	attach_exec(psprintf("CREATE TRIGGER %s INSTEAD OF INSERT ON %s FOR EACH ROW"
+						 " EXECUTE FUNCTION %s.dlq_capture_isolate(%s, '%u')",
+						 INTAKE_TRIGGER_NAME, quote_qualified_identifier(nspname, view),
+						 quote_identifier(schema), quote_literal_cstr(queue), relid),
+				SPI_OK_UTILITY);
+}
+
+/* validate mode: the row trigger and its AFTER STATEMENT flush, as the owner. */
+static void
+attach_validate(Oid relid, const char *queue, const char *schema)
+{
+	char	   *qualified = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+													   get_rel_name(relid));
+
+	attach_exec(psprintf("CREATE TRIGGER %s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW"
+						 " EXECUTE FUNCTION %s.dlq_capture(%s)",
+						 CAPTURE_TRIGGER_NAME, qualified, quote_identifier(schema),
+						 quote_literal_cstr(queue)),
+				SPI_OK_UTILITY);
+	/* Stores the statement's diverted rows in one go; see capture.c. */
+	attach_exec(psprintf("CREATE TRIGGER %s AFTER INSERT OR UPDATE ON %s FOR EACH STATEMENT"
+						 " EXECUTE FUNCTION %s.dlq_capture(%s)",
+						 FLUSH_TRIGGER_NAME, qualified, quote_identifier(schema),
+						 quote_literal_cstr(queue)),
+				SPI_OK_UTILITY);
+}
+
 PG_FUNCTION_INFO_V1(dlq_attach);
 
 /*
@@ -147,14 +395,14 @@ dlq_attach(PG_FUNCTION_ARGS)
 	Oid			relid;
 	const char *queue;
 	char	   *mode;
-	char	   *qualified;
-	char	   *nspname;
 	char	   *schema = get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid));
 	DlqOwnerContext owner;
 	Oid			types[2] = {REGCLASSOID, TEXTOID};
 	Datum		values[2];
 	int			ret;
 
+	/* created_by is a column of the 1.1 schema. */
+	dlq_require_current_schema();
 	dlq_check_not_null(fcinfo, 0, "target");
 	dlq_check_not_null(fcinfo, 2, "mode");
 	relid = PG_GETARG_OID(0);
@@ -164,98 +412,36 @@ dlq_attach(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown capture mode \"%s\"", mode),
 				 errhint("Use 'validate' or 'isolate'.")));
-	(void) attach_check_target(relid);
+	attach_lock_target(relid, attach_check_bindable);
 	queue = PG_ARGISNULL(1) ?
 		dlq_check_name("queue name", cstring_to_text(get_rel_name(relid)), false) :
 		dlq_check_name("queue name", PG_GETARG_TEXT_PP(1), false);
 
-	nspname = get_namespace_name(get_rel_namespace(relid));
-	qualified = quote_qualified_identifier(nspname, get_rel_name(relid));
-
+	dlq_become_owner(&owner);
 	SPI_connect();
-	if (attach_has_trigger(relid, CAPTURE_TRIGGER_NAME) ||
-		attach_has_intake(relid))
+	if (attach_has_trigger(relid, CAPTURE_TRIGGER_NAME,
+						   attach_trigger_function(schema, "dlq_capture"), false) ||
+		OidIsValid(attach_find_intake(relid, attach_trigger_function(schema, "dlq_capture_isolate"))))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("table \"%s\" is already attached to the DLQ", get_rel_name(relid)),
 				 errhint("Call dlq_detach first to change its queue or mode.")));
 
+	/* A new queue is the caller's; an existing one must be and be unbound. */
+	dlq_ensure_queue(queue, owner.caller);
+	attach_check_queue(queue, relid, owner.caller);
+
 	if (strcmp(mode, "isolate") == 0)
-	{
-		char	   *view = attach_intake_name(relid);
-		Oid			viewid = get_relname_relid(view, get_rel_namespace(relid));
-		StringInfoData cols;
-		TupleDesc	tupdesc;
-		Relation	rel;
-
-		if (OidIsValid(viewid))
-			ereport(ERROR,
-					(errcode(ERRCODE_DUPLICATE_TABLE),
-					 errmsg("relation \"%s\" already exists", view),
-					 errhint("Call dlq_detach first, or drop or rename \"%s\".", view)));
-
-		/* Every column as text, json kept as is: the staging shape of a CSV. */
-		initStringInfo(&cols);
-		rel = relation_open(relid, AccessShareLock);
-		tupdesc = RelationGetDescr(rel);
-		for (int i = 0; i < tupdesc->natts; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(tupdesc, i);
-			const char *name = quote_identifier(NameStr(att->attname));
-
-			if (att->attisdropped || att->attgenerated != '\0')
-				continue;
-			if (att->atttypid == JSONOID || att->atttypid == JSONBOID)
-				appendStringInfo(&cols, "%sx.%s", cols.len > 0 ? ", " : "", name);
-			else
-				appendStringInfo(&cols, "%sx.%s::pg_catalog.text AS %s",
-								 cols.len > 0 ? ", " : "", name, name);
-		}
-		relation_close(rel, AccessShareLock);
-
-		/* The view belongs to the caller, who owns the table. */
-		attach_exec(psprintf("CREATE VIEW %s AS SELECT %s FROM %s x WHERE false",
-							 quote_qualified_identifier(nspname, view), cols.data, qualified),
-					SPI_OK_UTILITY);
-		dlq_become_owner(&owner);
-		attach_exec(psprintf("CREATE TRIGGER %s INSTEAD OF INSERT ON %s FOR EACH ROW"
-							 " EXECUTE FUNCTION %s.dlq_capture_isolate(%s, '%u')",
-							 INTAKE_TRIGGER_NAME, quote_qualified_identifier(nspname, view),
-							 quote_identifier(schema), quote_literal_cstr(queue), relid),
-					SPI_OK_UTILITY);
-		/* Marks the table as attached, but never diverts: see dlq_capture. */
-	}
+		attach_isolate(relid, queue, schema, &owner);
 	else
-		dlq_become_owner(&owner);
+		attach_validate(relid, queue, schema);
 
-	if (strcmp(mode, "validate") == 0)
-	{
-		attach_exec(psprintf("CREATE TRIGGER %s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW"
-							 " EXECUTE FUNCTION %s.dlq_capture(%s)",
-							 CAPTURE_TRIGGER_NAME, qualified, quote_identifier(schema),
-							 quote_literal_cstr(queue)),
-					SPI_OK_UTILITY);
-		/* Stores the statement's diverted rows in one go; see capture.c. */
-		attach_exec(psprintf("CREATE TRIGGER %s AFTER INSERT OR UPDATE ON %s FOR EACH STATEMENT"
-							 " EXECUTE FUNCTION %s.dlq_capture(%s)",
-							 FLUSH_TRIGGER_NAME, qualified, quote_identifier(schema),
-							 quote_literal_cstr(queue)),
-					SPI_OK_UTILITY);
-	}
-
-	dlq_ensure_queue(queue);
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetTextDatum(queue);
-	ret = SPI_execute_with_args("UPDATE dlq.queues SET replay_target = $1 WHERE queue = $2"
-								" AND (replay_target IS NULL OR replay_target = $1)",
+	ret = SPI_execute_with_args("UPDATE dlq.queues SET replay_target = $1 WHERE queue = $2",
 								2, types, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
+	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
 		elog(ERROR, "could not record the replay target: %s", SPI_result_code_string(ret));
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("queue \"%s\" already replays into another table", queue),
-				 errhint("Attach the table with a queue of its own.")));
 	attach_audit(GetUserNameFromId(owner.caller, false), queue, "attached", relid, mode);
 	SPI_finish();
 	dlq_restore_caller(&owner);
@@ -266,53 +452,69 @@ dlq_attach(PG_FUNCTION_ARGS)
 PG_FUNCTION_INFO_V1(dlq_detach);
 
 /*
- * dlq_detach(target regclass) returns void: drops the capture trigger or
- * the intake view and clears the replay target of the table's queues.
- * Captured messages stay.
+ * dlq_detach(target regclass) returns void: drops the capture triggers or
+ * the intake view dlq_attach made, as the caller, and clears the replay
+ * target of the table's queues.  Captured messages stay.
  */
 Datum
 dlq_detach(PG_FUNCTION_ARGS)
 {
 	Oid			relid;
-	char	   *nspname;
-	char	   *view;
+	char	   *schema = get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid));
+	char	   *qualified;
+	Oid			capture_oid;
+	bool		capture;
+	bool		flush;
 	Oid			viewid;
-	bool		found = false;
 	DlqOwnerContext owner;
+	DlqCallerScope scope;
 	Oid			types[1] = {REGCLASSOID};
 	Datum		values[1];
 	int			ret;
 
 	dlq_check_not_null(fcinfo, 0, "target");
 	relid = PG_GETARG_OID(0);
-	(void) attach_check_target(relid);
-	nspname = get_namespace_name(get_rel_namespace(relid));
-	view = strlen(get_rel_name(relid)) + strlen("_intake") < NAMEDATALEN ?
-		attach_intake_name(relid) : NULL;
-	viewid = view ? get_relname_relid(view, get_rel_namespace(relid)) : InvalidOid;
+	attach_lock_target(relid, attach_check_target);
+	qualified = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+										   get_rel_name(relid));
 
 	dlq_become_owner(&owner);
 	SPI_connect();
-	if (attach_has_trigger(relid, CAPTURE_TRIGGER_NAME))
-	{
-		attach_exec(psprintf("DROP TRIGGER %s ON %s", CAPTURE_TRIGGER_NAME,
-							 quote_qualified_identifier(nspname, get_rel_name(relid))),
-					SPI_OK_UTILITY);
-		attach_exec(psprintf("DROP TRIGGER IF EXISTS %s ON %s", FLUSH_TRIGGER_NAME,
-							 quote_qualified_identifier(nspname, get_rel_name(relid))),
-					SPI_OK_UTILITY);
-		found = true;
-	}
-	if (OidIsValid(viewid) && attach_has_trigger(viewid, INTAKE_TRIGGER_NAME))
-	{
-		attach_exec(psprintf("DROP VIEW %s", quote_qualified_identifier(nspname, view)),
-					SPI_OK_UTILITY);
-		found = true;
-	}
-	if (!found)
+	capture_oid = attach_trigger_function(schema, "dlq_capture");
+	capture = attach_has_trigger(relid, CAPTURE_TRIGGER_NAME, capture_oid, true);
+	flush = attach_has_trigger(relid, FLUSH_TRIGGER_NAME, capture_oid, true);
+	viewid = attach_find_intake(relid, attach_trigger_function(schema, "dlq_capture_isolate"));
+	if (!capture && !flush && !OidIsValid(viewid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table \"%s\" is not attached to the DLQ", get_rel_name(relid))));
+
+	/* Everything is checked before anything is dropped. */
+	if (OidIsValid(viewid))
+	{
+		if (!dlq_rel_ownercheck(viewid, owner.caller))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of view %s", get_rel_name(viewid)),
+					 errdetail("dlq_detach drops the intake view of table \"%s\" as its owner, role \"%s\".",
+							   get_rel_name(relid),
+							   GetUserNameFromId(attach_rel_owner(viewid), false))));
+		LockRelationOid(viewid, AccessExclusiveLock);
+	}
+
+	dlq_as_caller_begin(&owner, &scope);
+	if (capture)
+		attach_exec(psprintf("DROP TRIGGER %s ON %s", CAPTURE_TRIGGER_NAME, qualified),
+					SPI_OK_UTILITY);
+	if (flush)
+		attach_exec(psprintf("DROP TRIGGER %s ON %s", FLUSH_TRIGGER_NAME, qualified),
+					SPI_OK_UTILITY);
+	if (OidIsValid(viewid))
+		attach_exec(psprintf("DROP VIEW %s",
+							 quote_qualified_identifier(get_namespace_name(get_rel_namespace(viewid)),
+														get_rel_name(viewid))),
+					SPI_OK_UTILITY);
+	dlq_as_caller_end(&scope);
 
 	values[0] = ObjectIdGetDatum(relid);
 	ret = SPI_execute_with_args("UPDATE dlq.queues SET replay_target = NULL WHERE replay_target = $1"

@@ -30,8 +30,18 @@
  *	  by relcache callbacks; the executor state (prepared expressions, index
  *	  infos) lives for one transaction.
  *
+ *	  What a diverted row records cannot be chosen by whoever fired or made
+ *	  the trigger: its source_relation is the table the trigger was made on
+ *	  (for a clone on a partition, the table of the trigger it was cloned
+ *	  from), a row that row-level security binds is never diverted (the
+ *	  policy is checked after BEFORE triggers), and the trigger refuses
+ *	  dlq's own tables and the catalogs, whose rows storing would capture
+ *	  again.
+ *
  *	  dlq_capture_isolate is the INSTEAD OF trigger of an isolate-mode
- *	  intake view: one subtransaction per row, every error caught.
+ *	  intake view: one subtransaction per row, every error caught except a
+ *	  missing privilege (the inserting role may not write the table, so its
+ *	  row must not get there through a replay by one that may).
  *
  *	  dlq_reapply_row (replay.c) converts a captured payload back into the
  *	  table's row type, predicts violations with the same code and inserts
@@ -53,6 +63,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_operator.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -62,7 +73,6 @@
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
 #include "partitioning/partdesc.h"
-#include "catalog/partition.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
@@ -132,7 +142,6 @@ typedef struct CaptureRel
 	Oid		   *uniqueoids;
 	int			nfk;
 	CaptureFk  *fks;
-	Oid			root;			/* partition root, or relid */
 	bool		partitioned;
 
 	/* replay: conversion and insert plans, prepared on first use */
@@ -483,9 +492,6 @@ capture_build_entry(CaptureRel *entry, Relation rel)
 	}
 
 	entry->partitioned = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE;
-	entry->root = relid;
-	if (rel->rd_rel->relispartition)
-		entry->root = llast_oid(get_partition_ancestors(relid));
 
 	MemoryContextSwitchTo(old);
 	entry->lxid = InvalidLocalTransactionId;
@@ -928,6 +934,7 @@ capture_store(const char *queue, const char *component, Jsonb *payload,
 	args.error_detail = error_detail;
 	args.source_relation = source_relation;
 	args.operation = operation;
+	args.created_by = GetUserId();
 
 	capture_check_size(payload, error);
 
@@ -962,8 +969,18 @@ capture_trigger_args(Trigger *trigger, int first, const char **queue,
  * (the AFTER STATEMENT trigger dlq_attach creates) and, for anything left,
  * just before commit.  Rows buffered in a subtransaction that aborts are
  * dropped with it, as their INSERT would have been.
+ *
+ * A flush runs SQL (dlq.queues, dlq.messages), and with it whatever triggers
+ * those tables have; such a trigger may divert more rows and so buffer and
+ * flush again while a flush is under way.  A flush therefore takes its rows
+ * out of the buffer before it runs anything: rows diverted meanwhile go into
+ * a fresh buffer, which only ever grows through capture_buffer_reserve, and
+ * are stored by the nested flush or the next one.
  */
 #define CAPTURE_BATCH 1000
+
+/* Flushes before commit while each stores rows that divert new ones. */
+#define CAPTURE_MAX_FLUSH_ROUNDS 100
 
 typedef struct CaptureBuffered
 {
@@ -975,32 +992,69 @@ typedef struct CaptureBuffered
 	Jsonb	   *error_detail;
 	Oid			source_relation;
 	const char *operation;
+	Oid			created_by;		/* the user whose statement diverted it */
 	SubTransactionId subid;
 } CaptureBuffered;
 
+/* The buffer, in TopTransactionContext; capacity rows allocated. */
 static CaptureBuffered *capture_buffer = NULL;
 static int	capture_nbuffered = 0;
+static int	capture_capacity = 0;
 static bool capture_callbacks_registered = false;
 static SPIPlanPtr capture_batch_plan = NULL;
 
 #define CAPTURE_BATCH_NARGS 9
 
-/* Store the buffered rows.  Runs as the owner; starts its own SPI. */
+/* Room for n more rows in the buffer. */
 static void
-capture_flush(void)
+capture_buffer_reserve(int n)
+{
+	int			need = capture_nbuffered + n;
+
+	if (need <= capture_capacity)
+		return;
+	need = Max(need, CAPTURE_BATCH);
+	if (capture_buffer == NULL)
+		capture_buffer = MemoryContextAlloc(TopTransactionContext,
+											sizeof(CaptureBuffered) * need);
+	else
+		capture_buffer = repalloc(capture_buffer, sizeof(CaptureBuffered) * need);
+	capture_capacity = need;
+}
+
+/*
+ * A flush failed: put its rows back in front of those buffered since, so
+ * that a subtransaction abort trims the buffer as usual (rows in order of
+ * their subtransaction) and the rows of the surviving transaction stay.
+ */
+static void
+capture_buffer_restore(CaptureBuffered *rows, int n)
+{
+	CaptureBuffered *later = capture_buffer;
+	int			nlater = capture_nbuffered;
+
+	capture_buffer = rows;
+	capture_nbuffered = n;
+	capture_capacity = n;
+	if (nlater > 0)
+	{
+		capture_buffer_reserve(nlater);
+		memcpy(capture_buffer + n, later, sizeof(CaptureBuffered) * nlater);
+		capture_nbuffered += nlater;
+		pfree(later);
+	}
+}
+
+/* Insert n buffered rows into dlq.messages.  Runs as the owner, in SPI. */
+static void
+capture_store_rows(CaptureBuffered *rows, int n)
 {
 	Datum		values[CAPTURE_BATCH_NARGS];
 	Datum	   *cols[CAPTURE_BATCH_NARGS];
 	bool	   *nulls[CAPTURE_BATCH_NARGS];
 	Oid			elemtypes[CAPTURE_BATCH_NARGS] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
 	TEXTOID, JSONBOID, REGCLASSOID, TEXTOID};
-	DlqOwnerContext owner;
-	int			n = capture_nbuffered;
 	int			ret;
-	bool		pushed = false;
-
-	if (n == 0)
-		return;
 
 	for (int c = 0; c < CAPTURE_BATCH_NARGS; c++)
 	{
@@ -1009,7 +1063,7 @@ capture_flush(void)
 	}
 	for (int i = 0; i < n; i++)
 	{
-		CaptureBuffered *b = &capture_buffer[i];
+		CaptureBuffered *b = &rows[i];
 
 		cols[0][i] = CStringGetTextDatum(b->queue);
 		if (b->component)
@@ -1037,13 +1091,6 @@ capture_flush(void)
 													   elemtypes[c], typlen, typbyval, typalign));
 	}
 
-	if (!ActiveSnapshotSet())
-	{
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pushed = true;
-	}
-	dlq_become_owner(&owner);
-	SPI_connect();
 	if (capture_batch_plan == NULL)
 	{
 		Oid			types[CAPTURE_BATCH_NARGS] = {TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
@@ -1068,19 +1115,54 @@ capture_flush(void)
 		SPI_keepplan(plan);
 		capture_batch_plan = plan;
 	}
-	/* Queues seen for the first time are created with defaults. */
+	/* Queues seen for the first time are created, recording who diverted the row. */
 	for (int i = 0; i < n; i++)
-		if (i == 0 || strcmp(capture_buffer[i].queue, capture_buffer[i - 1].queue) != 0)
-			dlq_ensure_queue(capture_buffer[i].queue);
-	/* Emptied first: an error here aborts the transaction anyway. */
-	capture_nbuffered = 0;
+		if (i == 0 || strcmp(rows[i].queue, rows[i - 1].queue) != 0)
+			dlq_ensure_queue(rows[i].queue, rows[i].created_by);
 	ret = SPI_execute_plan(capture_batch_plan, values, NULL, false, 0);
 	if (ret != SPI_OK_INSERT || SPI_processed != n)
 		elog(ERROR, "could not store %d captured rows: %s", n, SPI_result_code_string(ret));
-	SPI_finish();
-	dlq_restore_caller(&owner);
-	if (pushed)
-		PopActiveSnapshot();
+}
+
+/* Store the buffered rows.  Switches to the owner and starts its own SPI. */
+static void
+capture_flush(void)
+{
+	CaptureBuffered *rows = capture_buffer;
+	int			n = capture_nbuffered;
+	DlqOwnerContext owner;
+	volatile bool pushed = false;
+
+	if (n == 0)
+		return;
+
+	/* Taken out first: what runs below may buffer and flush again. */
+	capture_buffer = NULL;
+	capture_nbuffered = 0;
+	capture_capacity = 0;
+
+	PG_TRY();
+	{
+		if (!ActiveSnapshotSet())
+		{
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pushed = true;
+		}
+		dlq_become_owner(&owner);
+		SPI_connect();
+		capture_store_rows(rows, n);
+		SPI_finish();
+		dlq_restore_caller(&owner);
+		if (pushed)
+			PopActiveSnapshot();
+	}
+	PG_CATCH();
+	{
+		capture_buffer_restore(rows, n);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	pfree(rows);
 }
 
 static void
@@ -1091,12 +1173,24 @@ capture_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PARALLEL_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
-			capture_flush();
+			/* A trigger on dlq's tables may divert more rows while we store. */
+			for (int round = 0; capture_nbuffered > 0; round++)
+			{
+				if (round >= CAPTURE_MAX_FLUSH_ROUNDS)
+					ereport(ERROR,
+							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							 errmsg("storing captured rows keeps diverting more rows"),
+							 errdetail("%d rounds of storing captured rows each diverted new ones.",
+									   CAPTURE_MAX_FLUSH_ROUNDS),
+							 errhint("Look for triggers on the tables of schema dlq that write to a table with failed-row capture.")));
+				capture_flush();
+			}
 			break;
 		default:
 			/* Commit, abort, prepare: the buffer is gone with the transaction. */
 			capture_buffer = NULL;
 			capture_nbuffered = 0;
+			capture_capacity = 0;
 			break;
 	}
 }
@@ -1130,10 +1224,9 @@ capture_buffer_row(const char *queue, const char *component, Jsonb *payload,
 		RegisterSubXactCallback(capture_subxact_callback, NULL);
 		capture_callbacks_registered = true;
 	}
+	capture_buffer_reserve(1);
 	old = MemoryContextSwitchTo(TopTransactionContext);
-	if (capture_buffer == NULL)
-		capture_buffer = palloc(sizeof(CaptureBuffered) * CAPTURE_BATCH);
-	b = &capture_buffer[capture_nbuffered++];
+	b = &capture_buffer[capture_nbuffered];
 	b->queue = pstrdup(queue);
 	b->component = component ? pstrdup(component) : NULL;
 	b->payload = (Jsonb *) PG_DETOAST_DATUM_COPY(JsonbPGetDatum(payload));
@@ -1142,12 +1235,80 @@ capture_buffer_row(const char *queue, const char *component, Jsonb *payload,
 	b->error_detail = (Jsonb *) PG_DETOAST_DATUM_COPY(JsonbPGetDatum(error_detail));
 	b->source_relation = source_relation;
 	b->operation = operation;
+	b->created_by = GetUserId();
 	b->subid = GetCurrentSubTransactionId();
 	MemoryContextSwitchTo(old);
+	/* Counted only once complete: a copy that fails leaves no half row. */
+	capture_nbuffered++;
 
 	if (capture_nbuffered >= CAPTURE_BATCH)
 		capture_flush();
 }
+
+/*
+ * Refuse to capture rows of a system catalog or of one of dlq's own tables:
+ * storing a captured row writes dlq's tables, which would fire the trigger
+ * again.  Only superusers can put a trigger there; dlq_attach never does.
+ * The table's owner is passed as the role, so that only the kind of table is
+ * checked here, not who fired the trigger.
+ */
+static void
+capture_check_relation(Relation rel)
+{
+	char		relkind = rel->rd_rel->relkind;
+
+	/* Foreign tables are never catalogs or dlq's. */
+	if (relkind == RELKIND_RELATION || relkind == RELKIND_PARTITIONED_TABLE)
+		dlq_check_bindable_relation(RelationGetRelid(rel), rel->rd_rel->relowner);
+}
+
+/*
+ * The table a capture trigger was made on: for a trigger cloned onto a
+ * partition, the table of the trigger it was cloned from (its topmost
+ * parent), else the trigger's own table.  This is what a diverted row
+ * records as its source_relation: dlq_attach on a partitioned table records
+ * that table, and a trigger somebody made on a partition they own records
+ * that partition, never a table above it they do not own.
+ */
+static Oid
+capture_trigger_relation(Trigger *trigger, Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	Oid			tgoid = trigger->tgoid;
+	Relation	tgrel;
+
+	if (!trigger->tgisclone)
+		return relid;
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	while (OidIsValid(tgoid))
+	{
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tup;
+		Form_pg_trigger tg;
+
+		ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber,
+					F_OIDEQ, ObjectIdGetDatum(tgoid));
+		scan = systable_beginscan(tgrel, TriggerOidIndexId, true, NULL, 1, &key);
+		tup = systable_getnext(scan);
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "could not find trigger %u", tgoid);
+		tg = (Form_pg_trigger) GETSTRUCT(tup);
+		relid = tg->tgrelid;
+		tgoid = tg->tgparentid;
+		systable_endscan(scan);
+	}
+	table_close(tgrel, AccessShareLock);
+	return relid;
+}
+
+/* What dlq_capture works out once per statement, kept in fn_extra. */
+typedef struct CaptureTrigger
+{
+	const char *queue;
+	const char *component;
+	Oid			source_relation;
+} CaptureTrigger;
 
 PG_FUNCTION_INFO_V1(dlq_capture);
 
@@ -1164,8 +1325,7 @@ dlq_capture(PG_FUNCTION_ARGS)
 	HeapTuple	tuple;
 	CaptureRel *entry;
 	CaptureViolation v;
-	const char *queue;
-	const char *component;
+	CaptureTrigger *info;
 	bool		is_update;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
@@ -1176,6 +1336,7 @@ dlq_capture(PG_FUNCTION_ARGS)
 	if (TRIGGER_FIRED_AFTER(trigdata->tg_event) &&
 		TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
 	{
+		capture_check_relation(trigdata->tg_relation);
 		capture_flush();
 		return PointerGetDatum(NULL);
 	}
@@ -1204,18 +1365,22 @@ dlq_capture(PG_FUNCTION_ARGS)
 	if (replaying && replay_validated_relid == RelationGetRelid(rel))
 		return PointerGetDatum(tuple);
 
-	/* The queue name is checked once per statement. */
+	/* The table and the queue name are checked once per statement. */
 	if (fcinfo->flinfo->fn_extra == NULL)
 	{
-		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		const char **names = palloc(sizeof(char *) * 2);
+		MemoryContext old;
+		Oid			source;
 
-		capture_trigger_args(trigdata->tg_trigger, 0, &names[0], &names[1]);
+		capture_check_relation(rel);
+		source = capture_trigger_relation(trigdata->tg_trigger, rel);
+		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		info = palloc(sizeof(CaptureTrigger));
+		capture_trigger_args(trigdata->tg_trigger, 0, &info->queue, &info->component);
+		info->source_relation = source;
 		MemoryContextSwitchTo(old);
-		fcinfo->flinfo->fn_extra = names;
+		fcinfo->flinfo->fn_extra = info;
 	}
-	queue = ((const char **) fcinfo->flinfo->fn_extra)[0];
-	component = ((const char **) fcinfo->flinfo->fn_extra)[1];
+	info = (CaptureTrigger *) fcinfo->flinfo->fn_extra;
 
 	entry = capture_get_rel(rel);
 	if (capture_validate(entry, rel, slot, oldslot, &v))
@@ -1236,11 +1401,55 @@ dlq_capture(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 
-	capture_buffer_row(queue, component,
+	/*
+	 * Row-level security checks a new row after the BEFORE triggers: a row
+	 * diverted here would skip the policies of the role that wrote it, and
+	 * could be replayed later by a role they do not bind.  Such a row goes
+	 * on to the executor, which raises the policy's error or the
+	 * constraint's, as it would without dlq.
+	 */
+	if (check_enable_rls(RelationGetRelid(rel), InvalidOid, true) == RLS_ENABLED)
+		return PointerGetDatum(tuple);
+
+	capture_buffer_row(info->queue, info->component,
 					   capture_row_to_jsonb(heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel))),
 					   v.message, unpack_sql_state(v.sqlerrcode), capture_error_detail(rel, &v),
-					   entry->root, is_update ? "UPDATE" : "INSERT");
+					   info->source_relation, is_update ? "UPDATE" : "INSERT");
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * Does view read target?  True when its SELECT rule's query has target in
+ * its range table: the intake view dlq_attach made does.
+ */
+static bool
+capture_view_reads(Relation view, Oid target)
+{
+	RuleLock   *rules = view->rd_rules;
+
+	if (view->rd_rel->relkind != RELKIND_VIEW || rules == NULL)
+		return false;
+	for (int i = 0; i < rules->numLocks; i++)
+	{
+		ListCell   *lc;
+
+		if (rules->rules[i]->event != CMD_SELECT)
+			continue;
+		foreach(lc, rules->rules[i]->actions)
+		{
+			Query	   *query = lfirst_node(Query, lc);
+			ListCell   *rc;
+
+			foreach(rc, query->rtable)
+			{
+				RangeTblEntry *rte = lfirst_node(RangeTblEntry, rc);
+
+				if (rte->rtekind == RTE_RELATION && rte->relid == target)
+					return true;
+			}
+		}
+	}
+	return false;
 }
 
 PG_FUNCTION_INFO_V1(dlq_capture_isolate);
@@ -1300,11 +1509,30 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 	if (plan == NULL)
 	{
 		Oid			types[1] = {JSONBOID};
-		char	   *name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(target)),
-													  get_rel_name(target));
+		Relation	targetrel = try_relation_open(target, AccessShareLock);
+		char	   *name;
 
-		if (name == NULL)
-			elog(ERROR, "cache lookup failed for relation %u", target);
+		if (targetrel == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("table with OID %u named by trigger \"%s\" does not exist",
+							target, trigger->tgname)));
+		/*
+		 * Captured rows record target as their source: it must be the table
+		 * the intake view reads, as dlq_attach made it, and never one of
+		 * dlq's tables or a catalog.
+		 */
+		capture_check_relation(targetrel);
+		if (!capture_view_reads(trigdata->tg_relation, target))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("trigger \"%s\" names table \"%s\", which \"%s\" does not read",
+							trigger->tgname, RelationGetRelationName(targetrel),
+							RelationGetRelationName(trigdata->tg_relation)),
+					 errhint("Create intake views with dlq_attach(table, mode => 'isolate').")));
+		name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(targetrel)),
+										  RelationGetRelationName(targetrel));
+		relation_close(targetrel, AccessShareLock);
 		plan = SPI_prepare(psprintf("INSERT INTO %s SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)",
 									name, name), 1, types);
 		if (plan == NULL)
@@ -1339,9 +1567,15 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 
 	if (edata != NULL)
 	{
-		/* Query cancel and the like are not the row's fault. */
+		/*
+		 * Query cancel and the like are not the row's fault.  Nor is a
+		 * missing privilege or a row-level security policy: a role that may
+		 * not write the row into target must not get it there through a
+		 * later replay by one that may.
+		 */
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+			edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE)
 			ReThrowError(edata);
 
 		capture_store(queue, component, payload, edata->message,

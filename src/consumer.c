@@ -254,7 +254,7 @@ dlq_listen(PG_FUNCTION_ARGS)
 		channel_plan = dlq_prepare_kept("SELECT channel FROM dlq.queues WHERE queue = $1",
 										1, types);
 	}
-	dlq_ensure_queue(queue);
+	dlq_ensure_queue(queue, owner.caller);
 	ret = SPI_execute_plan(channel_plan, &value, NULL, false, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the channel of queue \"%s\"", queue);

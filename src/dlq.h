@@ -113,10 +113,11 @@ typedef struct DlqStoreArgs
 	const char *dedup_key;		/* or NULL */
 	Oid			source_relation;	/* or InvalidOid */
 	const char *operation;		/* "INSERT", "UPDATE" or NULL */
+	Oid			created_by;		/* the caller: creator of a new queue */
 } DlqStoreArgs;
 
 extern int64 dlq_store_message(const DlqStoreArgs *args);
-extern void dlq_ensure_queue(const char *queue);
+extern void dlq_ensure_queue(const char *queue, Oid created_by);
 
 /*
  * etl_status (status.c): thresholds of the health rules, and test-only

@@ -149,7 +149,7 @@ dlq_configure(PG_FUNCTION_ARGS)
 												 " WHERE $1 IS NOT NULL",
 												 CONFIGURE_NARGS, types);
 	}
-	dlq_ensure_queue(queue);
+	dlq_ensure_queue(queue, owner.caller);
 	ret = SPI_execute_plan(configure_detail_plan, values, nulls, true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not describe the settings");

@@ -25,10 +25,12 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
 #include "dlq.h"
+#include "version.h"
 
 #define STORE_NARGS 11
 
@@ -40,27 +42,35 @@ static SPIPlanPtr ensure_queue_plan = NULL;
 static char auto_retry_queue[DLQ_MAX_NAME_BYTES + 1];
 
 /*
- * Create the queue with default settings unless it exists.  Must be called
- * as the owner, inside SPI.
+ * Create the queue with default settings unless it exists, recording
+ * created_by as its creator (the caller's user id, taken before switching to
+ * the owner; InvalidOid records NULL, unknown).  Must be called as the
+ * owner, inside SPI.
  */
 void
-dlq_ensure_queue(const char *queue)
+dlq_ensure_queue(const char *queue, Oid created_by)
 {
-	Datum		values[2];
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	int			ret;
 
+	/* created_by is a column of the 1.1 schema. */
+	dlq_require_current_schema();
 	if (ensure_queue_plan == NULL)
 	{
-		Oid			types[2] = {TEXTOID, TEXTOID};
+		Oid			types[3] = {TEXTOID, TEXTOID, REGROLEOID};
 
 		ensure_queue_plan = dlq_prepare_kept(
-										  "INSERT INTO dlq.queues (queue, channel) VALUES ($1, $2)"
-										  " ON CONFLICT (queue) DO NOTHING",
-										  2, types);
+											 "INSERT INTO dlq.queues (queue, channel, created_by) VALUES ($1, $2, $3)"
+											 " ON CONFLICT (queue) DO NOTHING",
+											 3, types);
 	}
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = CStringGetTextDatum(dlq_default_channel(queue));
-	ret = SPI_execute_plan(ensure_queue_plan, values, NULL, false, 0);
+	values[2] = ObjectIdGetDatum(created_by);
+	if (!OidIsValid(created_by))
+		nulls[2] = 'n';
+	ret = SPI_execute_plan(ensure_queue_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not create queue: %s", SPI_result_code_string(ret));
 }
@@ -181,7 +191,7 @@ dlq_store_message(const DlqStoreArgs *args)
 			return id;
 		}
 		/* First message of this queue: create it, then insert again. */
-		dlq_ensure_queue(args->queue);
+		dlq_ensure_queue(args->queue, args->created_by);
 	}
 	elog(ERROR, "queue \"%s\" vanished while a message was stored", args->queue);
 	return 0;					/* keep compiler quiet */
@@ -252,6 +262,7 @@ dlq_store(PG_FUNCTION_ARGS)
 		args.dedup_key = key;
 	}
 
+	args.created_by = GetUserId();
 	dlq_become_owner(&owner);
 	SPI_connect();
 	id = dlq_store_message(&args);
