@@ -9,8 +9,8 @@
 -- Each rejected call is followed by a check that nothing changed.
 SET client_min_messages = warning;
 
-CREATE ROLE lim_op;
-GRANT dlq_operator, dlq_writer TO lim_op;
+CREATE ROLE sec_limits_op;
+GRANT dlq_operator, dlq_writer TO sec_limits_op;
 
 -- What a rejected call must leave alone: the queues (all of them, and the
 -- settings of ours), the messages and the events of our queues.  The worker
@@ -196,7 +196,7 @@ SELECT p.oid::regprocedure AS internal_function
  ORDER BY 1::text;
 
 -- The same checks as a hostile operator: nothing different.
-SET ROLE lim_op;
+SET ROLE sec_limits_op;
 SELECT dlq_test.lim($$SELECT dlq_configure('lim_q', retention => '100000000 years')$$);
 SELECT dlq_test.lim($$SELECT dlq_configure('lim_q', channel => 'dlq_alerts')$$);
 SELECT dlq_test.lim($$SELECT dlq_store(U&'lim\0085', '{}', 'e')$$);
@@ -208,6 +208,6 @@ DELETE FROM dlq.events WHERE queue LIKE 'lim%' OR queue = 'alerts';
 DELETE FROM dlq.queues WHERE queue LIKE 'lim%';
 DROP TABLE lim_t, U&"lim\0085t", lim_src;
 DROP FUNCTION dlq_test.lim(text), dlq_test.lim_state();
-DROP OWNED BY lim_op;
-DROP ROLE lim_op;
+DROP OWNED BY sec_limits_op;
+DROP ROLE sec_limits_op;
 RESET client_min_messages;
