@@ -1,7 +1,8 @@
 -- DROP EXTENSION dlq keeps messages (DESIGN 7.1, issue 11 finding 11): a
 -- command that would drop the extension fails with 2BP01 while dlq.messages
 -- holds messages, unless the session sets dlq.drop_discards_messages = on.
--- The file ends with the extension installed again, empty.
+-- Drops that succeed happen in a database of their own, so that this one
+-- keeps its extension and the other files' objects.
 -- (tests/t/084_drop_extension.pl: the same without shared_preload_libraries.)
 SET client_min_messages = warning;
 \set SHOW_CONTEXT never
@@ -66,21 +67,25 @@ SELECT count(*) AS kept FROM dlq.messages;
 SET dlq.drop_discards_messages = on;
 DROP OWNED BY sec_drop_owner;
 SELECT count(*) AS extensions FROM pg_extension WHERE extname = 'dlq';
+-- and so does DROP EXTENSION
+CREATE EXTENSION dlq;
+SELECT dlq_store('dx_q', '{"n": 4}', 'failed') > 0 AS stored;
+DROP EXTENSION dlq;
+SELECT count(*) AS extensions FROM pg_extension WHERE extname = 'dlq';
+RESET dlq.drop_discards_messages;
+-- an empty dlq is dropped without it
+CREATE EXTENSION dlq;
+SELECT count(*) AS messages FROM dlq.messages;
+DROP EXTENSION dlq;
+SELECT count(*) AS extensions FROM pg_extension WHERE extname = 'dlq';
 \c :dx_regdb
 SET client_min_messages = warning;
 DROP DATABASE sec_drop_db WITH (FORCE);
 DROP ROLE sec_drop_owner;
 
--- With dlq.drop_discards_messages = on, DROP EXTENSION deletes them.
-SET dlq.drop_discards_messages = on;
-DROP EXTENSION dlq;
-RESET dlq.drop_discards_messages;
-SELECT count(*) AS extensions FROM pg_extension WHERE extname = 'dlq';
--- An empty dlq is dropped without it.
-CREATE EXTENSION dlq;
-SELECT count(*) AS messages FROM dlq.messages;
-SELECT dlq_test.try('DROP EXTENSION dlq');
--- Installed again for the files that follow.
-CREATE EXTENSION dlq;
+-- This database keeps its extension; only our messages go.
 SELECT extversion FROM pg_extension WHERE extname = 'dlq';
+SELECT dlq_discard_all('dx_q', status => 'resolved')->>'discarded' AS discarded;
+DELETE FROM dlq.events WHERE queue = 'dx_q';
+DELETE FROM dlq.queues WHERE queue = 'dx_q';
 RESET client_min_messages;
