@@ -43,11 +43,78 @@ COMMENT ON FUNCTION @extschema@.dlq_detach(regclass) IS
 
 /* ---- Limits: sizes, intervals, names (util.c and every caller) ---- */
 
+/*
+ * The API checks every argument (src/util.c, DESIGN 7.1); these bring the
+ * settings 1.0 accepted into the same ranges, and keep direct writes by the
+ * owner inside them.  Intervals: retention at most 100 years, delays at
+ * most 1 year, a year of 366 days.  Channels: never the worker's alert channel, which 1.0 gave
+ * by default to a queue named "alerts"; such a queue gets the channel 1.1
+ * would give it (dlq_default_channel in src/util.c: the queue name clipped
+ * to 50 bytes, "_" and its hash).
+ */
+UPDATE dlq.queues
+   SET retention = CASE WHEN retention > interval '36600 days' THEN interval '100 years'
+                        ELSE retention END,
+       resolved_retention = CASE WHEN resolved_retention > interval '36600 days'
+                                 THEN interval '100 years' ELSE resolved_retention END,
+       retry_base = CASE WHEN retry_base > interval '366 days' THEN interval '1 year'
+                         ELSE retry_base END,
+       retry_max = CASE WHEN retry_max > interval '366 days' THEN interval '1 year'
+                        ELSE retry_max END,
+       alert_cooldown = CASE WHEN alert_cooldown > interval '366 days' THEN interval '1 year'
+                             ELSE alert_cooldown END
+ WHERE retention > interval '36600 days' OR resolved_retention > interval '36600 days'
+    OR retry_base > interval '366 days' OR retry_max > interval '366 days'
+    OR alert_cooldown > interval '366 days';
 
+DO $limits$
+DECLARE
+    q text;
+    keep text;
+BEGIN
+    FOR q IN SELECT queue FROM dlq.queues WHERE channel = 'dlq_alerts' LOOP
+        IF pg_catalog.octet_length(q) + 4 <= 63 AND q <> 'alerts' THEN
+            UPDATE dlq.queues SET channel = 'dlq_' || q WHERE queue = q;
+        ELSE
+            keep := q;
+            WHILE pg_catalog.octet_length(keep) > 50 LOOP
+                keep := pg_catalog.left(keep, -1);
+            END LOOP;
+            UPDATE dlq.queues
+               SET channel = 'dlq_' || keep || '_'
+                             || pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.hashtext(q)), 8, '0')
+             WHERE queue = q;
+        END IF;
+    END LOOP;
+END
+$limits$;
+
+ALTER TABLE dlq.queues ADD CONSTRAINT queues_limits CHECK (
+    retention <= interval '36600 days' AND resolved_retention <= interval '36600 days'
+    AND retry_base <= interval '366 days' AND retry_max <= interval '366 days'
+    AND alert_cooldown <= interval '366 days' AND channel <> 'dlq_alerts');
 
 /* ---- DROP EXTENSION keeps messages unless told otherwise ---- */
 
+/*
+ * A ddl_command_start event trigger in C (src/drop_guard.c): DROP EXTENSION
+ * dlq, and a DROP SCHEMA ... CASCADE or DROP OWNED that would drop it, fail
+ * while dlq.messages holds messages unless dlq.drop_discards_messages is on.
+ * Only these three tags call it; the library is loaded by the call when it
+ * is not preloaded.  Nobody needs EXECUTE on the function: event triggers
+ * call it without the check.
+ */
+CREATE FUNCTION dlq.drop_guard() RETURNS event_trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'dlq_drop_guard';
+COMMENT ON FUNCTION dlq.drop_guard() IS
+    'event trigger: refuse to drop extension dlq while dlq.messages holds messages, unless dlq.drop_discards_messages is on';
 
+CREATE EVENT TRIGGER dlq_drop_guard ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION dlq.drop_guard();
+COMMENT ON EVENT TRIGGER dlq_drop_guard IS
+    'keeps DROP EXTENSION dlq from deleting messages unless dlq.drop_discards_messages is on';
 
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */
 DO $grants$

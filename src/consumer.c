@@ -285,7 +285,6 @@ dlq_claim(PG_FUNCTION_ARGS)
 	char	   *queue;
 	int32		batch_size;
 	Interval   *visibility;
-	Interval	zero = {0};
 	Datum		values[4];
 	Tuplestorestate *tupstore;
 	TupleDesc	tupdesc;
@@ -300,12 +299,7 @@ dlq_claim(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("batch_size must be between 1 and %d", DLQ_MAX_CLAIM_BATCH)));
 	dlq_check_not_null(fcinfo, 2, "visibility");
-	visibility = PG_GETARG_INTERVAL_P(2);
-	if (DatumGetBool(DirectFunctionCall2(interval_le, IntervalPGetDatum(visibility),
-										 IntervalPGetDatum(&zero))))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("visibility must be positive")));
+	visibility = dlq_check_interval(fcinfo, 2, "visibility", false, DLQ_MAX_DELAY_YEARS);
 
 	InitMaterializedSRF(fcinfo, 0);
 	tupstore = rsinfo->setResult;
@@ -498,17 +492,7 @@ dlq_nack(PG_FUNCTION_ARGS)
 				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
 						   (int) strlen(error), dlq_max_payload_bytes)));
 	sqlstate = dlq_check_sqlstate(PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2));
-	if (!PG_ARGISNULL(3))
-	{
-		Interval	zero = {0};
-
-		retry_in = PG_GETARG_INTERVAL_P(3);
-		if (DatumGetBool(DirectFunctionCall2(interval_lt, IntervalPGetDatum(retry_in),
-											 IntervalPGetDatum(&zero))))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("retry_in must not be negative")));
-	}
+	retry_in = dlq_check_interval(fcinfo, 3, "retry_in", true, DLQ_MAX_DELAY_YEARS);
 
 	dlq_become_owner(&owner);
 	actor = GetUserNameFromId(owner.caller, false);

@@ -7,6 +7,7 @@
  *	  dlq.c		module load: GUCs are defined, the worker and shared memory hooked
  *	  guc.c		GUC variables
  *	  util.c	argument validation, running as the extension owner, audit events
+ *	  drop_guard.c	the event trigger that keeps DROP EXTENSION from deleting messages
  *	  store.c	dlq_store
  *	  list.c	dlq_list, dlq_list_page, dlq_get
  *
@@ -18,6 +19,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
+#include "utils/timestamp.h"
 #include "utils/jsonb.h"
 
 /* Longest queue, component and channel name, in bytes (NAMEDATALEN - 1). */
@@ -26,9 +28,24 @@
 /* Longest dedup_key, in bytes: it lives in a btree index entry. */
 #define DLQ_MAX_DEDUP_KEY_BYTES 512
 
+/*
+ * Limits of arguments (DESIGN 7.1), checked by the validators of util.c:
+ * the largest metadata, error_detail or note (payload and error text have
+ * dlq.max_payload_bytes), and the longest interval for ages and retention
+ * (retention, resolved_retention, older_than) and for delays and leases
+ * (retry_base, retry_max, retry_in, visibility, alert_cooldown).
+ */
+#define DLQ_MAX_TEXT_ARG_BYTES	54000
+#define DLQ_MAX_AGE_YEARS		100
+#define DLQ_MAX_DELAY_YEARS		1
+
+/* The channel on which the worker NOTIFYs alerts; no queue may use it. */
+#define DLQ_ALERT_CHANNEL	"dlq_alerts"
+
 /* GUC variables (guc.c) */
 extern int	dlq_max_payload_bytes;
 extern int	dlq_max_ids_per_call;
+extern bool dlq_drop_discards_messages;
 
 extern void dlq_define_gucs(void);
 
@@ -70,6 +87,10 @@ extern Oid	dlq_messages_relid(void);
 
 /* Argument validation (util.c); each raises a clear error or returns. */
 extern char *dlq_check_name(const char *what, text *value, bool allow_null);
+extern char *dlq_check_channel(text *value);
+extern void dlq_check_size(const char *what, const struct varlena *value);
+extern Interval *dlq_check_interval(FunctionCallInfo fcinfo, int argno, const char *what,
+									bool allow_zero, int max_years);
 extern void dlq_check_not_null(FunctionCallInfo fcinfo, int argno, const char *what);
 extern const char *dlq_check_sqlstate(text *value);
 extern const char *dlq_error_class(const char *sqlstate);

@@ -18,6 +18,7 @@
 
 int			dlq_max_payload_bytes = 1024 * 1024;
 int			dlq_max_ids_per_call = 10000;
+bool		dlq_drop_discards_messages = false;
 
 /* etl_status (status.c) */
 int			dlq_status_threshold = 100;
@@ -53,6 +54,23 @@ dlq_define_gucs(void)
 							10000, 1, 1000000,
 							PGC_USERSET, 0,
 							NULL, NULL, NULL);
+
+	/*
+	 * DROP EXTENSION dlq (drop_guard.c).  PGC_USERSET: it only removes a
+	 * safety catch from commands that already require owning the extension
+	 * (or its schema, or being its owner for DROP OWNED), so it grants
+	 * nothing; a non-superuser owner of the extension must be able to set
+	 * it.  Defined here, in every backend that loads the library, so that a
+	 * value SET before the library is loaded (a placeholder) is taken over
+	 * when the event trigger loads it.
+	 */
+	DefineCustomBoolVariable("dlq.drop_discards_messages",
+							 "Lets DROP EXTENSION dlq delete the messages and audit trail it holds.",
+							 "Off: DROP EXTENSION dlq, and a DROP SCHEMA ... CASCADE or DROP OWNED that would drop it, fail while dlq.messages holds messages.",
+							 &dlq_drop_discards_messages,
+							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 
 	/* etl_status (status.c) */
 	DefineCustomIntVariable("dlq.status_threshold",

@@ -30,23 +30,6 @@ static SPIPlanPtr configure_plan = NULL;
 static SPIPlanPtr configure_detail_plan = NULL;
 static SPIPlanPtr pause_plan = NULL;
 
-/* Raise 22023 unless an interval argument is positive (or >= 0). */
-static void
-queue_check_interval(FunctionCallInfo fcinfo, int argno, const char *what, bool allow_zero)
-{
-	Interval	zero = {0};
-	Datum		v;
-
-	if (PG_ARGISNULL(argno))
-		return;
-	v = PG_GETARG_DATUM(argno);
-	if (DatumGetBool(DirectFunctionCall2(allow_zero ? interval_lt : interval_le, v,
-										 IntervalPGetDatum(&zero))))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be %s", what, allow_zero ? "zero or positive" : "positive")));
-}
-
 PG_FUNCTION_INFO_V1(dlq_configure);
 
 /*
@@ -77,8 +60,8 @@ dlq_configure(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_attempts must be between 1 and 1000")));
-	queue_check_interval(fcinfo, 2, "retention", false);
-	queue_check_interval(fcinfo, 3, "resolved_retention", true);
+	(void) dlq_check_interval(fcinfo, 2, "retention", false, DLQ_MAX_AGE_YEARS);
+	(void) dlq_check_interval(fcinfo, 3, "resolved_retention", true, DLQ_MAX_AGE_YEARS);
 	if (!PG_ARGISNULL(4) && PG_GETARG_OID(4) != InvalidOid)
 	{
 		char		relkind = get_rel_relkind(PG_GETARG_OID(4));
@@ -90,19 +73,19 @@ dlq_configure(PG_FUNCTION_ARGS)
 					 errhint("Pass 0 to clear the replay target.")));
 	}
 	if (!PG_ARGISNULL(5))
-		(void) dlq_check_name("channel", PG_GETARG_TEXT_PP(5), false);
-	queue_check_interval(fcinfo, 8, "retry_base", false);
+		(void) dlq_check_channel(PG_GETARG_TEXT_PP(5));
+	(void) dlq_check_interval(fcinfo, 8, "retry_base", false, DLQ_MAX_DELAY_YEARS);
 	if (!PG_ARGISNULL(9) && (isnan(PG_GETARG_FLOAT8(9)) || isinf(PG_GETARG_FLOAT8(9)) ||
 							 PG_GETARG_FLOAT8(9) < 1 || PG_GETARG_FLOAT8(9) > 1000))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("retry_factor must be between 1 and 1000")));
-	queue_check_interval(fcinfo, 10, "retry_max", false);
+	(void) dlq_check_interval(fcinfo, 10, "retry_max", false, DLQ_MAX_DELAY_YEARS);
 	if (!PG_ARGISNULL(11) && PG_GETARG_INT64(11) < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("alert_threshold must be positive")));
-	queue_check_interval(fcinfo, 12, "alert_cooldown", true);
+	(void) dlq_check_interval(fcinfo, 12, "alert_cooldown", true, DLQ_MAX_DELAY_YEARS);
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");

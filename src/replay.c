@@ -979,17 +979,7 @@ dlq_discard_all(PG_FUNCTION_ARGS)
 				 errdetail("Replaying messages are in the hands of consumers."),
 				 errhint("Wait for them to be acknowledged or to time out, or resolve them with dlq_resolve.")));
 	component = dlq_check_name("component", PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2), true);
-	if (!PG_ARGISNULL(3))
-	{
-		Interval	zero = {0};
-
-		older_than = PG_GETARG_INTERVAL_P(3);
-		if (DatumGetBool(DirectFunctionCall2(interval_lt, IntervalPGetDatum(older_than),
-											 IntervalPGetDatum(&zero))))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("older_than must not be negative")));
-	}
+	older_than = dlq_check_interval(fcinfo, 3, "older_than", true, DLQ_MAX_AGE_YEARS);
 
 	dlq_become_owner(&owner);
 	SPI_connect();
@@ -1084,13 +1074,8 @@ dlq_resolve(PG_FUNCTION_ARGS)
 	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
 	if (!PG_ARGISNULL(1))
 	{
+		dlq_check_size("note", (struct varlena *) PG_GETARG_TEXT_PP(1));
 		note = text_to_cstring(PG_GETARG_TEXT_PP(1));
-		if (strlen(note) > dlq_max_payload_bytes)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("note is too large"),
-					 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
-							   (int) strlen(note), dlq_max_payload_bytes)));
 		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
 																			  psprintf("{\"note\": %s}", dlq_json_quote(note)))));
 	}

@@ -241,8 +241,10 @@ dlq_store(PG_FUNCTION_ARGS)
 	args.sqlstate = dlq_check_sqlstate(PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4));
 	args.error_detail = PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5);
 	dlq_check_json_object("error_detail", args.error_detail);
+	dlq_check_size("error_detail", (struct varlena *) args.error_detail);
 	args.metadata = PG_ARGISNULL(6) ? NULL : PG_GETARG_JSONB_P(6);
 	dlq_check_json_object("metadata", args.metadata);
+	dlq_check_size("metadata", (struct varlena *) args.metadata);
 
 	if (!PG_ARGISNULL(7))
 	{

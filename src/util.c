@@ -26,6 +26,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
@@ -145,13 +146,20 @@ dlq_check_not_null(FunctionCallInfo fcinfo, int argno, const char *what)
 }
 
 /*
- * Validate a queue or component name: 1 to 63 bytes, no control
- * characters.  Returns it as a C string, or NULL when it is NULL and that is
- * allowed.
+ * Validate a name: a queue, component, stage or channel.  1 to 63 bytes
+ * and no control characters, C0 (and DEL) or C1 (U+0080 to U+009F, in
+ * UTF-8 the bytes 0xc2 0x80 to 0xc2 0x9f; in the ISO 8859 encodings the
+ * bytes 0x80 to 0x9f).  Every name dlq accepts comes through here, so that
+ * a bad one fails with 22023 before anything is written, not with a
+ * constraint violation or not at all.  Returns it as a C string, or NULL
+ * when it is NULL and that is allowed.
  */
 char *
 dlq_check_name(const char *what, text *value, bool allow_null)
 {
+	int			encoding = GetDatabaseEncoding();
+	bool		c1_bytes = (encoding >= PG_LATIN1 && encoding <= PG_LATIN10) ||
+		(encoding >= PG_ISO_8859_5 && encoding <= PG_ISO_8859_8);
 	char	   *s;
 	int			len;
 
@@ -179,14 +187,110 @@ dlq_check_name(const char *what, text *value, bool allow_null)
 	for (int i = 0; i < len; i++)
 	{
 		unsigned char c = (unsigned char) s[i];
+		unsigned char next = (unsigned char) s[i + 1];	/* '\0' at the end */
 
-		if (c < 0x20 || c == 0x7f)
+		if (c < 0x20 || c == 0x7f || (c1_bytes && c >= 0x80 && c <= 0x9f))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("%s must not contain control characters", what),
 					 errdetail("Byte %d is 0x%02x.", i + 1, c)));
+		if (encoding == PG_UTF8 && c == 0xc2 && next >= 0x80 && next <= 0x9f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must not contain control characters", what),
+					 errdetail("Bytes %d and %d are U+%04X.", i + 1, i + 2, next)));
 	}
 	return s;
+}
+
+/*
+ * Validate a queue's channel: a name, and not the channel on which the
+ * worker sends alerts (a queue's consumers would receive alerts, and alert
+ * listeners replay requests).
+ */
+char *
+dlq_check_channel(text *value)
+{
+	char	   *channel = dlq_check_name("channel", value, false);
+
+	if (strcmp(channel, DLQ_ALERT_CHANNEL) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" is reserved", channel),
+				 errdetail("The dlq background worker sends alerts on it.")));
+	return channel;
+}
+
+/*
+ * Validate a text or jsonb argument that dlq keeps (metadata, error_detail,
+ * a note): at most DLQ_MAX_TEXT_ARG_BYTES, else 54000 like every other size
+ * limit of dlq.  NULL passes.  jsonb is measured in its binary form, which
+ * is about the size of its text.
+ */
+void
+dlq_check_size(const char *what, const struct varlena *value)
+{
+	Size		bytes;
+
+	if (value == NULL)
+		return;
+	bytes = VARSIZE_ANY_EXHDR(value);
+	if (bytes > DLQ_MAX_TEXT_ARG_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too large", what),
+				 errdetail("It is %zu bytes; the limit is %d bytes.",
+						   bytes, DLQ_MAX_TEXT_ARG_BYTES)));
+}
+
+/*
+ * Validate interval argument argno: positive (or, with allow_zero, not
+ * negative) and at most max_years years, a year counting as 366 days (as an
+ * interval '1 year' is 360 days, '365 days' passes a one-year limit).  Each
+ * field (months, days, time) is bounded too, not only their sum, so that
+ * adding the interval to any timestamp of this era stays in range:
+ * '1000000 years -359999000 days' is about 1000 days but would overflow.
+ * Returns the interval, or NULL when the argument is NULL (the caller
+ * decides whether that is allowed).
+ */
+Interval *
+dlq_check_interval(FunctionCallInfo fcinfo, int argno, const char *what,
+				   bool allow_zero, int max_years)
+{
+	Interval   *value;
+	Interval	zero = {0};
+	Interval	max = {0};
+	int32		cmp;
+
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	value = PG_GETARG_INTERVAL_P(argno);
+	max.day = max_years * 366;
+
+	cmp = DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(value),
+											IntervalPGetDatum(&zero)));
+	if (cmp < 0 && allow_zero)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", what)));
+	if (cmp <= 0 && !allow_zero)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive", what)));
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(value),
+										  IntervalPGetDatum(&max))) > 0 ||
+		value->month > max_years * MONTHS_PER_YEAR ||
+		value->month < -max_years * MONTHS_PER_YEAR ||
+		value->day > max.day || value->day < -max.day ||
+		value->time > max.day * USECS_PER_DAY || value->time < -max.day * USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg_plural("%s must be at most %d year",
+							   "%s must be at most %d years",
+							   max_years, what, max_years),
+				 errdetail("The limit is %d days, for the whole and for each of its fields.",
+						   max.day)));
+	return value;
 }
 
 /*
@@ -370,15 +474,18 @@ dlq_check_id_array(ArrayType *ids, int *nids)
 
 /*
  * The default NOTIFY channel of a queue: "dlq_<queue>", or, when that would
- * pass 63 bytes, a clipped queue name with a hash of the whole name.
+ * pass 63 bytes or be the alert channel (queue "alerts"), a clipped queue
+ * name with a hash of the whole name.
  */
 char *
 dlq_default_channel(const char *queue)
 {
 	int			len = strlen(queue);
+	char	   *plain = psprintf("dlq_%s", queue);
 
-	if (len + 4 <= DLQ_MAX_NAME_BYTES)
-		return psprintf("dlq_%s", queue);
+	/* The hashed form also when the plain one would be the alert channel. */
+	if (len + 4 <= DLQ_MAX_NAME_BYTES && strcmp(plain, DLQ_ALERT_CHANNEL) != 0)
+		return plain;
 	else
 	{
 		uint32		h = hash_bytes((const unsigned char *) queue, len);

@@ -61,7 +61,8 @@ ok($node->poll_query_until('dbb', q{SELECT status = 'expired' FROM dlq.messages 
 	'back in the list, it is looked after again');
 
 # --- CREATE / DROP EXTENSION while running -----------------------------------
-$node->safe_psql('dbb', 'DROP EXTENSION dlq');
+# dbb holds messages: DROP EXTENSION needs dlq.drop_discards_messages.
+$node->safe_psql('dbb', 'SET dlq.drop_discards_messages = on; DROP EXTENSION dlq');
 ok($node->poll_query_until('postgres', q{
     SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dlq worker' AND datname = 'dbb'}),
 	'DROP EXTENSION while the worker runs: it leaves');
