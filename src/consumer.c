@@ -5,11 +5,15 @@
  *	  dlq_nack.
  *
  *	  A consumer registers with dlq_listen: it LISTENs on the queue's
- *	  channel and takes a session-level shared advisory lock on a key
- *	  derived from the queue name.  That lock is the live-consumer registry:
- *	  dlq_reprocess looks for a holder in the lock table before it hands
- *	  messages to consumers, and the lock vanishes with the backend, however
- *	  the backend ends.
+ *	  channel and takes a session-level shared lock on a key derived from
+ *	  the queue name.  That lock is the live-consumer registry: dlq_reprocess
+ *	  looks for a holder in the lock table before it hands messages to
+ *	  consumers, and the lock vanishes with the backend, however the backend
+ *	  ends.  It is an advisory lock tag that no SQL function can produce (see
+ *	  consumer_lock_tag), so only a caller of dlq_listen, which is granted to
+ *	  dlq_operator alone, can hold it: no other role can fake a consumer with
+ *	  pg_advisory_lock_shared, nor keep one from registering with
+ *	  pg_advisory_lock (1.0 used a key those functions reach).
  *
  *	  Messages handed to consumers are "replaying".  dlq_claim leases a batch
  *	  of them (claimed_by, claim_expires_at) with FOR UPDATE SKIP LOCKED, so
@@ -32,6 +36,7 @@
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -40,7 +45,22 @@
 /* First key of the live-consumer advisory locks: "DLQ". */
 #define DLQ_CONSUMER_LOCK_KEY1	0x00444C51
 
+/*
+ * Fourth field of the live-consumer lock tag.  The SQL advisory lock
+ * functions only ever make tags with 1 (one bigint key) or 2 (two integer
+ * keys); 1.0 used 2, which any role could take.
+ */
+#define DLQ_CONSUMER_LOCK_FIELD4	3
+
 #define DLQ_MAX_CLAIM_BATCH 1000
+
+/*
+ * How often dlq_nack looks again for the open message that took its
+ * message's dedup_key.  Each try follows a commit of such a message, so one
+ * more is nearly always enough; the bound only keeps a pathological
+ * schedule from spinning.
+ */
+#define DLQ_NACK_MAX_TRIES 100
 
 static SPIPlanPtr channel_plan = NULL;
 static SPIPlanPtr alive_plan = NULL;
@@ -76,7 +96,8 @@ consumer_lock_key2(const char *queue)
 static void
 consumer_lock_tag(LOCKTAG *tag, uint32 key2)
 {
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, DLQ_CONSUMER_LOCK_KEY1, key2, 2);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, DLQ_CONSUMER_LOCK_KEY1, key2,
+						 DLQ_CONSUMER_LOCK_FIELD4);
 }
 
 /* Drop the registrations of subtransaction subid (or of all, if invalid). */
@@ -162,9 +183,15 @@ consumer_register(const char *queue)
 
 	/*
 	 * A session lock survives transaction end and is released when the
-	 * backend exits, crash or not.
+	 * backend exits, crash or not.  Consumers only ever take it shared and
+	 * nothing else can take it at all, so it is always free; it is still
+	 * taken without waiting, so that dlq_listen can never hang on it.
 	 */
-	(void) LockAcquire(&tag, ShareLock, true, false);
+	if (LockAcquire(&tag, ShareLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not register as a consumer of queue \"%s\"", queue),
+				 errdetail("Another session holds the consumer lock of the queue in a conflicting mode.")));
 	registrations[nregistrations].key2 = key2;
 	registrations[nregistrations].subid = GetCurrentSubTransactionId();
 	nregistrations++;
@@ -177,24 +204,25 @@ consumer_register(const char *queue)
 bool
 dlq_consumer_alive(const char *queue)
 {
-	Datum		values[3];
+	Datum		values[4];
 	bool		isnull;
 	int			ret;
 
 	if (alive_plan == NULL)
 	{
-		Oid			types[3] = {OIDOID, OIDOID, OIDOID};
+		Oid			types[4] = {OIDOID, OIDOID, OIDOID, INT2OID};
 
 		alive_plan = dlq_prepare_kept(
 									  "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l"
 									  " WHERE l.locktype = 'advisory' AND l.database = $1"
-									  " AND l.classid = $2 AND l.objid = $3 AND l.objsubid = 2"
+									  " AND l.classid = $2 AND l.objid = $3 AND l.objsubid = $4"
 									  " AND l.granted)",
-									  3, types);
+									  4, types);
 	}
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = ObjectIdGetDatum((Oid) DLQ_CONSUMER_LOCK_KEY1);
 	values[2] = ObjectIdGetDatum((Oid) consumer_lock_key2(queue));
+	values[3] = Int16GetDatum(DLQ_CONSUMER_LOCK_FIELD4);
 	ret = SPI_execute_plan(alive_plan, values, NULL, true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not look for consumers: %s", SPI_result_code_string(ret));
@@ -445,6 +473,69 @@ dlq_ack(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(acked);
 }
 
+/*
+ * Run nack_plan: the message goes back to pending (or review).  For a
+ * message with a dedup_key that runs in a subtransaction, and returns false
+ * with nothing changed when the unique index over open messages refuses it:
+ * another message with the key became open after nack_lock_plan looked, so
+ * the caller must fold into that one.  Any other error is raised.
+ */
+static bool
+nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char **status)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool reopened = false;
+	int			ret;
+	bool		isnull;
+
+	if (!has_dedup_key)
+	{
+		ret = SPI_execute_plan(nack_plan, values, nulls, false, 0);
+		if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+			elog(ERROR, "could not nack message %lld",
+				 (long long) DatumGetInt64(values[0]));
+		*status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 1, &isnull));
+		return true;
+	}
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		ret = SPI_execute_plan(nack_plan, values, nulls, false, 0);
+		if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+			elog(ERROR, "could not nack message %lld",
+				 (long long) DatumGetInt64(values[0]));
+		MemoryContextSwitchTo(cxt);
+		*status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 1, &isnull));
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		reopened = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION ||
+			edata->constraint_name == NULL ||
+			strcmp(edata->constraint_name, "messages_dedup") != 0)
+			PG_RE_THROW();
+		FlushErrorState();
+		FreeErrorData(edata);
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_END_TRY();
+	return reopened;
+}
+
 PG_FUNCTION_INFO_V1(dlq_nack);
 
 /*
@@ -455,8 +546,10 @@ PG_FUNCTION_INFO_V1(dlq_nack);
  * max_attempts replays.  retry_in sets next_retry_at; without it auto_retry
  * queues back off with dlq.retry_delay.  A message whose dedup_key is
  * meanwhile held by another open message is folded into that one (its
- * occurrences added) and resolved, with a "merged" event.  Returns the new
- * status.
+ * occurrences added) and resolved, with a "merged" event, also when that
+ * message is committed by a concurrent dlq_store, nack or recovery while
+ * this nack runs (the reopening then fails on the unique index, is undone,
+ * and the nack looks again).  Returns the new status.
  */
 Datum
 dlq_nack(PG_FUNCTION_ARGS)
@@ -471,9 +564,9 @@ dlq_nack(PG_FUNCTION_ARGS)
 	int			ret;
 	bool		isnull;
 	char	   *queue;
-	char	   *dedup_key = NULL;
+	bool		has_dedup_key;
 	char	   *status;
-	int64		into = 0;
+	int64		into;
 	const char *actor;
 	Datum		request_id = dlq_new_request_id();
 
@@ -536,34 +629,8 @@ dlq_nack(PG_FUNCTION_ARGS)
 										  6, types);
 	}
 
-	values[0] = Int64GetDatum(id);
-	ret = SPI_execute_plan(nack_lock_plan, values, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read message: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA),
-				 errmsg("message %lld does not exist", (long long) id)));
-	status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-											   SPI_tuptable->tupdesc, 1, &isnull));
-	queue = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 2, &isnull));
-	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-	if (!isnull)
-		dedup_key = "";
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
-
-		if (!isnull)
-			into = DatumGetInt64(d);
-	}
-	if (strcmp(status, "replaying") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("message %lld is not being replayed", (long long) id),
-				 errdetail("Its status is \"%s\".", status)));
-
 	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(error);
 	if (sqlstate)
 		values[2] = CStringGetTextDatum(sqlstate);
@@ -574,36 +641,74 @@ dlq_nack(PG_FUNCTION_ARGS)
 		values[4] = IntervalPGetDatum(retry_in);
 	else
 		nulls[4] = 'n';
-	values[5] = Int64GetDatum(into);
 
-	if (dedup_key != NULL && into != 0)
+	for (int tries = 1;; tries++)
 	{
 		Jsonb	   *detail;
 
-		ret = SPI_execute_plan(nack_fold_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-			elog(ERROR, "could not fold message %lld into message %lld",
-				 (long long) id, (long long) into);
-		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																			  psprintf("{\"into\": %lld, \"error\": %s}", (long long) into,
-																					   dlq_json_quote(error)))));
-		dlq_audit("nacked", actor, queue, request_id, true, 1, &id, 1, detail);
-		dlq_audit("merged", actor, queue, request_id, true, 1, &id, 1, detail);
-		status = "resolved";
-	}
-	else
-	{
-		Jsonb	   *detail;
-
-		ret = SPI_execute_plan(nack_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
-			elog(ERROR, "could not nack message %lld", (long long) id);
+		/* Lock the message and the open message holding its dedup_key. */
+		ret = SPI_execute_plan(nack_lock_plan, values, NULL, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not read message: %s", SPI_result_code_string(ret));
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_NO_DATA),
+					 errmsg("message %lld does not exist", (long long) id)));
 		status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
 												   SPI_tuptable->tupdesc, 1, &isnull));
+		queue = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 2, &isnull));
+		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		has_dedup_key = !isnull;
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+
+			into = isnull ? 0 : DatumGetInt64(d);
+		}
+		if (strcmp(status, "replaying") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("message %lld is not being replayed", (long long) id),
+					 errdetail("Its status is \"%s\".", status)));
+		values[5] = Int64GetDatum(into);
+
+		if (has_dedup_key && into != 0)
+		{
+			ret = SPI_execute_plan(nack_fold_plan, values, nulls, false, 0);
+			if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+				elog(ERROR, "could not fold message %lld into message %lld",
+					 (long long) id, (long long) into);
+			detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+																				  psprintf("{\"into\": %lld, \"error\": %s}", (long long) into,
+																						   dlq_json_quote(error)))));
+			dlq_audit("nacked", actor, queue, request_id, true, 1, &id, 1, detail);
+			dlq_audit("merged", actor, queue, request_id, true, 1, &id, 1, detail);
+			status = "resolved";
+			break;
+		}
+
+		if (!nack_reopen(values, nulls, has_dedup_key, &status))
+		{
+			/*
+			 * Another message with the key became open after the lock plan
+			 * looked (a dlq_store, a nack or the worker's recovery committed
+			 * in between): look again and fold into it.  A transaction
+			 * snapshot would never see it.
+			 */
+			if (IsolationUsesXactSnapshot() || tries >= DLQ_NACK_MAX_TRIES)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to a concurrent store of the same dedup_key"),
+						 errdetail("Message %lld could not go back to pending: another open message of queue \"%s\" took its dedup_key.",
+								   (long long) id, queue),
+						 errhint("Retry the transaction; the nack will then fold the message into that one.")));
+			continue;
+		}
 		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
 																			  psprintf("{\"status\": \"%s\", \"error\": %s}", status,
 																					   dlq_json_quote(error)))));
 		dlq_audit("nacked", actor, queue, request_id, true, 1, &id, 1, detail);
+		break;
 	}
 	status = MemoryContextStrdup(TopTransactionContext, status);
 	SPI_finish();

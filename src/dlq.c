@@ -27,6 +27,7 @@ _PG_init(void)
 {
 	dlq_define_gucs();
 	dlq_define_worker_gucs();
+	dlq_counts_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("dlq");

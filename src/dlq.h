@@ -159,6 +159,9 @@ extern int	dlq_syncing_window;
 extern char *dlq_status_now;
 extern int	dlq_status_worker;
 
+/* At module load: the transaction callbacks that write dlq.counts (status.c). */
+extern void dlq_counts_init(void);
+
 /*
  * Replay lifecycle (replay.c, consumer.c, queue.c): helpers they share.
  * All must be called inside SPI; the SQL-running ones as the owner.

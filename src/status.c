@@ -162,7 +162,6 @@ static CountDelta *pending_counts = NULL;
 static int	npending_counts = 0;
 static int	maxpending_counts = 0;
 static Oid	pending_status_type = InvalidOid;
-static bool count_callbacks_registered = false;
 
 /*
  * Set once this transaction's counts were written at pre-commit: changes
@@ -448,6 +447,32 @@ counts_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
+/*
+ * Register the callbacks that write this transaction's counts, once per
+ * process, when the library is loaded.
+ *
+ * Not at the first change to dlq.messages: that change can itself be made
+ * by another pre-commit callback (dlq_capture stores the rows a hand-made
+ * trigger diverted there), and a callback registered while the pre-commit
+ * callbacks are being called is not called in that round, so the counts of
+ * a backend's first such commit were dropped at commit (issue 11, finding
+ * 8).  Registered up front, the counts callback runs at every pre-commit:
+ * before or after dlq_capture's, either way every change is written
+ * (see counts_flushed_at_commit).  It costs nothing in a transaction that
+ * changed no message.
+ */
+void
+dlq_counts_init(void)
+{
+	static bool registered = false;
+
+	if (registered)
+		return;
+	RegisterXactCallback(counts_xact_callback, NULL);
+	RegisterSubXactCallback(counts_subxact_callback, NULL);
+	registered = true;
+}
+
 PG_FUNCTION_INFO_V1(dlq_count_messages);
 
 /*
@@ -468,13 +493,6 @@ dlq_count_messages(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
 		elog(ERROR, "dlq.count_messages() must be an AFTER ... FOR EACH STATEMENT trigger");
-
-	if (!count_callbacks_registered)
-	{
-		RegisterXactCallback(counts_xact_callback, NULL);
-		RegisterSubXactCallback(counts_subxact_callback, NULL);
-		count_callbacks_registered = true;
-	}
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
 	{
