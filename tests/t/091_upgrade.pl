@@ -3,7 +3,8 @@
 # (pg_dump --binary-upgrade --schema-only lists every member of the
 # extension), the same data in the columns 1.0 had, and a worker that keeps
 # working across the update.  Before the update, the new library serves the
-# 1.0 schema or says clearly that the update is needed.
+# 1.0 schema where 1.0's behaviour is unchanged and says clearly that the
+# update is needed where it needs a 1.1 object.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -25,30 +26,50 @@ isnt($current, '1.0', "the default version ($current) is newer than 1.0");
 $node->safe_psql('postgres', 'CREATE DATABASE old');
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 
-# A 1.0 schema, filled through its own API with the new library loaded.
+# A 1.0 schema with the new library loaded.  What needs a 1.1 object (a new
+# queue records its creator) says clearly that the update is needed; what
+# 1.0 already did keeps working.
+$node->safe_psql('old', q{CREATE EXTENSION dlq VERSION '1.0'});
+my ($rc, $out, $err) = $node->psql('old', q{SELECT dlq_configure('newq', max_attempts => 2)});
+like($err, qr/extension "dlq" is at version 1\.0 but its library is version \Q$current\E.*HINT:  Run ALTER EXTENSION dlq UPDATE\./s,
+    'before the update, creating a queue says that ALTER EXTENSION dlq UPDATE is needed');
+
+# Queues and captured rows as 1.0 wrote them, then messages in every state
+# through the 1.0 API.
 $node->safe_psql('old', q{
-    CREATE EXTENSION dlq VERSION '1.0';
-    SELECT dlq_configure('orders', require_listener => false, max_attempts => 1);
+    CREATE TABLE items (id int PRIMARY KEY, qty int CHECK (qty > 0));
+    INSERT INTO dlq.queues (queue, channel, require_listener, max_attempts)
+    VALUES ('orders', 'dlq_orders', false, 1), ('items', 'dlq_items', false, 5);
+    UPDATE dlq.queues SET replay_target = 'items'::regclass WHERE queue = 'items';
+    INSERT INTO dlq.messages (queue, payload, error, sqlstate, error_class, max_attempts,
+                              source_relation, operation)
+    SELECT 'items', jsonb_build_object('id', i, 'qty', -1),
+           'new row for relation "items" violates check constraint "items_qty_check"',
+           '23514', 'permanent', 5, 'items'::regclass, 'INSERT'
+      FROM generate_series(1, 6) i;
+    SELECT dlq.recount();
     SELECT count(dlq_store('orders', jsonb_build_object('n', i), 'failure ' || i,
                            component => 'c' || (i % 3), sqlstate => '23505',
                            metadata => jsonb_build_object('i', i),
                            dedup_key => CASE WHEN i % 4 = 0 THEN 'k' || i END))
       FROM generate_series(1, 40) i;
-    -- replaying: 1-20 handed to consumers; 1-5 acked (resolved), 6-8 nacked (review)
-    SELECT dlq_reprocess(ARRAY(SELECT generate_series(1, 20)::bigint));
-    SELECT count(*) FROM dlq_claim('orders', 8);
-    SELECT dlq_ack(ARRAY[1, 2, 3, 4, 5]::bigint[]);
-    SELECT dlq_nack(i, 'still failing', '40001') FROM generate_series(6, 8) i;
+    -- replaying: 20 handed to consumers; 5 acked (resolved), 3 nacked (review)
+    SELECT dlq_reprocess(ARRAY(SELECT message_id FROM dlq.messages WHERE queue = 'orders'
+                                ORDER BY message_id LIMIT 20));
+    CREATE TEMP TABLE claimed AS SELECT message_id FROM dlq_claim('orders', 8) ORDER BY message_id;
+    SELECT dlq_ack(ARRAY(SELECT message_id FROM claimed ORDER BY message_id LIMIT 5));
+    SELECT dlq_nack(message_id, 'still failing', '40001')
+      FROM (SELECT message_id FROM claimed ORDER BY message_id OFFSET 5) c;
     -- resolved by hand, discarded (removed, audited)
-    SELECT dlq_resolve(ARRAY[21, 22]::bigint[], 'fixed upstream');
-    SELECT dlq_discard(ARRAY[23]::bigint[]);
+    SELECT dlq_resolve(ARRAY(SELECT message_id FROM dlq.messages WHERE status = 'pending'
+                              AND queue = 'orders' ORDER BY message_id LIMIT 2), 'fixed upstream');
+    SELECT dlq_discard(ARRAY(SELECT message_id FROM dlq.messages WHERE status = 'pending'
+                              AND queue = 'orders' ORDER BY message_id LIMIT 1));
     -- expired: past its expiry, expired by the worker's own step
-    UPDATE dlq.messages SET expires_at = now() - interval '1 second' WHERE message_id IN (24, 25);
+    UPDATE dlq.messages SET expires_at = now() - interval '1 second'
+     WHERE message_id IN (SELECT message_id FROM dlq.messages WHERE status = 'pending'
+                           AND queue = 'orders' ORDER BY message_id LIMIT 2);
     SELECT dlq.worker_expire(100);
-    -- captured rows from a table, a stage with a watermark
-    CREATE TABLE items (id int PRIMARY KEY, qty int CHECK (qty > 0));
-    SELECT dlq_attach('items');
-    INSERT INTO items SELECT i, CASE WHEN i % 5 = 0 THEN -1 ELSE i END FROM generate_series(1, 30) i;
     SELECT etl_register_stage('load_items', 'items', 'id');
     SELECT etl_watermark('load_items', 25);
 });
@@ -145,6 +166,16 @@ ok($node->poll_query_until('old', q{
 is($node->safe_psql('old', q{SELECT count(*) FROM dlq_list('orders', batch_size => 100)}),
    $node->safe_psql('old', q{SELECT count(*) FROM dlq.messages WHERE queue = 'orders' AND status = 'pending'}),
    'dlq_list lists the pending messages of 1.0 after the update');
+
+# A row captured under 1.0 replays into its table after the update.
+$node->safe_psql('old', q{
+    UPDATE dlq.messages SET payload = jsonb_set(payload, '{qty}', '5')
+     WHERE queue = 'items' AND payload->>'id' = '1';
+    SELECT dlq_reprocess(ARRAY(SELECT message_id FROM dlq.messages
+                                WHERE queue = 'items' AND payload->>'id' = '1'));
+});
+is($node->safe_psql('old', q{SELECT qty FROM items WHERE id = 1}), '5',
+    'a row captured under 1.0 is re-applied to its table after the update');
 
 $node->stop;
 done_testing();
