@@ -43,8 +43,8 @@ for c in "${cases[@]}"; do
     chroot "$root" sh -c 'cd /root/dlq && make demo' >"$root/demo.log" 2>&1 && echo "make demo: ok" || { echo "make demo: FAILED"; tail -20 "$root/demo.log"; }
     echo "=== $c: make test"
     chroot "$root" sh -c 'cd /root/dlq && make test' >"$root/test.log" 2>&1 || true
-    tail -1 "$root/test.log"
-    umount "$root/dev/shm" "$root/dev" "$root/proc"
+    grep -E '^[0-9]+ passed, [0-9]+ failed' "$root/test.log" || tail -5 "$root/test.log"
+    umount "$root/dev/shm" "$root/dev" "$root/proc" || true
     trap - EXIT
     echo "logs: $root/demo.log $root/test.log"
 done
