@@ -36,6 +36,15 @@ SELECT retry_role FROM dlq_configure('sec_replay_a', auto_retry => true, retry_b
 RESET ROLE;
 SELECT retry_role FROM dlq_configure('sec_replay_a', max_attempts => 4);
 SELECT retry_role FROM dlq.queues WHERE queue = 'sec_replay_a';
+-- Another operator rebinding the queue to a table of theirs does not make
+-- the worker write there as this role: retry_role is cleared (suspended)
+-- unless the rebinding call turns auto_retry on itself.
+SELECT retry_role IS NULL AS suspended, auto_retry
+  FROM dlq_configure('sec_replay_a', replay_target => 'sec_replay.vt');
+SET ROLE sec_replay_op;
+SELECT retry_role FROM dlq_configure('sec_replay_a', replay_target => 'sec_replay.op_t', auto_retry => true);
+RESET ROLE;
+SELECT retry_role FROM dlq_configure('sec_replay_a', replay_target => 'sec_replay.op_t');
 SELECT auto_retry, retry_role IS NULL AS no_retry_role
   FROM dlq_configure('sec_replay_a', auto_retry => false);
 SELECT detail FROM dlq.events WHERE queue = 'sec_replay_a' AND kind = 'configured' ORDER BY event_id;

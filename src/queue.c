@@ -65,7 +65,8 @@ PG_FUNCTION_INFO_V1(dlq_configure);
  * Binding a replay target requires owning the table, and never a catalog or
  * a dlq table.  auto_retry => true records the caller as the queue's
  * retry_role, as which the worker runs the automatic retries; false clears
- * it.
+ * it, and so does binding another replay target without auto_retry => true
+ * (the role agreed to write into the old table, not into the new one).
  */
 Datum
 dlq_configure(PG_FUNCTION_ARGS)
@@ -147,7 +148,10 @@ dlq_configure(PG_FUNCTION_ARGS)
 										  " require_listener = coalesce($7, require_listener),"
 										  " auto_retry = coalesce($8, auto_retry),"
 										  " retry_role = CASE WHEN $8 THEN $14::regrole"
-										  "  WHEN NOT $8 THEN NULL ELSE retry_role END,"
+										  "  WHEN NOT $8 THEN NULL"
+										  "  WHEN (CASE WHEN $5 = 0 THEN NULL ELSE $5 END)"
+										  "   IS DISTINCT FROM replay_target AND $5 IS NOT NULL THEN NULL"
+										  "  ELSE retry_role END,"
 										  " retry_base = coalesce($9, retry_base),"
 										  " retry_factor = coalesce($10, retry_factor),"
 										  " retry_max = coalesce($11, retry_max),"
