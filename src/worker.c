@@ -18,9 +18,16 @@
  * expires, requests automatic retries, purges and alerts.  Each step is one
  * bounded batch (dlq.batch_size) in a transaction of its own, repeated
  * until a batch comes back short; the statements are the SQL functions
- * dlq.worker_* (dlq--1.0.sql, "Worker"), which take rows with SKIP LOCKED so
- * that operators are never blocked.  A failing batch is reported to the log
- * and to the slot, its transaction aborted, and the worker goes on.
+ * dlq.worker_* (dlq--1.0.sql, "Worker", and dlq--1.0--1.1.sql), which take
+ * rows with SKIP LOCKED so that operators are never blocked.  A failing
+ * batch is reported to the log and to the slot, its transaction aborted,
+ * and the worker goes on: the step is then run queue by queue, so that one
+ * queue's poison message holds back only that queue (a WARNING names it).
+ *
+ * Maintenance runs as the extension owner; it runs no user code.  Automatic
+ * retries, which fire the triggers of a replay target, run as each queue's
+ * retry_role (the role that turned auto_retry on) in a security-restricted
+ * operation, after its privileges are checked again: never as the owner.
  *
  * A connected worker would make DROP DATABASE (and ALTER DATABASE RENAME,
  * CREATE DATABASE ... TEMPLATE) fail, so at least once a second it checks,
@@ -1232,7 +1239,7 @@ dlq_worker_main(Datum main_arg)
 
 	/*
 	 * Connect as the bootstrap superuser; every statement then runs as the
-	 * extension owner (or dlq.worker_role for retries).
+	 * extension owner, or as a queue's retry_role for its retries.
 	 */
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	before_shmem_exit(dlq_worker_detach, (Datum) 0);
