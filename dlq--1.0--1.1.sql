@@ -35,6 +35,206 @@ COMMENT ON FUNCTION @extschema@.dlq_detach(regclass) IS
 
 /* ---- Trust: replays run as a role that could write (replay.c, queue.c, worker) ---- */
 
+/*
+ * retry_role: the role that turned auto_retry on.  dlq_configure records its
+ * caller when a call sets auto_retry => true and clears it with false.  The
+ * worker runs the queue's automatic retries as this role, in a
+ * security-restricted operation, after checking at every run that it still
+ * exists, is a member of dlq_operator and may INSERT into the replay target;
+ * never as the extension owner.  A queue that had auto_retry on in 1.0 has
+ * none: its retries wait until an operator turns auto_retry on again.
+ */
+ALTER TABLE dlq.queues ADD COLUMN retry_role regrole;
+COMMENT ON COLUMN dlq.queues.retry_role IS
+    'role that turned auto_retry on (dlq_configure); the worker''s automatic retries run as it, NULL: none (suspended)';
+
+/*
+ * Backoff that never overflows: computed in logarithms, so that no power of
+ * retry_factor is ever formed, and capped at retry_max, and at one year
+ * whatever retry_max says (now() plus the delay must stay a timestamp).
+ * Odd inputs (retry_factor Infinity or NaN, n of 1 or less) give the cap or
+ * the base, never an error: one message's backoff must not fail a batch.
+ */
+CREATE OR REPLACE FUNCTION dlq.retry_delay(q dlq.queues, n integer, jitter double precision DEFAULT random())
+RETURNS interval
+LANGUAGE sql VOLATILE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN d.log_secs >= ln(d.cap_secs) THEN d.cap
+                ELSE make_interval(secs => exp(d.log_secs)) END
+      FROM (SELECT c.cap,
+                   greatest(extract(epoch FROM c.cap)::float8, 1e-6) AS cap_secs,
+                   ln(greatest(extract(epoch FROM q.retry_base)::float8, 1e-6))
+                   + CASE WHEN n > 1 THEN (n - 1) * ln(greatest(q.retry_factor, 1)) ELSE 0 END
+                   + ln(0.9 + 0.2 * least(greatest(jitter, 0), 1)) AS log_secs
+              FROM (SELECT least(q.retry_max, interval '1 year') AS cap) c) d
+$$;
+COMMENT ON FUNCTION dlq.retry_delay(dlq.queues, integer, double precision) IS
+    'backoff before retry n of an auto_retry queue: retry_base * retry_factor^(n-1), +-10% jitter, capped at retry_max and at 1 year; never overflows';
+
+/*
+ * The worker's maintenance steps take an optional queue: when a batch over
+ * every queue fails, the worker runs the step queue by queue, so that one
+ * queue's poison message stalls only that queue (DESIGN 7.1).  NULL (the
+ * default) is every queue.  Not STRICT because of that NULL; a NULL
+ * batch_size takes nothing.  Bodies as in 1.0 otherwise.
+ */
+DROP FUNCTION dlq.worker_expire(integer, text);
+CREATE FUNCTION dlq.worker_expire(batch_size integer, actor text DEFAULT current_user,
+                                  queue text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH done AS (
+        UPDATE dlq.messages m
+           SET status = 'expired', resolved_at = now(), next_retry_at = NULL
+         WHERE m.ctid = ANY (ARRAY(
+                   SELECT s.ctid FROM dlq.messages s
+                    WHERE s.status = 'pending' AND s.expires_at <= now()
+                      AND (worker_expire.queue IS NULL OR s.queue = worker_expire.queue)
+                      AND batch_size IS NOT NULL
+                    ORDER BY s.expires_at
+                    LIMIT batch_size
+                      FOR UPDATE SKIP LOCKED))
+        RETURNING m.queue, m.message_id
+    ), audit AS (
+        INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids)
+        SELECT actor, 'expired', done.queue, count(*),
+               CASE WHEN count(*) <= 100 THEN array_agg(message_id ORDER BY message_id) END
+          FROM done GROUP BY done.queue
+    )
+    SELECT count(*) FROM done
+$$;
+COMMENT ON FUNCTION dlq.worker_expire(integer, text, text) IS
+    'worker step: expire at most batch_size pending messages past expires_at, of one queue or (NULL) all; returns how many';
+
+DROP FUNCTION dlq.worker_purge(integer, text);
+CREATE FUNCTION dlq.worker_purge(batch_size integer, actor text DEFAULT current_user,
+                                 queue text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (
+        DELETE FROM dlq.messages m
+         WHERE m.ctid = ANY (ARRAY(
+                   SELECT s.ctid
+                     FROM dlq.messages s JOIN dlq.queues q ON q.queue = s.queue
+                    WHERE s.status IN ('resolved', 'expired')
+                      AND s.resolved_at <= now() - q.resolved_retention
+                      AND (worker_purge.queue IS NULL OR s.queue = worker_purge.queue)
+                      AND batch_size IS NOT NULL
+                    ORDER BY s.resolved_at
+                    LIMIT batch_size
+                      FOR UPDATE OF s SKIP LOCKED))
+        RETURNING m.queue, m.message_id, m.status
+    ), audit AS (
+        INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+        SELECT actor, 'purged', gone.queue, count(*),
+               CASE WHEN count(*) <= 100 THEN array_agg(message_id ORDER BY message_id) END,
+               jsonb_build_object('resolved', count(*) FILTER (WHERE status = 'resolved'),
+                                  'expired', count(*) FILTER (WHERE status = 'expired'))
+          FROM gone GROUP BY gone.queue
+    )
+    SELECT count(*) FROM gone
+$$;
+COMMENT ON FUNCTION dlq.worker_purge(integer, text, text) IS
+    'worker step: delete at most batch_size resolved/expired messages past their queue''s resolved_retention, of one queue or (NULL) all';
+
+DROP FUNCTION dlq.worker_recover(integer, interval, text, boolean);
+CREATE FUNCTION dlq.worker_recover(batch_size integer, timeout interval,
+                                   actor text DEFAULT current_user,
+                                   with_unclaimed boolean DEFAULT true,
+                                   queue text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    only_queue text := queue;
+    picked bigint[];
+    r record;
+    into_id bigint;
+    folded bigint := 0;
+    returned bigint;
+BEGIN
+    IF batch_size IS NULL OR timeout IS NULL OR with_unclaimed IS NULL THEN
+        RETURN NULL;
+    END IF;
+    picked := ARRAY(
+        SELECT s.message_id FROM dlq.messages s
+         WHERE s.status = 'replaying'
+           AND (only_queue IS NULL OR s.queue = only_queue)
+           AND (s.claim_expires_at <= now() - timeout
+                OR (with_unclaimed AND s.claim_expires_at IS NULL
+                    AND EXISTS (SELECT 1 FROM dlq.events e
+                                 WHERE e.request_id = s.replay_request_id
+                                   AND e.at <= now() - timeout)))
+         ORDER BY s.message_id
+         LIMIT batch_size
+           FOR UPDATE SKIP LOCKED);
+
+    /*
+     * A message with a dedup_key whose key is meanwhile held by another open
+     * (pending or review) message cannot go back to pending: it is folded
+     * into that one, as dlq_nack does, and resolved with a "merged" event.
+     * Going one by one also folds two returning messages with the same key.
+     */
+    FOR r IN SELECT m.message_id, m.queue, m.dedup_key, m.occurrences FROM dlq.messages m
+              WHERE m.message_id = ANY (picked) AND m.dedup_key IS NOT NULL ORDER BY m.message_id LOOP
+        SELECT o.message_id INTO into_id FROM dlq.messages o
+         WHERE o.queue = r.queue AND o.dedup_key = r.dedup_key
+           AND o.status IN ('pending', 'review') AND o.message_id <> r.message_id
+           FOR UPDATE;
+        IF into_id IS NULL THEN
+            /* the first of its key reopens now, so that later ones fold into it */
+            UPDATE dlq.messages
+               SET status = CASE WHEN attempts >= max_attempts THEN 'review' ELSE 'pending' END::dlq.status,
+                   claimed_by = NULL, claim_expires_at = NULL
+             WHERE message_id = r.message_id;
+            CONTINUE;
+        END IF;
+        UPDATE dlq.messages SET occurrences = occurrences + r.occurrences, last_failed_at = now()
+         WHERE message_id = into_id;
+        UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),
+               claimed_by = NULL, claim_expires_at = NULL
+         WHERE message_id = r.message_id;
+        INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+        VALUES (actor, 'merged', r.queue, 1, ARRAY[r.message_id],
+                jsonb_build_object('into', into_id, 'reason', 'replay timed out'));
+        picked := array_remove(picked, r.message_id);
+        folded := folded + 1;
+    END LOOP;
+
+    WITH back AS (
+        UPDATE dlq.messages m
+           SET status = CASE WHEN m.attempts >= m.max_attempts
+                             THEN 'review' ELSE 'pending' END::dlq.status,
+               claimed_by = NULL,
+               claim_expires_at = NULL,
+               next_retry_at = CASE WHEN q.auto_retry AND m.attempts < m.max_attempts
+                                    THEN now() + dlq.retry_delay(q, m.attempts + 1) END
+          FROM dlq.queues q
+         WHERE m.message_id = ANY (picked)
+           AND q.queue = m.queue
+        RETURNING m.queue, m.message_id, m.status
+    ), audit AS (
+        INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+        SELECT actor, 'timed_out', back.queue, count(*),
+               CASE WHEN count(*) <= 100 THEN array_agg(message_id ORDER BY message_id) END,
+               jsonb_build_object('pending', count(*) FILTER (WHERE status = 'pending'),
+                                  'review', count(*) FILTER (WHERE status = 'review'),
+                                  'timeout', timeout::text)
+          FROM back GROUP BY back.queue
+    )
+    SELECT count(*) INTO returned FROM back;
+    RETURN returned + folded;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_recover(integer, interval, text, boolean, text) IS
+    'worker step: return at most batch_size replaying messages abandoned for longer than timeout to pending (or review), of one queue or (NULL) all';
+
 
 
 /* ---- Trust: consumers and the store/nack race (consumer.c, store.c) ---- */

@@ -23,8 +23,11 @@
 #include "utils/timestamp.h"
 
 #include "dlq.h"
+#include "version.h"
 
 #define CONFIGURE_NARGS 13
+/* The plans take the arguments and then the caller, for retry_role. */
+#define CONFIGURE_NPARAMS (CONFIGURE_NARGS + 1)
 
 static SPIPlanPtr configure_plan = NULL;
 static SPIPlanPtr configure_detail_plan = NULL;
@@ -41,13 +44,19 @@ PG_FUNCTION_INFO_V1(dlq_configure);
  * Change the named settings of a queue (NULL leaves one as it is), creating
  * the queue with defaults first if it is new.  replay_target => 0 clears
  * the replay target.  max_attempts applies to messages stored afterwards.
+ *
+ * Binding a replay target requires owning the table, and never a catalog or
+ * a dlq table.  auto_retry => true records the caller as the queue's
+ * retry_role, as which the worker runs the automatic retries; false clears
+ * it, and so does binding another replay target without auto_retry => true
+ * (the role agreed to write into the old table, not into the new one).
  */
 Datum
 dlq_configure(PG_FUNCTION_ARGS)
 {
 	char	   *queue;
-	Datum		values[CONFIGURE_NARGS];
-	char		nulls[CONFIGURE_NARGS];
+	Datum		values[CONFIGURE_NPARAMS];
+	char		nulls[CONFIGURE_NPARAMS];
 	DlqOwnerContext owner;
 	TupleDesc	tupdesc;
 	Datum		result;
@@ -71,6 +80,8 @@ dlq_configure(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("replay_target must be a table"),
 					 errhint("Pass 0 to clear the replay target.")));
+		/* Replays write into it: only its owner may bind it. */
+		dlq_check_bindable_relation(PG_GETARG_OID(4), GetUserId());
 	}
 	if (!PG_ARGISNULL(5))
 		(void) dlq_check_channel(PG_GETARG_TEXT_PP(5));
@@ -97,13 +108,17 @@ dlq_configure(PG_FUNCTION_ARGS)
 	}
 	values[0] = CStringGetTextDatum(queue);
 
+	/* retry_role is a column of 1.1 */
+	dlq_require_current_schema();
 	dlq_become_owner(&owner);
+	values[CONFIGURE_NARGS] = ObjectIdGetDatum(owner.caller);
+	nulls[CONFIGURE_NARGS] = ' ';
 	SPI_connect();
 	if (configure_plan == NULL)
 	{
-		Oid			types[CONFIGURE_NARGS] = {TEXTOID, INT4OID, INTERVALOID, INTERVALOID,
+		Oid			types[CONFIGURE_NPARAMS] = {TEXTOID, INT4OID, INTERVALOID, INTERVALOID,
 			REGCLASSOID, TEXTOID, BOOLOID, BOOLOID, INTERVALOID, FLOAT8OID, INTERVALOID,
-		INT8OID, INTERVALOID};
+		INT8OID, INTERVALOID, OIDOID};
 
 		configure_plan = dlq_prepare_kept(
 										  "UPDATE dlq.queues SET"
@@ -115,22 +130,28 @@ dlq_configure(PG_FUNCTION_ARGS)
 										  " channel = coalesce($6, channel),"
 										  " require_listener = coalesce($7, require_listener),"
 										  " auto_retry = coalesce($8, auto_retry),"
+										  " retry_role = CASE WHEN $8 THEN $14::regrole"
+										  "  WHEN NOT $8 THEN NULL"
+										  "  WHEN (CASE WHEN $5 = 0 THEN NULL ELSE $5 END)"
+										  "   IS DISTINCT FROM replay_target AND $5 IS NOT NULL THEN NULL"
+										  "  ELSE retry_role END,"
 										  " retry_base = coalesce($9, retry_base),"
 										  " retry_factor = coalesce($10, retry_factor),"
 										  " retry_max = coalesce($11, retry_max),"
 										  " alert_threshold = coalesce($12, alert_threshold),"
 										  " alert_cooldown = coalesce($13, alert_cooldown)"
 										  " WHERE queue = $1 RETURNING *",
-										  CONFIGURE_NARGS, types);
+										  CONFIGURE_NPARAMS, types);
 		configure_detail_plan = dlq_prepare_kept(
 												 "SELECT jsonb_strip_nulls(jsonb_build_object("
 												 " 'max_attempts', $2, 'retention', $3, 'resolved_retention', $4,"
 												 " 'replay_target', CASE WHEN $5 = 0 THEN 'none' ELSE $5::text END,"
 												 " 'channel', $6, 'require_listener', $7, 'auto_retry', $8,"
 												 " 'retry_base', $9, 'retry_factor', $10, 'retry_max', $11,"
-												 " 'alert_threshold', $12, 'alert_cooldown', $13))"
+												 " 'alert_threshold', $12, 'alert_cooldown', $13,"
+												 " 'retry_role', CASE WHEN $8 THEN $14::regrole::text END))"
 												 " WHERE $1 IS NOT NULL",
-												 CONFIGURE_NARGS, types);
+												 CONFIGURE_NPARAMS, types);
 	}
 	dlq_ensure_queue(queue, owner.caller);
 	ret = SPI_execute_plan(configure_detail_plan, values, nulls, true, 1);

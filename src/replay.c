@@ -17,9 +17,13 @@
  *	  pending (or, with force, review) becomes replaying in one UPDATE per
  *	  batch, and at the end ONE notification per queue is queued, sent by
  *	  PostgreSQL at commit.  Queues with a replay target re-apply each row
- *	  to the table as the caller (capture.h): success resolves the message,
- *	  failure records the new error on the same message and sends it back to
- *	  pending, or to review once it has used max_attempts replays.
+ *	  to the table as the caller (capture.h), in a security-restricted
+ *	  operation: success resolves the message, failure records the new error
+ *	  on the same message and sends it back to pending, or to review once it
+ *	  has used max_attempts replays.  Only rows captured from the target are
+ *	  ever re-applied to it: any other message in such a queue (a writer's
+ *	  dlq_store, rows captured from another table) goes to review with
+ *	  42501, audited, whoever replays it.
  *
  *	  Every call is one request id; every queue it touched gets one audit
  *	  event per kind of outcome, with the ids when there are few.
@@ -60,6 +64,7 @@ typedef struct ReplayQueue
 	DlqIdTally	redriven;		/* taken from review with force */
 	DlqIdTally	reapplied;		/* re-applied to the target */
 	DlqIdTally	failed;			/* re-apply failed */
+	DlqIdTally	refused;		/* not captured from the target: to review */
 } ReplayQueue;
 
 typedef struct ReplayState
@@ -332,8 +337,24 @@ replay_add_failure(ReplayState *st, int64 id, const char *sqlstate, const char *
 }
 
 /*
+ * A message that was not captured from its queue's replay target is never
+ * inserted there, whoever stored it and whoever replays it (DESIGN 7.1):
+ * fill *result with the refusal.
+ */
+static void
+replay_refuse_foreign(Oid target, DlqReapplyResult *result)
+{
+	result->ok = false;
+	strlcpy(result->sqlstate, "42501", sizeof(result->sqlstate));
+	result->error = psprintf("message was not captured from table %s; only rows captured from a table are replayed into it",
+							 DatumGetCString(DirectFunctionCall1(regclassout,
+																 ObjectIdGetDatum(target))));
+}
+
+/*
  * Re-apply the locked rows of the last SPI result (message_id, queue,
- * was_review, payload, operation, target) to their tables as the caller.
+ * was_review, payload, operation, source_relation) to their queue's replay
+ * target as the caller.
  */
 static void
 replay_reapply_rows(ReplayState *st)
@@ -342,8 +363,8 @@ replay_reapply_rows(ReplayState *st)
 	SPITupleTable *tt = SPI_tuptable;
 	int64	   *ok_ids = palloc(sizeof(int64) * Max(n, 1));
 	int			nok = 0;
-	Datum		values[7];
-	char		nulls[7];
+	Datum		values[8];
+	char		nulls[8];
 	int			ret;
 
 	for (uint64 i = 0; i < n; i++)
@@ -357,13 +378,22 @@ replay_reapply_rows(ReplayState *st)
 		Jsonb	   *payload = DatumGetJsonbP(SPI_getbinval(row, desc, 4, &isnull));
 		Datum		op = SPI_getbinval(row, desc, 5, &isnull);
 		char	   *operation = isnull ? NULL : TextDatumGetCString(op);
+		Datum		src = SPI_getbinval(row, desc, 6, &isnull);
+		Oid			source = isnull ? InvalidOid : DatumGetObjectId(src);
 		ReplayQueue *rq = replay_queue(st, queue);
 		DlqReapplyResult result = {0};
-		DlqCallerScope caller;
+		bool		refused = source != rq->target;
 
-		dlq_as_caller_begin(st->owner, &caller);
-		dlq_reapply_row(rq->target, payload, operation, &result);
-		dlq_as_caller_end(&caller);
+		if (refused)
+			replay_refuse_foreign(rq->target, &result);
+		else
+		{
+			DlqCallerScope caller;
+
+			dlq_as_caller_begin(st->owner, &caller);
+			dlq_reapply_row(rq->target, payload, operation, &result);
+			dlq_as_caller_end(&caller);
+		}
 
 		if (was_review)
 			dlq_tally_add(&rq->redriven, id);
@@ -376,22 +406,24 @@ replay_reapply_rows(ReplayState *st)
 
 		if (reapply_failed_plan == NULL)
 		{
-			Oid			types[7] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID, BOOLOID};
+			Oid			types[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID, BOOLOID,
+			BOOLOID};
 
+			/* $8: straight to review, whatever attempts are left */
 			reapply_failed_plan = dlq_prepare_kept(
 												   "UPDATE dlq.messages m SET"
 												   "  attempts = CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END,"
-												   "  status = CASE WHEN (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
+												   "  status = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
 												   "   >= m.max_attempts THEN 'review' ELSE 'pending' END::dlq.status,"
 												   "  error = $2, sqlstate = $3, error_class = $4, error_detail = $5,"
 												   "  last_failed_at = now(), replay_request_id = $6,"
 												   "  claimed_by = NULL, claim_expires_at = NULL,"
-												   "  next_retry_at = CASE WHEN (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
+												   "  next_retry_at = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
 												   "   >= m.max_attempts THEN NULL"
 												   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
 												   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
 												   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
-												   7, types);
+												   8, types);
 		}
 		memset(nulls, ' ', sizeof(nulls));
 		values[0] = Int64GetDatum(id);
@@ -407,10 +439,11 @@ replay_reapply_rows(ReplayState *st)
 			nulls[4] = 'n';
 		values[5] = st->request_id;
 		values[6] = BoolGetDatum(was_review);
+		values[7] = BoolGetDatum(refused);
 		ret = SPI_execute_plan(reapply_failed_plan, values, nulls, false, 0);
 		if (ret != SPI_OK_UPDATE || SPI_processed != 1)
 			elog(ERROR, "could not record the failed replay of message " INT64_FORMAT, id);
-		dlq_tally_add(&rq->failed, id);
+		dlq_tally_add(refused ? &rq->refused : &rq->failed, id);
 		replay_add_failure(st, id, result.sqlstate, result.error);
 	}
 
@@ -548,7 +581,8 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 			Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
 
 			lock_target_plan = dlq_prepare_kept(
-												"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation"
+												"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation,"
+												"  m.source_relation"
 												" FROM dlq.messages m JOIN dlq.queues q"
 												"  ON q.queue = m.queue AND q.replay_target IS NOT NULL"
 												" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
@@ -575,6 +609,17 @@ replay_init(ReplayState *st, DlqOwnerContext *owner, bool force)
 	st->request_id = dlq_new_request_id();
 	st->request_id_str = DatumGetCString(DirectFunctionCall1(uuid_out, st->request_id));
 	initStringInfo(&st->failures);
+}
+
+/* Detail of the audit event of refused messages. */
+static Jsonb *
+replay_refused_detail(Oid target)
+{
+	char	   *json = psprintf("{\"sqlstate\": \"42501\", \"reason\": \"not captured from the replay target\", \"replay_target\": %s}",
+								dlq_json_quote(DatumGetCString(DirectFunctionCall1(regclassout,
+																				   ObjectIdGetDatum(target)))));
+
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 }
 
 static int
@@ -604,7 +649,8 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 	foreach(lc, st->queues)
 	{
 		ReplayQueue *rq = (ReplayQueue *) lfirst(lc);
-		int64		touched = rq->handed.count + rq->reapplied.count + rq->failed.count;
+		int64		touched = rq->handed.count + rq->reapplied.count + rq->failed.count +
+			rq->refused.count;
 
 		if (rq->handed.count > 0)
 		{
@@ -623,6 +669,9 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 						st->request_id, NULL);
 		dlq_tally_audit(&rq->failed, "replay_failed", st->actor, rq->queue,
 						st->request_id, NULL);
+		if (rq->refused.count > 0)
+			dlq_tally_audit(&rq->refused, "replay_failed", st->actor, rq->queue,
+							st->request_id, replay_refused_detail(rq->target));
 		if (touched > 0)
 		{
 			Datum		value = CStringGetTextDatum(rq->queue);
@@ -640,7 +689,7 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 		}
 		handed += rq->handed.count;
 		reapplied += rq->reapplied.count;
-		failed += rq->failed.count;
+		failed += rq->failed.count + rq->refused.count;
 	}
 
 	initStringInfo(&buf);

@@ -114,11 +114,18 @@ dlq_restore_caller(DlqOwnerContext *ctx)
 	SetUserIdAndSecContext(ctx->caller, ctx->caller_sec_context);
 }
 
+/*
+ * The caller's own code on a user table (its triggers, a handler) runs in a
+ * security-restricted operation, as in maintenance commands and pg_cron's
+ * jobs: it cannot SET ROLE or otherwise change session state that would
+ * outlive the call.
+ */
 void
 dlq_as_caller_begin(const DlqOwnerContext *ctx, DlqCallerScope *scope)
 {
 	GetUserIdAndSecContext(&scope->userid, &scope->sec_context);
-	SetUserIdAndSecContext(ctx->caller, ctx->caller_sec_context);
+	SetUserIdAndSecContext(ctx->caller,
+						   ctx->caller_sec_context | SECURITY_RESTRICTED_OPERATION);
 	scope->guc_nest_level = NewGUCNestLevel();
 	(void) set_config_option("search_path", ctx->caller_search_path,
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,

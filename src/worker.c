@@ -18,9 +18,16 @@
  * expires, requests automatic retries, purges and alerts.  Each step is one
  * bounded batch (dlq.batch_size) in a transaction of its own, repeated
  * until a batch comes back short; the statements are the SQL functions
- * dlq.worker_* (dlq--1.0.sql, "Worker"), which take rows with SKIP LOCKED so
- * that operators are never blocked.  A failing batch is reported to the log
- * and to the slot, its transaction aborted, and the worker goes on.
+ * dlq.worker_* (dlq--1.0.sql, "Worker", and dlq--1.0--1.1.sql), which take
+ * rows with SKIP LOCKED so that operators are never blocked.  A failing
+ * batch is reported to the log and to the slot, its transaction aborted,
+ * and the worker goes on: the step is then run queue by queue, so that one
+ * queue's poison message holds back only that queue (a WARNING names it).
+ *
+ * Maintenance runs as the extension owner; it runs no user code.  Automatic
+ * retries, which fire the triggers of a replay target, run as each queue's
+ * retry_role (the role that turned auto_retry on) in a security-restricted
+ * operation, after its privileges are checked again: never as the owner.
  *
  * A connected worker would make DROP DATABASE (and ALTER DATABASE RENAME,
  * CREATE DATABASE ... TEMPLATE) fail, so at least once a second it checks,
@@ -52,17 +59,20 @@
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 #include "utils/wait_event.h"
 
 #include "dlq.h"
 #include "shmem.h"
+#include "version.h"
 
 PGDLLEXPORT void dlq_launcher_main(Datum main_arg);
 PGDLLEXPORT void dlq_worker_main(Datum main_arg);
@@ -423,8 +433,11 @@ typedef enum DlqPlanId
 	DLQ_PLAN_CHECK,
 	DLQ_PLAN_RECOVER,
 	DLQ_PLAN_EXPIRE,
+	DLQ_PLAN_STEP_QUEUES,
 	DLQ_PLAN_RETRY_DUE,
+	DLQ_PLAN_RETRY_QUEUE,
 	DLQ_PLAN_RETRY,
+	DLQ_PLAN_RETRY_AUDIT,
 	DLQ_PLAN_RETRY_DEFER,
 	DLQ_PLAN_PURGE,
 	DLQ_PLAN_PURGE_EVENTS,
@@ -437,7 +450,13 @@ typedef struct DlqPlanDef
 	const char *what;			/* for pg_stat_activity and error reports */
 	const char *sql;			/* NULL: built at run time */
 	int			nargs;
-	Oid			argtypes[4];
+	Oid			argtypes[5];
+
+	/*
+	 * Steps that can be run for one queue (their last argument, NULL for
+	 * every queue): the states of the messages they act on, in dlq.counts.
+	 */
+	const char *statuses;
 } DlqPlanDef;
 
 static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
@@ -450,23 +469,40 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		" WHERE e.extname = 'dlq'",
 	0, {InvalidOid}},
 	[DLQ_PLAN_RECOVER] = {"returning timed-out replays",
-		"SELECT dlq.worker_recover($1, $2 * interval '1 second', $3, $4)",
-	4, {INT4OID, FLOAT8OID, TEXTOID, BOOLOID}},
+		"SELECT dlq.worker_recover($1, $2 * interval '1 second', $3, $4, $5)",
+		5, {INT4OID, FLOAT8OID, TEXTOID, BOOLOID, TEXTOID},
+	"{replaying}"},
 	[DLQ_PLAN_EXPIRE] = {"expiring messages",
-		"SELECT dlq.worker_expire($1, $2)",
-	2, {INT4OID, TEXTOID}},
+		"SELECT dlq.worker_expire($1, $2, $3)",
+		3, {INT4OID, TEXTOID, TEXTOID},
+	"{pending}"},
+	[DLQ_PLAN_STEP_QUEUES] = {"finding the queues of a step",
+		"SELECT queue FROM dlq.counts WHERE status = ANY ($1::dlq.status[])"
+		" GROUP BY queue HAVING sum(n) > 0 ORDER BY queue",
+	1, {TEXTOID}},
 	[DLQ_PLAN_RETRY_DUE] = {"finding messages due for a retry",
 		"SELECT queue, message_ids FROM dlq.worker_retry_due($1)",
 	1, {INT4OID}},
+	[DLQ_PLAN_RETRY_QUEUE] = {"reading a queue's retry role",
+		"SELECT retry_role, replay_target FROM dlq.queues"
+		" WHERE queue = $1 AND auto_retry AND NOT paused",
+	1, {TEXTOID}},
 	[DLQ_PLAN_RETRY] = {"requesting automatic retries",
 		NULL,
-	3, {INT8ARRAYOID, TEXTOID, TEXTOID}},
+	1, {INT8ARRAYOID}},
+	[DLQ_PLAN_RETRY_AUDIT] = {"auditing automatic retries",
+		"INSERT INTO dlq.events"
+		"  (actor, kind, queue, request_id, message_count, message_ids, detail)"
+		" VALUES ($3, 'retried', $2, ($4 ->> 'request_id')::uuid, pg_catalog.cardinality($1),"
+		"  CASE WHEN pg_catalog.cardinality($1) <= " CppAsString2(DLQ_AUDIT_MAX_IDS) " THEN $1 END, $4)",
+	4, {INT8ARRAYOID, TEXTOID, TEXTOID, JSONBOID}},
 	[DLQ_PLAN_RETRY_DEFER] = {"deferring retries",
 		"SELECT dlq.worker_retry_defer($1)",
 	1, {INT8ARRAYOID}},
 	[DLQ_PLAN_PURGE] = {"purging messages",
-		"SELECT dlq.worker_purge($1, $2)",
-	2, {INT4OID, TEXTOID}},
+		"SELECT dlq.worker_purge($1, $2, $3)",
+		3, {INT4OID, TEXTOID, TEXTOID},
+	"{resolved,expired}"},
 	[DLQ_PLAN_PURGE_EVENTS] = {"purging audit events",
 		"SELECT dlq.worker_purge_events($1, $2 * interval '1 second', $3)",
 	3, {INT4OID, FLOAT8OID, TEXTOID}},
@@ -481,10 +517,11 @@ static SPIPlanPtr dlq_plans[DLQ_NUM_PLANS];
 typedef struct DlqWorkerState
 {
 	Oid			owner;			/* extension owner: maintenance runs as it */
-	Oid			retry_role;		/* dlq.worker_role or the owner */
 	char	   *schema;			/* extension schema, in worker_cxt */
 	bool		has_reprocess;	/* dlq_reprocess exists (replay installed) */
-	bool		role_warned;	/* missing dlq.worker_role reported */
+	bool		schema_current; /* the schema is this library's version */
+	bool		schema_warned;	/* an old schema reported */
+	bool		role_warned;	/* the ignored dlq.worker_role reported */
 } DlqWorkerState;
 
 /* A queue's messages due for a retry. */
@@ -501,6 +538,7 @@ static MemoryContext worker_cxt = NULL;		/* lives as long as the worker */
 static MemoryContext round_cxt = NULL;	/* reset every round */
 static DlqWorkerState worker_state;
 static List *retry_groups = NIL;	/* result of DLQ_PLAN_RETRY_DUE */
+static List *step_queues = NIL; /* result of DLQ_PLAN_STEP_QUEUES */
 static TimestampTz last_unclaimed_check = 0;
 
 static void
@@ -560,14 +598,8 @@ dlq_worker_plan(DlqPlanId id)
 		 * an operator's dlq_reprocess would do, and audited next to it.
 		 */
 		if (id == DLQ_PLAN_RETRY)
-			sql = psprintf("WITH r AS (SELECT %s.dlq_reprocess($1, false) AS r)"
-						   " INSERT INTO dlq.events"
-						   "  (actor, kind, queue, request_id, message_count, message_ids, detail)"
-						   " SELECT $3, 'retried', $2, (r ->> 'request_id')::uuid,"
-						   "        pg_catalog.cardinality($1),"
-						   "        CASE WHEN pg_catalog.cardinality($1) <= %d THEN $1 END, r"
-						   "   FROM r RETURNING message_count",
-						   quote_identifier(worker_state.schema), DLQ_AUDIT_MAX_IDS);
+			sql = psprintf("SELECT %s.dlq_reprocess($1, false)",
+						   quote_identifier(worker_state.schema));
 
 		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
 		if (plan == NULL)
@@ -600,6 +632,19 @@ dlq_worker_keep_retry_groups(void)
 	MemoryContextSwitchTo(oldcxt);
 }
 
+/* Keep the rows of DLQ_PLAN_STEP_QUEUES for the round. */
+static void
+dlq_worker_keep_step_queues(void)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(round_cxt);
+
+	step_queues = NIL;
+	for (uint64 i = 0; i < SPI_processed; i++)
+		step_queues = lappend(step_queues,
+							  SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	MemoryContextSwitchTo(oldcxt);
+}
+
 /* Keep what DLQ_PLAN_CHECK found. */
 static void
 dlq_worker_keep_check(void)
@@ -623,26 +668,34 @@ dlq_worker_keep_check(void)
 		worker_state.schema = MemoryContextStrdup(worker_cxt, schema);
 	}
 
-	worker_state.retry_role = worker_state.owner;
+	/* The steps use objects of this version: wait for ALTER EXTENSION UPDATE. */
+	worker_state.schema_current = dlq_schema_current();
+	if (!worker_state.schema_current && !worker_state.schema_warned)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("dlq worker for database \"%s\" waits for the extension to be updated",
+						worker_dbname),
+				 errdetail("The library is version %s; the extension in this database is older.",
+						   DLQ_EXTVERSION),
+				 errhint("Run ALTER EXTENSION dlq UPDATE.")));
+	worker_state.schema_warned = !worker_state.schema_current;
+
+	/*
+	 * 1.0's dlq.worker_role ran every queue's retries as one role; each
+	 * queue's retry_role does now.
+	 */
 	if (dlq_worker_role != NULL && dlq_worker_role[0] != '\0')
 	{
-		/* A wrong setting stops the retries only; the rest goes on. */
-		worker_state.retry_role = get_role_oid(dlq_worker_role, true);
-		if (!OidIsValid(worker_state.retry_role) && !worker_state.role_warned)
-		{
-			worker_state.role_warned = true;
+		if (!worker_state.role_warned)
 			ereport(WARNING,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("role \"%s\" named in dlq.worker_role does not exist",
-							dlq_worker_role),
-					 errdetail("No automatic retries are requested until it does.")));
-		}
-		if (!OidIsValid(worker_state.retry_role))
-			dlq_worker_record_error("checking dlq.worker_role",
-									"role named in dlq.worker_role does not exist");
-		else
-			worker_state.role_warned = false;
+					(errcode(ERRCODE_WARNING_DEPRECATED_FEATURE),
+					 errmsg("dlq.worker_role is ignored"),
+					 errdetail("Automatic retries run as the role that turned auto_retry on for the queue (dlq.queues.retry_role)."),
+					 errhint("Remove the setting.")));
+		worker_state.role_warned = true;
 	}
+	else
+		worker_state.role_warned = false;
 }
 
 /*
@@ -661,63 +714,24 @@ dlq_database_claimed(void)
 }
 
 /*
- * Run one statement in a transaction of its own, as role, and return the
- * bigint in its first column (0 without a row), or -1 when it failed: the
- * error is then logged, recorded in the slot and the transaction aborted.
- * DLQ_PLAN_CHECK and DLQ_PLAN_RETRY_DUE keep their rows instead.
+ * Run one transaction of the worker: body(arg) inside it, connected to SPI,
+ * with a snapshot.  Returns false when it failed: the error is then logged,
+ * as a WARNING naming the queue when the work was for one queue, recorded in
+ * the slot, and the transaction aborted; the worker goes on.
  */
-static int64
-dlq_worker_run(DlqPlanId id, Oid role, Datum *values)
+static bool
+dlq_worker_txn(const char *what, const char *queue, void (*body) (void *), void *arg)
 {
-	const char *what = dlq_plan_defs[id].what;
-	volatile int64 result = -1;
-	const char *volatile leave = NULL;
+	volatile bool ok = true;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PG_TRY();
 	{
-		Oid			save_user;
-		int			save_sec;
-		int			ret;
-
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, what);
-
-		if (id == DLQ_PLAN_CHECK && dlq_database_claimed())
-			leave = "the database is being dropped or changed";
-		else
-		{
-			GetUserIdAndSecContext(&save_user, &save_sec);
-			if (OidIsValid(role))
-				SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-			ret = SPI_execute_plan(dlq_worker_plan(id), values, NULL, false, 0);
-			SetUserIdAndSecContext(save_user, save_sec);
-			if (ret != SPI_OK_SELECT && ret != SPI_OK_INSERT_RETURNING)
-				elog(ERROR, "%s failed: %s", what, SPI_result_code_string(ret));
-
-			if (id == DLQ_PLAN_CHECK)
-			{
-				if (SPI_processed == 0)
-					leave = "extension \"dlq\" is not installed";
-				else
-					dlq_worker_keep_check();
-			}
-			else if (id == DLQ_PLAN_RETRY_DUE)
-				dlq_worker_keep_retry_groups();
-			else if (SPI_processed > 0)
-			{
-				bool		isnull;
-				Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1, &isnull);
-
-				result = isnull ? 0 : DatumGetInt64(d);
-			}
-			if (result < 0)
-				result = 0;
-		}
-
+		body(arg);
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -726,25 +740,116 @@ dlq_worker_run(DlqPlanId id, Oid role, Datum *values)
 	{
 		ErrorData  *edata;
 
-		/* Log it, remember it, and go on with the next step or round. */
 		MemoryContextSwitchTo(worker_cxt);
 		edata = CopyErrorData();
-		EmitErrorReport();
+		if (queue == NULL)
+			EmitErrorReport();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		dlq_worker_record_error(what, edata->message);
+		if (queue == NULL)
+			dlq_worker_record_error(what, edata->message);
+		else
+		{
+			char		label[DLQ_LAST_ERROR_LEN];
+
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("%s for queue \"%s\" failed: %s", what, queue, edata->message),
+					 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+					 errhint("The worker goes on with the other queues and tries this one again next round.")));
+			snprintf(label, sizeof(label), "%s for queue \"%s\"", what, queue);
+			dlq_worker_record_error(label, edata->message);
+		}
 		FreeErrorData(edata);
-		result = -1;
+		ok = false;
 	}
 	PG_END_TRY();
 
 	pgstat_report_activity(STATE_IDLE, NULL);
 	pgstat_report_stat(false);
 	MemoryContextSwitchTo(round_cxt);
+	return ok;
+}
 
-	if (leave != NULL)
-		dlq_worker_leave((const char *) leave);
-	return result;
+/*
+ * Execute one of the worker's plans inside dlq_worker_txn, as role
+ * (InvalidOid: as we are); the rows are in SPI_tuptable.
+ */
+static void
+dlq_worker_exec(DlqPlanId id, Oid role, Datum *values, const char *nulls)
+{
+	Oid			save_user;
+	int			save_sec;
+	int			ret;
+
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	if (OidIsValid(role))
+		SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	ret = SPI_execute_plan(dlq_worker_plan(id), values, nulls, false, 0);
+	SetUserIdAndSecContext(save_user, save_sec);
+	if (ret != SPI_OK_SELECT && ret != SPI_OK_INSERT)
+		elog(ERROR, "%s failed: %s", dlq_plan_defs[id].what, SPI_result_code_string(ret));
+}
+
+/* One statement of the worker in a transaction of its own (dlq_worker_run). */
+typedef struct DlqRun
+{
+	DlqPlanId	id;
+	Oid			role;
+	Datum	   *values;
+	const char *nulls;
+	int64		result;			/* bigint of the first column, 0 without */
+	const char *leave;			/* DLQ_PLAN_CHECK: why the worker must leave */
+} DlqRun;
+
+static void
+dlq_worker_run_body(void *arg)
+{
+	DlqRun	   *run = (DlqRun *) arg;
+
+	if (run->id == DLQ_PLAN_CHECK && dlq_database_claimed())
+	{
+		run->leave = "the database is being dropped or changed";
+		return;
+	}
+	dlq_worker_exec(run->id, run->role, run->values, run->nulls);
+	if (run->id == DLQ_PLAN_CHECK)
+	{
+		if (SPI_processed == 0)
+			run->leave = "extension \"dlq\" is not installed";
+		else
+			dlq_worker_keep_check();
+	}
+	else if (run->id == DLQ_PLAN_RETRY_DUE)
+		dlq_worker_keep_retry_groups();
+	else if (run->id == DLQ_PLAN_STEP_QUEUES)
+		dlq_worker_keep_step_queues();
+	else if (SPI_processed > 0)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		run->result = isnull ? 0 : DatumGetInt64(d);
+	}
+}
+
+/*
+ * Run one statement in a transaction of its own, as role, and return the
+ * bigint in its first column (0 without a row), or -1 when it failed (see
+ * dlq_worker_txn; queue names the queue it was for, or is NULL).
+ * DLQ_PLAN_CHECK, DLQ_PLAN_RETRY_DUE and DLQ_PLAN_STEP_QUEUES keep their
+ * rows instead.
+ */
+static int64
+dlq_worker_run(DlqPlanId id, Oid role, Datum *values, const char *nulls, const char *queue)
+{
+	DlqRun		run = {id, role, values, nulls, 0, NULL};
+	bool		ok;
+
+	ok = dlq_worker_txn(dlq_plan_defs[id].what, queue, dlq_worker_run_body, &run);
+	if (run.leave != NULL)
+		dlq_worker_leave(run.leave);
+	return ok ? run.result : -1;
 }
 
 /* Between batches: stop promptly on SIGTERM, and take in a reload. */
@@ -760,22 +865,27 @@ dlq_worker_interrupts(void)
 }
 
 /*
- * Repeat a maintenance step in batches until one comes back short (or
- * fails); returns how many messages it handled.
+ * Repeat a step in batches until one comes back short; returns how many
+ * messages it handled, and sets *failed when a batch failed.
  */
 static int64
-dlq_worker_repeat(DlqPlanId id, Datum *values)
+dlq_worker_batches(DlqPlanId id, Datum *values, const char *nulls, const char *queue,
+				   bool *failed)
 {
 	int64		total = 0;
 
+	*failed = false;
 	for (;;)
 	{
 		int64		n;
 
 		values[0] = Int32GetDatum(dlq_batch_size);
-		n = dlq_worker_run(id, worker_state.owner, values);
+		n = dlq_worker_run(id, worker_state.owner, values, nulls, queue);
 		if (n < 0)
+		{
+			*failed = true;
 			break;
+		}
 		total += n;
 		if (n < dlq_batch_size)
 			break;
@@ -789,37 +899,185 @@ dlq_worker_repeat(DlqPlanId id, Datum *values)
 }
 
 /*
- * Automatic retries: one dlq_reprocess call per queue, each in its own
- * transaction, as dlq.worker_role.  A call that fails (a paused queue, no
- * live consumer) puts the retry of those messages off by one backoff step.
+ * A maintenance step over every queue, in batches.  When a batch fails, one
+ * queue's message may be the cause (a trigger, a value out of range): the
+ * step is then run queue by queue, each in batches of its own, so that the
+ * other queues are still served in this round and only the failing one is
+ * held back, with a warning naming it.
+ */
+static int64
+dlq_worker_repeat(DlqPlanId id, Datum *values)
+{
+	const DlqPlanDef *def = &dlq_plan_defs[id];
+	char		nulls[lengthof(def->argtypes)];
+	int			queue_arg = def->nargs - 1;
+	bool		failed;
+	int64		total;
+	ListCell   *lc;
+
+	memset(nulls, ' ', sizeof(nulls));
+	if (def->statuses != NULL)
+		nulls[queue_arg] = 'n';
+	total = dlq_worker_batches(id, values, nulls, NULL, &failed);
+	if (!failed || def->statuses == NULL)
+		return total;
+
+	{
+		Datum		statuses = CStringGetTextDatum(def->statuses);
+
+		if (dlq_worker_run(DLQ_PLAN_STEP_QUEUES, worker_state.owner, &statuses, NULL, NULL) < 0)
+			return total;
+	}
+	foreach(lc, step_queues)
+	{
+		const char *queue = (const char *) lfirst(lc);
+
+		values[queue_arg] = CStringGetTextDatum(queue);
+		nulls[queue_arg] = ' ';
+		total += dlq_worker_batches(id, values, nulls, queue, &failed);
+		dlq_worker_interrupts();
+	}
+	return total;
+}
+
+/*
+ * Why may role not run the automatic retries of a queue with this replay
+ * target (InvalidOid: none)?  NULL when it may.  Checked at every run: the
+ * role must still exist, be a member of dlq_operator and have INSERT on the
+ * target.  Logging in is not needed.
+ */
+static const char *
+dlq_worker_retry_refusal(Oid role, Oid target)
+{
+	Oid			operator_role;
+
+	if (!OidIsValid(role))
+		return "no role turned them on since version 1.0";
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+		return psprintf("role with OID %u, which turned them on, no longer exists", role);
+	operator_role = get_role_oid("dlq_operator", true);
+	if (!OidIsValid(operator_role) || !has_privs_of_role(role, operator_role))
+		return psprintf("role \"%s\" is no longer a member of dlq_operator",
+						GetUserNameFromId(role, false));
+	if (OidIsValid(target) && pg_class_aclcheck(target, role, ACL_INSERT) != ACLCHECK_OK)
+		return psprintf("role \"%s\" lacks INSERT on table %s",
+						GetUserNameFromId(role, false),
+						DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(target))));
+	return NULL;
+}
+
+/* The automatic retries of one queue (dlq_worker_retry). */
+typedef struct DlqRetryRun
+{
+	DlqRetryGroup *group;
+	int64		retried;
+} DlqRetryRun;
+
+/*
+ * Retry one queue's due messages through dlq_reprocess, as the queue's
+ * retry_role, the way pg_cron runs a job as its owner: the user switched
+ * with SECURITY_RESTRICTED_OPERATION, so that nothing a trigger of the
+ * replay target does outlives the call, and switched back on every path.
+ * A role that may no longer do it has its queue's retries put off by one
+ * backoff step, with a warning.
+ */
+static void
+dlq_worker_retry_body(void *arg)
+{
+	DlqRetryRun *run = (DlqRetryRun *) arg;
+	DlqRetryGroup *g = run->group;
+	Datum		values[4];
+	bool		isnull;
+	Datum		d;
+	Oid			role;
+	Oid			target;
+	const char *why;
+	Oid			save_user;
+	int			save_sec;
+
+	values[0] = CStringGetTextDatum(g->queue);
+	dlq_worker_exec(DLQ_PLAN_RETRY_QUEUE, worker_state.owner, values, NULL);
+	if (SPI_processed == 0)
+		return;					/* auto_retry turned off, or paused, meanwhile */
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	role = isnull ? InvalidOid : DatumGetObjectId(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	target = isnull ? InvalidOid : DatumGetObjectId(d);
+
+	values[0] = g->ids;
+	why = dlq_worker_retry_refusal(role, target);
+	if (why != NULL)
+	{
+		char		label[DLQ_LAST_ERROR_LEN];
+
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("automatic retries of queue \"%s\" skipped: %s", g->queue, why),
+				 errdetail("Automatic retries run as the role that turned auto_retry on, while it may write to the queue's replay target."),
+				 errhint("An operator turns them on again with dlq_configure('%s', auto_retry => true).",
+						 g->queue)));
+		snprintf(label, sizeof(label), "automatic retries of queue \"%s\" skipped", g->queue);
+		dlq_worker_record_error(label, why);
+		dlq_worker_exec(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values, NULL);
+		return;
+	}
+
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		dlq_worker_exec(DLQ_PLAN_RETRY, InvalidOid, values, NULL);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_sec);
+	}
+	PG_END_TRY();
+
+	/* Audited as the worker's, next to dlq_reprocess's own events. */
+	values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	values[1] = CStringGetTextDatum(g->queue);
+	values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	dlq_worker_exec(DLQ_PLAN_RETRY_AUDIT, worker_state.owner, values, NULL);
+	run->retried = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(g->ids)),
+								  ARR_DIMS(DatumGetArrayTypeP(g->ids)));
+}
+
+/*
+ * Automatic retries: each queue's due messages in a transaction of its
+ * own, as that queue's retry_role.  A retry that fails (a paused queue, no
+ * live consumer, an error in a trigger) is logged with the queue's name and
+ * puts those messages off by one backoff step; the other queues go on.
  */
 static int64
 dlq_worker_retry(void)
 {
 	int64		total = 0;
 	ListCell   *lc;
-	Datum		values[3];
+	Datum		values[1];
 
-	if (!worker_state.has_reprocess || !OidIsValid(worker_state.retry_role))
+	if (!worker_state.has_reprocess)
 		return 0;
 
 	values[0] = Int32GetDatum(dlq_batch_size);
-	if (dlq_worker_run(DLQ_PLAN_RETRY_DUE, worker_state.owner, values) < 0)
+	if (dlq_worker_run(DLQ_PLAN_RETRY_DUE, worker_state.owner, values, NULL, NULL) < 0)
 		return 0;
 
 	foreach(lc, retry_groups)
 	{
 		DlqRetryGroup *g = (DlqRetryGroup *) lfirst(lc);
-		int64		n;
+		DlqRetryRun run = {g, 0};
 
-		values[0] = g->ids;
-		values[1] = CStringGetTextDatum(g->queue);
-		values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
-		n = dlq_worker_run(DLQ_PLAN_RETRY, worker_state.retry_role, values);
-		if (n < 0)
-			(void) dlq_worker_run(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values);
+		if (dlq_worker_txn(dlq_plan_defs[DLQ_PLAN_RETRY].what, g->queue,
+						   dlq_worker_retry_body, &run))
+			total += run.retried;
 		else
-			total += n;
+		{
+			values[0] = g->ids;
+			(void) dlq_worker_run(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values, NULL,
+								  g->queue);
+		}
 		dlq_worker_interrupts();
 	}
 	return total;
@@ -863,7 +1121,7 @@ dlq_worker_attach(void)
 static void
 dlq_worker_round(void)
 {
-	Datum		values[4];
+	Datum		values[5];
 	int64		recovered,
 				expired,
 				retried,
@@ -875,14 +1133,25 @@ dlq_worker_round(void)
 	MemoryContextReset(round_cxt);
 	MemoryContextSwitchTo(round_cxt);
 	retry_groups = NIL;
+	step_queues = NIL;
 
-	if (dlq_worker_run(DLQ_PLAN_CHECK, InvalidOid, NULL) < 0)
+	if (dlq_worker_run(DLQ_PLAN_CHECK, InvalidOid, NULL, NULL, NULL) < 0)
 		return;
 	if (worker_slot == NULL)
 		dlq_worker_attach();
 
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	worker_slot->last_round_start = start;
+	if (!worker_state.schema_current)
+	{
+		/* Nothing to do until ALTER EXTENSION dlq UPDATE; still alive. */
+		worker_slot->rounds++;
+		worker_slot->last_heartbeat = GetCurrentTimestamp();
+		LWLockRelease(dlq_shared->lock);
+		dlq_worker_record_error("checking the extension",
+								"waiting for ALTER EXTENSION dlq UPDATE");
+		return;
+	}
 	LWLockRelease(dlq_shared->lock);
 
 	/*
@@ -912,7 +1181,7 @@ dlq_worker_round(void)
 		events_purged = dlq_worker_repeat(DLQ_PLAN_PURGE_EVENTS, values);
 	}
 
-	alerts = dlq_worker_run(DLQ_PLAN_ALERT, worker_state.owner, NULL);
+	alerts = dlq_worker_run(DLQ_PLAN_ALERT, worker_state.owner, NULL, NULL, NULL);
 
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	worker_slot->last_recovered = recovered;
@@ -970,7 +1239,7 @@ dlq_worker_main(Datum main_arg)
 
 	/*
 	 * Connect as the bootstrap superuser; every statement then runs as the
-	 * extension owner (or dlq.worker_role for retries).
+	 * extension owner, or as a queue's retry_role for its retries.
 	 */
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	before_shmem_exit(dlq_worker_detach, (Datum) 0);

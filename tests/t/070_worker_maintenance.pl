@@ -152,8 +152,8 @@ $node->safe_psql('postgres', q{ALTER SYSTEM SET dlq.replay_timeout = '1h'; SELEC
 wait_rounds('postgres', 2);
 $node->safe_psql('postgres', q{
     SELECT dlq_store('w_retry', '{}', 'first');
-    UPDATE dlq.queues SET auto_retry = true, require_listener = false, retry_base = '1 hour',
-           retry_factor = 3, retry_max = '1 day', max_attempts = 3
+    UPDATE dlq.queues SET auto_retry = true, retry_role = current_user::regrole, require_listener = false,
+           retry_base = '1 hour', retry_factor = 3, retry_max = '1 day', max_attempts = 3
      WHERE queue = 'w_retry';
     SELECT dlq_store('w_retry', jsonb_build_object('i', i), 'failed') FROM generate_series(1, 3) i;
 });
@@ -210,7 +210,8 @@ ok($node->poll_query_until('postgres', q{
 # one) is put off by one backoff step, not tried again every naptime.
 $node->safe_psql('postgres', q{
     SELECT dlq_store('w_nolisten', '{}', 'first');
-    UPDATE dlq.queues SET auto_retry = true, retry_base = '1 hour', retry_factor = 2
+    UPDATE dlq.queues SET auto_retry = true, retry_role = current_user::regrole, retry_base = '1 hour',
+           retry_factor = 2
      WHERE queue = 'w_nolisten';
     SELECT dlq_store('w_nolisten', '{"i": 1}', 'failed');
     UPDATE dlq.messages SET next_retry_at = now() - interval '1 second'
@@ -221,7 +222,7 @@ ok($node->poll_query_until('postgres', q{
       FROM dlq.messages WHERE queue = 'w_nolisten' AND payload ? 'i'}),
 	'a retry refused for want of a live consumer is put off by a backoff step');
 like($node->safe_psql('postgres', 'SELECT last_error FROM dlq.worker_status()'),
-	qr/^requesting automatic retries: /, 'and the refusal is recorded');
+	qr/^requesting automatic retries for queue "w_nolisten": /, 'and the refusal is recorded');
 
 # --- alerts: once per cooldown ------------------------------------------------
 my $listener = $node->background_psql('postgres');
@@ -296,11 +297,11 @@ ok($node->poll_query_until('postgres', q{
     SELECT status = 'expired' FROM dlq.messages WHERE queue = 'w_bad'}),
 	'once the cause is gone the batch succeeds');
 
-# --- a missing dlq.worker_role stops retries only -----------------------------
+# --- dlq.worker_role is ignored: retries run as each queue's retry_role ------
+my $offset = -s $node->logfile;
 $node->safe_psql('postgres', q{ALTER SYSTEM SET dlq.worker_role = 'w_nobody'; SELECT pg_reload_conf()});
-ok($node->poll_query_until('postgres', q{
-    SELECT last_error LIKE '%dlq.worker_role does not exist' FROM dlq.worker_status()}),
-	'a missing dlq.worker_role is reported');
+ok($node->wait_for_log(qr/WARNING:  dlq.worker_role is ignored/, $offset),
+	'a dlq.worker_role setting is reported as ignored');
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET dlq.worker_role; SELECT pg_reload_conf()});
 
 $node->stop;
