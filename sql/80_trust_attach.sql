@@ -299,7 +299,24 @@ SELECT to_regclass('sa_wt') IS NOT NULL AS still_there;
 RESET ROLE;
 SELECT queue, source_relation FROM dlq.messages WHERE queue LIKE 'sa\_it%';
 
+-- An operator turned automatic retries on for a queue a writer created;
+-- the writer then binds its own table: the worker must not retry into it
+-- as the operator, so the binding drops the operator's retry_role.
+SET ROLE sec_attach_w;
+SELECT dlq_store('sa_autoq', '{"id": 1}', 'boom') > 0 AS stored;
+RESET ROLE;
+SET ROLE sec_attach_op;
+SELECT queue, retry_role FROM dlq_configure('sa_autoq', auto_retry => true);
+RESET ROLE;
+SET ROLE sec_attach_w;
+CREATE TABLE sa_autot (id int PRIMARY KEY);
+SELECT dlq_attach('sa_autot', queue => 'sa_autoq');
+RESET ROLE;
+SELECT queue, replay_target, auto_retry, retry_role FROM dlq.queues WHERE queue = 'sa_autoq';
+
 -- Clean up.
+SELECT dlq_detach('sa_autot');
+DROP TABLE sa_autot;
 SELECT dlq_detach(c.oid::regclass) FROM pg_class c
  WHERE c.relname IN ('sa_op_t', 'sa_reenter', 'sa_part', 'sa_rls', 'sa_isop', 'sa_fail');
 DROP TABLE sa_op_t, sa_reenter, sa_part, sa_rls, sa_isop, sa_w2_t, sa_loot, sa_team_t, sa_iso_renamed,

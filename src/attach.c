@@ -397,8 +397,8 @@ dlq_attach(PG_FUNCTION_ARGS)
 	char	   *mode;
 	char	   *schema = get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid));
 	DlqOwnerContext owner;
-	Oid			types[2] = {REGCLASSOID, TEXTOID};
-	Datum		values[2];
+	Oid			types[3] = {REGCLASSOID, TEXTOID, REGROLEOID};
+	Datum		values[3];
 	int			ret;
 
 	/* created_by is a column of the 1.1 schema. */
@@ -436,10 +436,18 @@ dlq_attach(PG_FUNCTION_ARGS)
 	else
 		attach_validate(relid, queue, schema);
 
+	/*
+	 * Automatic retries run as retry_role: an operator who turned them on
+	 * for this queue never agreed to write into this table, so the binding
+	 * keeps the role only when it is the caller's own.
+	 */
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetTextDatum(queue);
-	ret = SPI_execute_with_args("UPDATE dlq.queues SET replay_target = $1 WHERE queue = $2",
-								2, types, values, NULL, false, 0);
+	values[2] = ObjectIdGetDatum(owner.caller);
+	ret = SPI_execute_with_args("UPDATE dlq.queues SET replay_target = $1,"
+								" retry_role = CASE WHEN retry_role = $3 THEN retry_role END"
+								" WHERE queue = $2",
+								3, types, values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
 		elog(ERROR, "could not record the replay target: %s", SPI_result_code_string(ret));
 	attach_audit(GetUserNameFromId(owner.caller, false), queue, "attached", relid, mode);
