@@ -113,7 +113,7 @@ SELECT q.queue, n, dlq.retry_delay(q, n, 0.5) AS delay
  WHERE q.queue IN ('sec_replay_ovf', 'sec_replay_def') ORDER BY 1, 2;
 SELECT dlq.retry_delay(q, 1, 0) AS low, dlq.retry_delay(q, 1, 1) AS high
   FROM dlq.queues q WHERE q.queue = 'sec_replay_def';
-UPDATE dlq.queues SET retry_max = '100000 years', retry_factor = 'Infinity' WHERE queue = 'sec_replay_ovf';
+UPDATE dlq.queues SET retry_max = '366 days', retry_factor = 'Infinity' WHERE queue = 'sec_replay_ovf';
 SELECT n, dlq.retry_delay(q, n, 0.5) AS delay
   FROM dlq.queues q, unnest(ARRAY[1, 2, 1000]) n WHERE q.queue = 'sec_replay_ovf' ORDER BY n;
 UPDATE dlq.queues SET retry_max = '1 hour', retry_factor = 1000 WHERE queue = 'sec_replay_ovf';

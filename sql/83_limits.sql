@@ -184,7 +184,7 @@ SELECT p.proname AS callable_function,
    AND (has_function_privilege('dlq_writer', p.oid, 'EXECUTE')
         OR has_function_privilege('dlq_reader', p.oid, 'EXECUTE')
         OR has_function_privilege('dlq_operator', p.oid, 'EXECUTE'))
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 SELECT p.oid::regprocedure AS internal_function
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'dlq'
@@ -193,7 +193,7 @@ SELECT p.oid::regprocedure AS internal_function
             OR has_function_privilege('dlq_reader', p.oid, 'EXECUTE')
             OR has_function_privilege('dlq_operator', p.oid, 'EXECUTE')
             OR has_function_privilege('public', p.oid, 'EXECUTE'))
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 
 -- The same checks as a hostile operator: nothing different.
 SET ROLE sec_limits_op;
