@@ -211,16 +211,14 @@ capture_buffer_restore(CaptureBuffered *rows, int n)
 	}
 }
 
-/* Insert n buffered rows into dlq.messages.  Runs as the owner, in SPI. */
+/* The buffered rows as one array per column of the batch INSERT, in values. */
 static void
-capture_store_rows(CaptureBuffered *rows, int n)
+capture_batch_arrays(CaptureBuffered *rows, int n, Datum *values)
 {
-	Datum		values[CAPTURE_BATCH_NARGS];
 	Datum	   *cols[CAPTURE_BATCH_NARGS];
 	bool	   *nulls[CAPTURE_BATCH_NARGS];
 	Oid			elemtypes[CAPTURE_BATCH_NARGS] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
 	TEXTOID, JSONBOID, REGCLASSOID, TEXTOID};
-	int			ret;
 
 	for (int c = 0; c < CAPTURE_BATCH_NARGS; c++)
 	{
@@ -256,36 +254,50 @@ capture_store_rows(CaptureBuffered *rows, int n)
 		values[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
 													   elemtypes[c], typlen, typbyval, typalign));
 	}
+}
+
+/*
+ * The batch INSERT, prepared on first use and kept: the columns
+ * dlq_store_message fills, for many rows at once.
+ */
+static SPIPlanPtr
+capture_batch_plan_get(void)
+{
+	Oid			types[CAPTURE_BATCH_NARGS] = {TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, REGCLASSARRAYOID, TEXTARRAYOID};
+	const char *sql =
+		"INSERT INTO dlq.messages"
+		" (queue, component, payload, error, sqlstate, error_class, error_detail,"
+		"  source_relation, operation, max_attempts, expires_at, next_retry_at)"
+		" SELECT u.queue, u.component, u.payload, u.error, u.sqlstate, u.error_class,"
+		"  u.error_detail, u.source_relation, u.operation, q.max_attempts,"
+		"  now() + q.retention,"
+		"  CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) WITH ORDINALITY"
+		"  AS u(queue, component, payload, error, sqlstate, error_class,"
+		"       error_detail, source_relation, operation, ord)"
+		" JOIN dlq.queues q ON q.queue = u.queue ORDER BY u.ord";
 
 	if (capture_batch_plan == NULL)
-	{
-		Oid			types[CAPTURE_BATCH_NARGS] = {TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, REGCLASSARRAYOID, TEXTARRAYOID};
-		SPIPlanPtr	plan;
+		capture_batch_plan = dlq_prepare_kept(sql, CAPTURE_BATCH_NARGS, types);
+	return capture_batch_plan;
+}
 
-		/* The columns dlq_store_message fills, for many rows at once. */
-		plan = SPI_prepare("INSERT INTO dlq.messages"
-						   " (queue, component, payload, error, sqlstate, error_class, error_detail,"
-						   "  source_relation, operation, max_attempts, expires_at, next_retry_at)"
-						   " SELECT u.queue, u.component, u.payload, u.error, u.sqlstate, u.error_class,"
-						   "  u.error_detail, u.source_relation, u.operation, q.max_attempts,"
-						   "  now() + q.retention,"
-						   "  CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END"
-						   " FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) WITH ORDINALITY"
-						   "  AS u(queue, component, payload, error, sqlstate, error_class,"
-						   "       error_detail, source_relation, operation, ord)"
-						   " JOIN dlq.queues q ON q.queue = u.queue ORDER BY u.ord",
-						   CAPTURE_BATCH_NARGS, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		capture_batch_plan = plan;
-	}
+/* Insert n buffered rows into dlq.messages.  Runs as the owner, in SPI. */
+static void
+capture_store_rows(CaptureBuffered *rows, int n)
+{
+	Datum		values[CAPTURE_BATCH_NARGS];
+	SPIPlanPtr	plan;
+	int			ret;
+
+	capture_batch_arrays(rows, n, values);
+	plan = capture_batch_plan_get();
 	/* Queues seen for the first time are created, recording who diverted the row. */
 	for (int i = 0; i < n; i++)
 		if (i == 0 || strcmp(rows[i].queue, rows[i - 1].queue) != 0)
 			dlq_ensure_queue(rows[i].queue, rows[i].created_by);
-	ret = SPI_execute_plan(capture_batch_plan, values, NULL, false, 0);
+	ret = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (ret != SPI_OK_INSERT || SPI_processed != n)
 		elog(ERROR, "could not store %d captured rows: %s", n, SPI_result_code_string(ret));
 }
@@ -476,6 +488,32 @@ typedef struct CaptureTrigger
 	Oid			source_relation;
 } CaptureTrigger;
 
+/*
+ * The queue, component and source table of dlq_capture's trigger: the
+ * table and the queue name are checked on the first row of a statement,
+ * and the answer kept in fn_extra for the rest.
+ */
+static CaptureTrigger *
+capture_trigger_info(FunctionCallInfo fcinfo, Relation rel)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	MemoryContext old;
+	CaptureTrigger *info;
+	Oid			source;
+
+	if (fcinfo->flinfo->fn_extra != NULL)
+		return (CaptureTrigger *) fcinfo->flinfo->fn_extra;
+	capture_check_relation(rel);
+	source = capture_trigger_relation(trigdata->tg_trigger, rel);
+	old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	info = palloc(sizeof(CaptureTrigger));
+	capture_trigger_args(trigdata->tg_trigger, 0, &info->queue, &info->component);
+	info->source_relation = source;
+	MemoryContextSwitchTo(old);
+	fcinfo->flinfo->fn_extra = info;
+	return info;
+}
+
 PG_FUNCTION_INFO_V1(dlq_capture);
 
 /*
@@ -531,23 +569,7 @@ dlq_capture(PG_FUNCTION_ARGS)
 	if (dlq_reapply_validated(RelationGetRelid(rel)))
 		return PointerGetDatum(tuple);
 
-	/* The table and the queue name are checked once per statement. */
-	if (fcinfo->flinfo->fn_extra == NULL)
-	{
-		MemoryContext old;
-		Oid			source;
-
-		capture_check_relation(rel);
-		source = capture_trigger_relation(trigdata->tg_trigger, rel);
-		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		info = palloc(sizeof(CaptureTrigger));
-		capture_trigger_args(trigdata->tg_trigger, 0, &info->queue, &info->component);
-		info->source_relation = source;
-		MemoryContextSwitchTo(old);
-		fcinfo->flinfo->fn_extra = info;
-	}
-	info = (CaptureTrigger *) fcinfo->flinfo->fn_extra;
-
+	info = capture_trigger_info(fcinfo, rel);
 	entry = dlq_predict_get_rel(rel);
 	if (dlq_predict_row(entry, rel, slot, oldslot, &v))
 		return PointerGetDatum(tuple);
@@ -607,94 +629,79 @@ capture_view_reads(Relation view, Oid target)
 	return false;
 }
 
-PG_FUNCTION_INFO_V1(dlq_capture_isolate);
-
 /*
- * dlq_capture_isolate(queue, target [, component]): INSTEAD OF INSERT FOR
- * EACH ROW on an intake view.  Each row is inserted into target inside a
- * subtransaction; any error sends the row to the DLQ instead.
+ * The arguments of dlq_capture_isolate's trigger: queue, target table and
+ * optionally a component.
  */
-Datum
-dlq_capture_isolate(PG_FUNCTION_ARGS)
+static void
+capture_isolate_args(Trigger *trigger, Oid *target, const char **queue,
+					 const char **component)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Trigger    *trigger;
-	Oid			target;
-	const char *queue;
-	const char *component;
-	Jsonb	   *payload;
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	ErrorData  *volatile edata = NULL;
-	SPIPlanPtr	plan;
+	Trigger		shifted = *trigger;
+	char	   *args[2];
 
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
-		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("dlq_capture_isolate must be fired INSTEAD OF INSERT FOR EACH ROW")));
-
-	trigger = trigdata->tg_trigger;
 	if (trigger->tgnargs < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("trigger \"%s\" must pass the queue name and the target table",
 						trigger->tgname)));
-	target = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[1])));
-	{
-		Trigger		shifted = *trigger;
-		char	   *args[2];
+	*target = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[1])));
 
-		/* queue [, component] are arguments 0 and 2 */
-		args[0] = trigger->tgargs[0];
-		args[1] = trigger->tgnargs > 2 ? trigger->tgargs[2] : NULL;
-		shifted.tgargs = args;
-		shifted.tgnargs = trigger->tgnargs > 2 ? 2 : 1;
-		capture_trigger_args(&shifted, 0, &queue, &component);
-	}
+	/* queue [, component] are arguments 0 and 2 */
+	args[0] = trigger->tgargs[0];
+	args[1] = trigger->tgnargs > 2 ? trigger->tgargs[2] : NULL;
+	shifted.tgargs = args;
+	shifted.tgnargs = trigger->tgnargs > 2 ? 2 : 1;
+	capture_trigger_args(&shifted, 0, queue, component);
+}
 
-	payload = capture_row_to_jsonb(heap_copy_tuple_as_datum(trigdata->tg_trigtuple,
-															RelationGetDescr(trigdata->tg_relation)));
+/*
+ * The INSERT of a row into target, prepared and kept, once target is found
+ * to be the table the intake view reads.  Inside SPI.
+ */
+static SPIPlanPtr
+capture_isolate_plan(Trigger *trigger, Relation view, Oid target)
+{
+	Oid			types[1] = {JSONBOID};
+	Relation	targetrel = try_relation_open(target, AccessShareLock);
+	char	   *name;
 
-	/* One plan per statement and view, in the trigger's fn_extra. */
-	plan = fcinfo->flinfo->fn_extra;
-	SPI_connect();
-	if (plan == NULL)
-	{
-		Oid			types[1] = {JSONBOID};
-		Relation	targetrel = try_relation_open(target, AccessShareLock);
-		char	   *name;
+	if (targetrel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table with OID %u named by trigger \"%s\" does not exist",
+						target, trigger->tgname)));
 
-		if (targetrel == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_TABLE),
-					 errmsg("table with OID %u named by trigger \"%s\" does not exist",
-							target, trigger->tgname)));
-		/*
-		 * Captured rows record target as their source: it must be the table
-		 * the intake view reads, as dlq_attach made it, and never one of
-		 * dlq's tables or a catalog.
-		 */
-		capture_check_relation(targetrel);
-		if (!capture_view_reads(trigdata->tg_relation, target))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("trigger \"%s\" names table \"%s\", which \"%s\" does not read",
-							trigger->tgname, RelationGetRelationName(targetrel),
-							RelationGetRelationName(trigdata->tg_relation)),
-					 errhint("Create intake views with dlq_attach(table, mode => 'isolate').")));
-		name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(targetrel)),
-										  RelationGetRelationName(targetrel));
-		relation_close(targetrel, AccessShareLock);
-		plan = SPI_prepare(psprintf("INSERT INTO %s SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)",
-									name, name), 1, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		fcinfo->flinfo->fn_extra = plan;
-	}
+	/*
+	 * Captured rows record target as their source: it must be the table the
+	 * intake view reads, as dlq_attach made it, and never one of dlq's
+	 * tables or a catalog.
+	 */
+	capture_check_relation(targetrel);
+	if (!capture_view_reads(view, target))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("trigger \"%s\" names table \"%s\", which \"%s\" does not read",
+						trigger->tgname, RelationGetRelationName(targetrel),
+						RelationGetRelationName(view)),
+				 errhint("Create intake views with dlq_attach(table, mode => 'isolate').")));
+	name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(targetrel)),
+									  RelationGetRelationName(targetrel));
+	relation_close(targetrel, AccessShareLock);
+	return dlq_prepare_kept(psprintf("INSERT INTO %s SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)",
+									 name, name), 1, types);
+}
+
+/*
+ * Insert payload through plan in a subtransaction.  Returns NULL when the
+ * row went in, else the error, copied into oldcxt (the trigger's context
+ * before SPI_connect), which is current again on return.
+ */
+static ErrorData *
+capture_isolate_insert(SPIPlanPtr plan, Jsonb *payload, MemoryContext oldcxt)
+{
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
@@ -719,7 +726,46 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 		CurrentResourceOwner = oldowner;
 	}
 	PG_END_TRY();
+	return edata;
+}
 
+PG_FUNCTION_INFO_V1(dlq_capture_isolate);
+
+/*
+ * dlq_capture_isolate(queue, target [, component]): INSTEAD OF INSERT FOR
+ * EACH ROW on an intake view.  Each row is inserted into target inside a
+ * subtransaction; any error sends the row to the DLQ instead.
+ */
+Datum
+dlq_capture_isolate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Oid			target;
+	const char *queue;
+	const char *component;
+	Jsonb	   *payload;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ErrorData  *edata;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("dlq_capture_isolate must be fired INSTEAD OF INSERT FOR EACH ROW")));
+
+	capture_isolate_args(trigdata->tg_trigger, &target, &queue, &component);
+	payload = capture_row_to_jsonb(heap_copy_tuple_as_datum(trigdata->tg_trigtuple,
+															RelationGetDescr(trigdata->tg_relation)));
+
+	/* One plan per statement and view, in the trigger's fn_extra. */
+	SPI_connect();
+	if (fcinfo->flinfo->fn_extra == NULL)
+		fcinfo->flinfo->fn_extra = capture_isolate_plan(trigdata->tg_trigger,
+														trigdata->tg_relation, target);
+
+	edata = capture_isolate_insert(fcinfo->flinfo->fn_extra, payload, oldcxt);
 	if (edata != NULL)
 	{
 		/*

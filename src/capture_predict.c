@@ -60,6 +60,7 @@
 #include "utils/syscache.h"
 
 #include "capture_int.h"
+#include "dlq.h"
 
 #if PG_VERSION_NUM >= 170000
 #define DLQ_LXID (MyProc->vxid.lxid)
@@ -245,28 +246,10 @@ retry:
 	return found;
 }
 
-/* Read the constraints of rel into a fresh entry. */
+/* NOT NULL columns, generated columns excepted (computed after us). */
 static void
-predict_build_entry(CaptureRel *entry, Relation rel)
+predict_read_notnull(CaptureRel *entry, TupleDesc tupdesc)
 {
-	TupleDesc	tupdesc = RelationGetDescr(rel);
-	TupleConstr *constr = tupdesc->constr;
-	MemoryContext old;
-	List	   *indexes;
-	List	   *fkeys;
-	ListCell   *lc;
-	Oid			relid = entry->relid;
-
-	memset(entry, 0, sizeof(CaptureRel));
-	entry->relid = relid;
-	/* An invalidation that arrives while we read the catalogs clears this. */
-	entry->valid = true;
-	entry->cxt = AllocSetContextCreate(CacheMemoryContext, "dlq capture relation",
-									   ALLOCSET_SMALL_SIZES);
-	MemoryContextCopyAndSetIdentifier(entry->cxt, RelationGetRelationName(rel));
-	old = MemoryContextSwitchTo(entry->cxt);
-
-	/* NOT NULL columns, generated columns excepted (computed after us). */
 	entry->notnull = palloc(sizeof(AttrNumber) * tupdesc->natts);
 	for (int i = 0; i < tupdesc->natts; i++)
 	{
@@ -275,42 +258,58 @@ predict_build_entry(CaptureRel *entry, Relation rel)
 		if (att->attnotnull && !att->attisdropped && att->attgenerated == '\0')
 			entry->notnull[entry->nnotnull++] = att->attnum;
 	}
+}
 
-	/* CHECK constraints, already in name order in the relcache. */
-	if (constr && constr->num_check > 0)
+/* Does expr read a generated column? */
+static bool
+predict_reads_generated(Expr *expr, TupleDesc tupdesc)
+{
+	Bitmapset  *attrs = NULL;
+	int			k = -1;
+
+	pull_varattnos((Node *) expr, 1, &attrs);
+	while ((k = bms_next_member(attrs, k)) >= 0)
 	{
-		entry->checkname = palloc(sizeof(char *) * constr->num_check);
-		entry->checkexpr = palloc(sizeof(Expr *) * constr->num_check);
-		for (int i = 0; i < constr->num_check; i++)
-		{
-			Expr	   *expr = stringToNode(constr->check[i].ccbin);
+		AttrNumber	attno = k + FirstLowInvalidHeapAttributeNumber;
 
-			if (constr->has_generated_stored)
-			{
-				Bitmapset  *attrs = NULL;
-				bool		generated = false;
-				int			k = -1;
-
-				pull_varattnos((Node *) expr, 1, &attrs);
-				while ((k = bms_next_member(attrs, k)) >= 0)
-				{
-					AttrNumber	attno = k + FirstLowInvalidHeapAttributeNumber;
-
-					if (attno > 0 &&
-						TupleDescAttr(tupdesc, attno - 1)->attgenerated != '\0')
-						generated = true;
-				}
-				if (generated)
-					continue;
-			}
-			entry->checkname[entry->ncheck] = pstrdup(constr->check[i].ccname);
-			entry->checkexpr[entry->ncheck] = expression_planner(expr);
-			entry->ncheck++;
-		}
+		if (attno > 0 && TupleDescAttr(tupdesc, attno - 1)->attgenerated != '\0')
+			return true;
 	}
+	return false;
+}
 
-	/* Immediate unique indexes that take inserts; exclusion ones are not ours. */
-	indexes = RelationGetIndexList(rel);
+/*
+ * CHECK constraints, already in name order in the relcache; those reading
+ * a generated column are left to the executor (it is computed after us).
+ */
+static void
+predict_read_checks(CaptureRel *entry, TupleDesc tupdesc)
+{
+	TupleConstr *constr = tupdesc->constr;
+
+	if (constr == NULL || constr->num_check == 0)
+		return;
+	entry->checkname = palloc(sizeof(char *) * constr->num_check);
+	entry->checkexpr = palloc(sizeof(Expr *) * constr->num_check);
+	for (int i = 0; i < constr->num_check; i++)
+	{
+		Expr	   *expr = stringToNode(constr->check[i].ccbin);
+
+		if (constr->has_generated_stored && predict_reads_generated(expr, tupdesc))
+			continue;
+		entry->checkname[entry->ncheck] = pstrdup(constr->check[i].ccname);
+		entry->checkexpr[entry->ncheck] = expression_planner(expr);
+		entry->ncheck++;
+	}
+}
+
+/* Immediate unique indexes that take inserts; exclusion ones are not ours. */
+static void
+predict_read_unique(CaptureRel *entry, Relation rel)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+
 	entry->uniqueoids = palloc(sizeof(Oid) * (list_length(indexes) + 1));
 	foreach(lc, indexes)
 	{
@@ -326,87 +325,152 @@ predict_build_entry(CaptureRel *entry, Relation rel)
 			entry->uniqueoids[entry->nunique++] = indexoid;
 		ReleaseSysCache(tup);
 	}
+}
+
+/*
+ * The SQL probe of a foreign key's parent, for a parent the index probe
+ * cannot serve (a partitioned table, say): planned now in SPI's context and
+ * kept.
+ */
+static void
+predict_fk_plan(CaptureFk *cfk, ForeignKeyCacheInfo *fk, TupleDesc tupdesc)
+{
+	StringInfoData sql;
+	Oid			types[INDEX_MAX_KEYS];
+	char		pkkind = get_rel_relkind(fk->confrelid);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT 1 FROM %s%s.%s x WHERE ",
+					 pkkind == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
+					 quote_identifier(get_namespace_name(get_rel_namespace(fk->confrelid))),
+					 quote_identifier(cfk->pkrelname));
+	for (int k = 0; k < fk->nkeys; k++)
+	{
+		HeapTuple	optup = SearchSysCache1(OPEROID,
+											ObjectIdGetDatum(fk->conpfeqop[k]));
+		Form_pg_operator op;
+
+		if (!HeapTupleIsValid(optup))
+			elog(ERROR, "cache lookup failed for operator %u", fk->conpfeqop[k]);
+		op = (Form_pg_operator) GETSTRUCT(optup);
+		appendStringInfo(&sql, "%sx.%s OPERATOR(%s.%s) $%d",
+						 k > 0 ? " AND " : "",
+						 quote_identifier(get_attname(fk->confrelid, fk->confkey[k], false)),
+						 quote_identifier(get_namespace_name(op->oprnamespace)),
+						 NameStr(op->oprname), k + 1);
+		ReleaseSysCache(optup);
+		types[k] = TupleDescAttr(tupdesc, fk->conkey[k] - 1)->atttypid;
+	}
+	SPI_connect();
+	cfk->plan = dlq_prepare_kept(sql.data, fk->nkeys, types);
+	SPI_finish();
+}
+
+/*
+ * Add fk to entry->fks with its probe, unless it is checked only at commit
+ * (INITIALLY DEFERRED) or is the referenced side's copy of a foreign key to
+ * a partitioned table.
+ */
+static void
+predict_read_fk(CaptureRel *entry, ForeignKeyCacheInfo *fk, TupleDesc tupdesc)
+{
+	HeapTuple	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(fk->conoid));
+	Form_pg_constraint con;
+	CaptureFk  *cfk;
+	Oid			pkindex;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for constraint %u", fk->conoid);
+	con = (Form_pg_constraint) GETSTRUCT(tup);
+	if (con->condeferred || predict_fk_is_pk_clone(con))
+	{
+		ReleaseSysCache(tup);
+		return;
+	}
+	cfk = &entry->fks[entry->nfk++];
+	cfk->conname = pstrdup(NameStr(con->conname));
+	cfk->matchtype = con->confmatchtype;
+	cfk->pkrelid = fk->confrelid;
+	cfk->pkrelname = pstrdup(get_rel_name(fk->confrelid));
+	cfk->nkeys = fk->nkeys;
+	memcpy(cfk->fkattnums, fk->conkey, sizeof(AttrNumber) * fk->nkeys);
+	pkindex = con->conindid;
+	ReleaseSysCache(tup);
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(fk->confrelid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", fk->confrelid);
+	cfk->pkowner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+
+	if (get_rel_relkind(fk->confrelid) == RELKIND_RELATION)
+		predict_fk_index(cfk, fk, pkindex, tupdesc);
+	if (!OidIsValid(cfk->pkindex))
+		predict_fk_plan(cfk, fk, tupdesc);
+}
+
+/* Read the constraints of rel into a fresh entry. */
+static void
+predict_build_entry(CaptureRel *entry, Relation rel)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	MemoryContext old;
+	List	   *fkeys;
+	ListCell   *lc;
+	Oid			relid = entry->relid;
+
+	memset(entry, 0, sizeof(CaptureRel));
+	entry->relid = relid;
+	/* An invalidation that arrives while we read the catalogs clears this. */
+	entry->valid = true;
+	entry->cxt = AllocSetContextCreate(CacheMemoryContext, "dlq capture relation",
+									   ALLOCSET_SMALL_SIZES);
+	MemoryContextCopyAndSetIdentifier(entry->cxt, RelationGetRelationName(rel));
+	old = MemoryContextSwitchTo(entry->cxt);
+
+	predict_read_notnull(entry, tupdesc);
+	predict_read_checks(entry, tupdesc);
+	predict_read_unique(entry, rel);
 
 	/* Foreign keys that are checked at once (not INITIALLY DEFERRED). */
 	fkeys = RelationGetFKeyList(rel);
 	entry->fks = palloc0(sizeof(CaptureFk) * (list_length(fkeys) + 1));
 	foreach(lc, fkeys)
-	{
-		ForeignKeyCacheInfo *fk = lfirst(lc);
-		HeapTuple	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(fk->conoid));
-		Form_pg_constraint con;
-		CaptureFk  *cfk;
-		Oid			pkindex;
-
-		if (!HeapTupleIsValid(tup))
-			elog(ERROR, "cache lookup failed for constraint %u", fk->conoid);
-		con = (Form_pg_constraint) GETSTRUCT(tup);
-		if (con->condeferred || predict_fk_is_pk_clone(con))
-		{
-			ReleaseSysCache(tup);
-			continue;
-		}
-		cfk = &entry->fks[entry->nfk++];
-		cfk->conname = pstrdup(NameStr(con->conname));
-		cfk->matchtype = con->confmatchtype;
-		cfk->pkrelid = fk->confrelid;
-		cfk->pkrelname = pstrdup(get_rel_name(fk->confrelid));
-		cfk->nkeys = fk->nkeys;
-		memcpy(cfk->fkattnums, fk->conkey, sizeof(AttrNumber) * fk->nkeys);
-		pkindex = con->conindid;
-		ReleaseSysCache(tup);
-
-		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(fk->confrelid));
-		if (!HeapTupleIsValid(tup))
-			elog(ERROR, "cache lookup failed for relation %u", fk->confrelid);
-		cfk->pkowner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-		ReleaseSysCache(tup);
-
-		if (get_rel_relkind(fk->confrelid) == RELKIND_RELATION)
-			predict_fk_index(cfk, fk, pkindex, tupdesc);
-
-		/* Otherwise the SQL probe, planned now in SPI's context and kept. */
-		if (!OidIsValid(cfk->pkindex))
-		{
-			StringInfoData sql;
-			Oid			types[INDEX_MAX_KEYS];
-			char		pkkind = get_rel_relkind(fk->confrelid);
-
-			initStringInfo(&sql);
-			appendStringInfo(&sql, "SELECT 1 FROM %s%s.%s x WHERE ",
-							 pkkind == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
-							 quote_identifier(get_namespace_name(get_rel_namespace(fk->confrelid))),
-							 quote_identifier(cfk->pkrelname));
-			for (int k = 0; k < fk->nkeys; k++)
-			{
-				HeapTuple	optup = SearchSysCache1(OPEROID,
-													ObjectIdGetDatum(fk->conpfeqop[k]));
-				Form_pg_operator op;
-
-				if (!HeapTupleIsValid(optup))
-					elog(ERROR, "cache lookup failed for operator %u", fk->conpfeqop[k]);
-				op = (Form_pg_operator) GETSTRUCT(optup);
-				appendStringInfo(&sql, "%sx.%s OPERATOR(%s.%s) $%d",
-								 k > 0 ? " AND " : "",
-								 quote_identifier(get_attname(fk->confrelid, fk->confkey[k], false)),
-								 quote_identifier(get_namespace_name(op->oprnamespace)),
-								 NameStr(op->oprname), k + 1);
-				ReleaseSysCache(optup);
-				types[k] = TupleDescAttr(tupdesc, fk->conkey[k] - 1)->atttypid;
-			}
-			SPI_connect();
-			cfk->plan = SPI_prepare(sql.data, fk->nkeys, types);
-			if (cfk->plan == NULL)
-				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-			SPI_keepplan(cfk->plan);
-			SPI_finish();
-		}
-	}
+		predict_read_fk(entry, lfirst(lc), tupdesc);
 
 	entry->partitioned = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE;
 
 	MemoryContextSwitchTo(old);
 	entry->lxid = InvalidLocalTransactionId;
+}
+
+/*
+ * Executor state of entry for the current transaction, in a child of
+ * TopTransactionContext; the previous transaction's went with its memory.
+ */
+static void
+predict_begin_xact(CaptureRel *entry)
+{
+	MemoryContext old;
+
+	entry->estate = NULL;
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	entry->estate = CreateExecutorState();
+	MemoryContextSwitchTo(entry->estate->es_query_cxt);
+	entry->checkstate = palloc(sizeof(ExprState *) * (entry->ncheck + 1));
+	for (int i = 0; i < entry->ncheck; i++)
+		entry->checkstate[i] = ExecInitExpr(copyObject(entry->checkexpr[i]), NULL);
+	entry->uniqueinfo = palloc(sizeof(IndexInfo *) * (entry->nunique + 1));
+	for (int i = 0; i < entry->nunique; i++)
+	{
+		Relation	index = index_open(entry->uniqueoids[i], RowExclusiveLock);
+
+		entry->uniqueinfo[i] = BuildIndexInfo(index);
+		BuildSpeculativeIndexInfo(index, entry->uniqueinfo[i]);
+		index_close(index, NoLock);
+	}
+	MemoryContextSwitchTo(old);
+	entry->lxid = DLQ_LXID;
 }
 
 /*
@@ -458,30 +522,36 @@ dlq_predict_get_rel(Relation rel)
 	}
 
 	if (entry->lxid != DLQ_LXID)
-	{
-		/* The previous transaction's state went with its memory. */
-		MemoryContext old;
-
-		entry->estate = NULL;
-		old = MemoryContextSwitchTo(TopTransactionContext);
-		entry->estate = CreateExecutorState();
-		MemoryContextSwitchTo(entry->estate->es_query_cxt);
-		entry->checkstate = palloc(sizeof(ExprState *) * (entry->ncheck + 1));
-		for (int i = 0; i < entry->ncheck; i++)
-			entry->checkstate[i] = ExecInitExpr(copyObject(entry->checkexpr[i]), NULL);
-		entry->uniqueinfo = palloc(sizeof(IndexInfo *) * (entry->nunique + 1));
-		for (int i = 0; i < entry->nunique; i++)
-		{
-			Relation	index = index_open(entry->uniqueoids[i], RowExclusiveLock);
-
-			entry->uniqueinfo[i] = BuildIndexInfo(index);
-			BuildSpeculativeIndexInfo(index, entry->uniqueinfo[i]);
-			index_close(index, NoLock);
-		}
-		MemoryContextSwitchTo(old);
-		entry->lxid = DLQ_LXID;
-	}
+		predict_begin_xact(entry);
 	return entry;
+}
+
+/* Append the value of column i of slot, cut as execMain.c cuts it. */
+static void
+predict_append_value(StringInfo buf, Form_pg_attribute att, TupleTableSlot *slot, int i)
+{
+	char	   *val;
+	int			vallen;
+
+	if (slot->tts_isnull[i])
+		val = "null";
+	else
+	{
+		Oid			foutoid;
+		bool		typisvarlena;
+
+		getTypeOutputInfo(att->atttypid, &foutoid, &typisvarlena);
+		val = OidOutputFunctionCall(foutoid, slot->tts_values[i]);
+	}
+	vallen = strlen(val);
+	if (vallen <= PREDICT_MAX_FIELD_LEN)
+		appendBinaryStringInfo(buf, val, vallen);
+	else
+	{
+		vallen = pg_mbcliplen(val, vallen, PREDICT_MAX_FIELD_LEN);
+		appendBinaryStringInfo(buf, val, vallen);
+		appendStringInfoString(buf, "...");
+	}
 }
 
 /*
@@ -519,8 +589,6 @@ predict_row_description(Relation rel, TupleTableSlot *slot)
 	{
 		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
 		bool		column_perm = false;
-		char	   *val;
-		int			vallen;
 
 		if (att->attisdropped)
 			continue;
@@ -536,29 +604,11 @@ predict_row_description(Relation rel, TupleTableSlot *slot)
 		}
 		if (table_perm || column_perm)
 		{
-			if (slot->tts_isnull[i])
-				val = "null";
-			else
-			{
-				Oid			foutoid;
-				bool		typisvarlena;
-
-				getTypeOutputInfo(att->atttypid, &foutoid, &typisvarlena);
-				val = OidOutputFunctionCall(foutoid, slot->tts_values[i]);
-			}
 			if (write_comma)
 				appendStringInfoString(&buf, ", ");
 			else
 				write_comma = true;
-			vallen = strlen(val);
-			if (vallen <= PREDICT_MAX_FIELD_LEN)
-				appendBinaryStringInfo(&buf, val, vallen);
-			else
-			{
-				vallen = pg_mbcliplen(val, vallen, PREDICT_MAX_FIELD_LEN);
-				appendBinaryStringInfo(&buf, val, vallen);
-				appendStringInfoString(&buf, "...");
-			}
+			predict_append_value(&buf, att, slot, i);
 		}
 	}
 	if (!any_perm)
@@ -573,21 +623,28 @@ predict_row_description(Relation rel, TupleTableSlot *slot)
 	return buf.data;
 }
 
-/* Does the foreign key find its parent row?  Sets *v when it does not. */
-static bool
-predict_check_fk(Relation rel, CaptureFk *fk, TupleTableSlot *slot,
-				 TupleTableSlot *oldslot, CaptureViolation *v)
+/* The "Failing row contains" detail of a row, or NULL. */
+static char *
+predict_failing_row(Relation rel, TupleTableSlot *slot)
+{
+	char	   *row = predict_row_description(rel, slot);
+
+	return row ? psprintf("Failing row contains %s.", row) : NULL;
+}
+
+/*
+ * The foreign key's columns of slot, into values and nulls; returns how
+ * many are NULL.  *changed is false for an UPDATE (oldslot) that keeps the
+ * key.
+ */
+static int
+predict_fk_key(Relation rel, CaptureFk *fk, TupleTableSlot *slot,
+			   TupleTableSlot *oldslot, Datum *values, char *nulls, bool *changed)
 {
 	TupleDesc	tupdesc = RelationGetDescr(rel);
-	Datum		values[INDEX_MAX_KEYS];
-	char		nulls[INDEX_MAX_KEYS];
 	int			nnull = 0;
-	bool		changed = (oldslot == NULL);
-	bool		found;
-	Oid			save_user;
-	int			save_sec;
-	int			ret;
 
+	*changed = (oldslot == NULL);
 	for (int k = 0; k < fk->nkeys; k++)
 	{
 		AttrNumber	attno = fk->fkattnums[k];
@@ -597,7 +654,7 @@ predict_check_fk(Relation rel, CaptureFk *fk, TupleTableSlot *slot,
 		nulls[k] = isnull ? 'n' : ' ';
 		if (isnull)
 			nnull++;
-		if (!changed)
+		if (!*changed)
 		{
 			Form_pg_attribute att = TupleDescAttr(tupdesc, attno - 1);
 			bool		oldnull;
@@ -605,45 +662,43 @@ predict_check_fk(Relation rel, CaptureFk *fk, TupleTableSlot *slot,
 
 			if (isnull != oldnull ||
 				(!isnull && !datumIsEqual(old, values[k], att->attbyval, att->attlen)))
-				changed = true;
+				*changed = true;
 		}
 	}
+	return nnull;
+}
 
-	/* An UPDATE that keeps the key needs no check, as in the RI triggers. */
-	if (!changed)
-		return true;
-	if (nnull == fk->nkeys)
-		return true;
-	if (nnull > 0)
-	{
-		if (fk->matchtype != FKCONSTR_MATCH_FULL)
-			return true;		/* MATCH SIMPLE: any NULL column passes */
-		v->sqlerrcode = ERRCODE_FOREIGN_KEY_VIOLATION;
-		v->message = psprintf("insert or update on table \"%s\" violates foreign key constraint \"%s\"",
-							  RelationGetRelationName(rel), fk->conname);
-		v->detail = pstrdup("MATCH FULL does not allow mixing of null and nonnull key values.");
-		v->constraint = fk->conname;
-		return false;
-	}
+/* Is the parent row of a key without NULLs there? */
+static bool
+predict_fk_parent_found(CaptureFk *fk, Datum *values, char *nulls)
+{
+	Oid			save_user;
+	int			save_sec;
+	int			ret;
+	bool		found;
 
 	if (OidIsValid(fk->pkindex))
-		found = predict_fk_probe_index(fk, values);
-	else
-	{
-		/* Probe the parent as its owner, like ri_PerformCheck. */
-		GetUserIdAndSecContext(&save_user, &save_sec);
-		SetUserIdAndSecContext(fk->pkowner,
-							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
-		SPI_connect();
-		ret = SPI_execute_plan(fk->plan, values, nulls, false, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "foreign key probe failed: %s", SPI_result_code_string(ret));
-		found = SPI_processed > 0;
-		SPI_finish();
-		SetUserIdAndSecContext(save_user, save_sec);
-	}
-	if (found)
-		return true;
+		return predict_fk_probe_index(fk, values);
+
+	/* Probe the parent as its owner, like ri_PerformCheck. */
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(fk->pkowner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	SPI_connect();
+	ret = SPI_execute_plan(fk->plan, values, nulls, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "foreign key probe failed: %s", SPI_result_code_string(ret));
+	found = SPI_processed > 0;
+	SPI_finish();
+	SetUserIdAndSecContext(save_user, save_sec);
+	return found;
+}
+
+/* *v for a key whose parent row is missing, as ri_ReportViolation words it. */
+static void
+predict_fk_missing(Relation rel, CaptureFk *fk, Datum *values, CaptureViolation *v)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
 
 	v->sqlerrcode = ERRCODE_FOREIGN_KEY_VIOLATION;
 	v->message = psprintf("insert or update on table \"%s\" violates foreign key constraint \"%s\"",
@@ -672,23 +727,48 @@ predict_check_fk(Relation rel, CaptureFk *fk, TupleTableSlot *slot,
 	}
 	else
 		v->detail = psprintf("Key is not present in table \"%s\".", fk->pkrelname);
+}
+
+/* Does the foreign key find its parent row?  Sets *v when it does not. */
+static bool
+predict_check_fk(Relation rel, CaptureFk *fk, TupleTableSlot *slot,
+				 TupleTableSlot *oldslot, CaptureViolation *v)
+{
+	Datum		values[INDEX_MAX_KEYS];
+	char		nulls[INDEX_MAX_KEYS];
+	bool		changed;
+	int			nnull;
+
+	nnull = predict_fk_key(rel, fk, slot, oldslot, values, nulls, &changed);
+
+	/* An UPDATE that keeps the key needs no check, as in the RI triggers. */
+	if (!changed)
+		return true;
+	if (nnull == fk->nkeys)
+		return true;
+	if (nnull > 0)
+	{
+		if (fk->matchtype != FKCONSTR_MATCH_FULL)
+			return true;		/* MATCH SIMPLE: any NULL column passes */
+		v->sqlerrcode = ERRCODE_FOREIGN_KEY_VIOLATION;
+		v->message = psprintf("insert or update on table \"%s\" violates foreign key constraint \"%s\"",
+							  RelationGetRelationName(rel), fk->conname);
+		v->detail = pstrdup("MATCH FULL does not allow mixing of null and nonnull key values.");
+		v->constraint = fk->conname;
+		return false;
+	}
+
+	if (predict_fk_parent_found(fk, values, nulls))
+		return true;
+	predict_fk_missing(rel, fk, values, v);
 	return false;
 }
 
-/*
- * Would the row in slot violate a constraint of rel?  Returns false and
- * fills *v with the error PostgreSQL would raise when it would.  oldslot is
- * the row being updated (NULL for an INSERT).
- */
-bool
-dlq_predict_row(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
-				TupleTableSlot *oldslot, CaptureViolation *v)
+/* Are the NOT NULL columns of slot set?  Sets *v when one is not. */
+static bool
+predict_check_notnull(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
+					  CaptureViolation *v)
 {
-	ExprContext *econtext;
-
-	memset(v, 0, sizeof(CaptureViolation));
-	slot_getallattrs(slot);
-
 	for (int i = 0; i < entry->nnotnull; i++)
 	{
 		AttrNumber	attno = entry->notnull[i];
@@ -696,34 +776,51 @@ dlq_predict_row(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
 		if (slot->tts_isnull[attno - 1])
 		{
 			char	   *attname = NameStr(TupleDescAttr(RelationGetDescr(rel), attno - 1)->attname);
-			char	   *row = predict_row_description(rel, slot);
 
 			v->sqlerrcode = ERRCODE_NOT_NULL_VIOLATION;
 			v->message = psprintf("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
 								  attname, RelationGetRelationName(rel));
-			v->detail = row ? psprintf("Failing row contains %s.", row) : NULL;
+			v->detail = predict_failing_row(rel, slot);
 			v->column = pstrdup(attname);
 			return false;
 		}
 	}
+	return true;
+}
 
-	econtext = GetPerTupleExprContext(entry->estate);
+/* Does slot pass the CHECK constraints, in name order?  Sets *v if not. */
+static bool
+predict_check_checks(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
+					 CaptureViolation *v)
+{
+	ExprContext *econtext = GetPerTupleExprContext(entry->estate);
+
 	econtext->ecxt_scantuple = slot;
 	for (int i = 0; i < entry->ncheck; i++)
 	{
 		if (!ExecCheck(entry->checkstate[i], econtext))
 		{
-			char	   *row = predict_row_description(rel, slot);
-
 			v->sqlerrcode = ERRCODE_CHECK_VIOLATION;
 			v->message = psprintf("new row for relation \"%s\" violates check constraint \"%s\"",
 								  RelationGetRelationName(rel), entry->checkname[i]);
-			v->detail = row ? psprintf("Failing row contains %s.", row) : NULL;
+			v->detail = predict_failing_row(rel, slot);
 			v->constraint = pstrdup(entry->checkname[i]);
 			ResetPerTupleExprContext(entry->estate);
 			return false;
 		}
 	}
+	return true;
+}
+
+/*
+ * Is the key of slot free in every unique index?  Sets *v when it is not.
+ * On UPDATE (oldslot) the row being updated holds the key already.
+ */
+static bool
+predict_check_unique(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
+					 TupleTableSlot *oldslot, CaptureViolation *v)
+{
+	ExprContext *econtext = GetPerTupleExprContext(entry->estate);
 
 	for (int i = 0; i < entry->nunique; i++)
 	{
@@ -739,7 +836,6 @@ dlq_predict_row(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
 		rri.ri_IndexRelationDescs = &index;
 		rri.ri_IndexRelationInfo = &entry->uniqueinfo[i];
 		ok = ExecCheckIndexConstraints(&rri, slot, entry->estate, &conflict, NIL);
-		/* On UPDATE the row being updated holds the key already. */
 		if (!ok && oldslot != NULL && ItemPointerEquals(&conflict, &oldslot->tts_tid))
 			ok = true;
 		if (!ok)
@@ -763,11 +859,29 @@ dlq_predict_row(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
 			return false;
 	}
 	ResetPerTupleExprContext(entry->estate);
+	return true;
+}
 
+/*
+ * Would the row in slot violate a constraint of rel?  Returns false and
+ * fills *v with the error PostgreSQL would raise when it would.  oldslot is
+ * the row being updated (NULL for an INSERT).  The constraints are checked
+ * in the executor's order: NOT NULL, CHECK, UNIQUE, FOREIGN KEY.
+ */
+bool
+dlq_predict_row(CaptureRel *entry, Relation rel, TupleTableSlot *slot,
+				TupleTableSlot *oldslot, CaptureViolation *v)
+{
+	memset(v, 0, sizeof(CaptureViolation));
+	slot_getallattrs(slot);
+
+	if (!predict_check_notnull(entry, rel, slot, v) ||
+		!predict_check_checks(entry, rel, slot, v) ||
+		!predict_check_unique(entry, rel, slot, oldslot, v))
+		return false;
 	for (int i = 0; i < entry->nfk; i++)
 		if (!predict_check_fk(rel, &entry->fks[i], slot, oldslot, v))
 			return false;
-
 	return true;
 }
 

@@ -48,44 +48,14 @@ static CaptureViolation *reapply_violation = NULL;
 static MemoryContext reapply_cxt = NULL;
 
 /*
- * Prepare the per-target replay plans: the payload converted into the
- * table's row type, and the INSERT of those values.
+ * How each column converts from its payload value.  When every column has
+ * a scalar base type, a payload value converts through the type's input
+ * function from its JSON text, which is what jsonb_populate_record does for
+ * scalars; arrays and composites go through jsonb_populate_record itself.
  */
 static void
-reapply_prepare(CaptureRel *entry, Relation rel)
+reapply_prepare_converters(CaptureRel *entry, TupleDesc tupdesc)
 {
-	TupleDesc	tupdesc = RelationGetDescr(rel);
-	char	   *name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												  RelationGetRelationName(rel));
-	StringInfoData cols;
-	StringInfoData params;
-	Oid		   *types = palloc(sizeof(Oid) * (tupdesc->natts + 1));
-	Oid			jtype[1] = {JSONBOID};
-	SPIPlanPtr	plan;
-
-	initStringInfo(&cols);
-	initStringInfo(&params);
-	entry->insertattnums = MemoryContextAlloc(entry->cxt, sizeof(AttrNumber) * (tupdesc->natts + 1));
-	entry->ninsert = 0;
-	for (int i = 0; i < tupdesc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
-
-		if (att->attisdropped || att->attgenerated != '\0')
-			continue;
-		appendStringInfo(&cols, "%s%s", entry->ninsert > 0 ? ", " : "",
-						 quote_identifier(NameStr(att->attname)));
-		appendStringInfo(&params, "%s$%d", entry->ninsert > 0 ? ", " : "", entry->ninsert + 1);
-		types[entry->ninsert] = att->atttypid;
-		entry->insertattnums[entry->ninsert++] = att->attnum;
-	}
-
-	/*
-	 * When every column has a scalar base type, a payload value converts
-	 * through the type's input function from its JSON text, which is what
-	 * jsonb_populate_record does for scalars; arrays and composites go
-	 * through jsonb_populate_record itself.
-	 */
 	entry->fast_convert = true;
 	entry->infuncs = MemoryContextAllocZero(entry->cxt, sizeof(FmgrInfo) * (tupdesc->natts + 1));
 	entry->ioparams = MemoryContextAllocZero(entry->cxt, sizeof(Oid) * (tupdesc->natts + 1));
@@ -106,28 +76,79 @@ reapply_prepare(CaptureRel *entry, Relation rel)
 		getTypeInputInfo(att->atttypid, &infunc, &entry->ioparams[i]);
 		fmgr_info_cxt(infunc, &entry->infuncs[i], entry->cxt);
 	}
+}
 
-	plan = SPI_prepare(psprintf("SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)", name),
-					   1, jtype);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	entry->convert_plan = plan;
+/*
+ * Prepare the per-target replay plans: the payload converted into the
+ * table's row type, and the INSERT of those values.
+ */
+static void
+reapply_prepare(CaptureRel *entry, Relation rel)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	char	   *name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												  RelationGetRelationName(rel));
+	StringInfoData cols;
+	StringInfoData params;
+	Oid		   *types = palloc(sizeof(Oid) * (tupdesc->natts + 1));
+	Oid			jtype[1] = {JSONBOID};
 
-	plan = SPI_prepare(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE VALUES (%s)",
-								name, cols.data, params.data),
-					   entry->ninsert, types);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	entry->insert_plan = plan;
+	initStringInfo(&cols);
+	initStringInfo(&params);
+	entry->insertattnums = MemoryContextAlloc(entry->cxt, sizeof(AttrNumber) * (tupdesc->natts + 1));
+	entry->ninsert = 0;
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (att->attisdropped || att->attgenerated != '\0')
+			continue;
+		appendStringInfo(&cols, "%s%s", entry->ninsert > 0 ? ", " : "",
+						 quote_identifier(NameStr(att->attname)));
+		appendStringInfo(&params, "%s$%d", entry->ninsert > 0 ? ", " : "", entry->ninsert + 1);
+		types[entry->ninsert] = att->atttypid;
+		entry->insertattnums[entry->ninsert++] = att->attnum;
+	}
+
+	reapply_prepare_converters(entry, tupdesc);
+	entry->convert_plan =
+		dlq_prepare_kept(psprintf("SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)", name),
+						 1, jtype);
+	entry->insert_plan =
+		dlq_prepare_kept(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE VALUES (%s)",
+								  name, cols.data, params.data),
+						 entry->ninsert, types);
+}
+
+/*
+ * The text a column's input function reads for a JSON value: a string is
+ * its text, other values their JSON text; json and jsonb columns (json)
+ * always take the JSON text.
+ */
+static char *
+reapply_value_text(JsonbValue *v, bool json)
+{
+	StringInfoData buf;
+
+	if (v->type == jbvString && !json)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out,
+												   NumericGetDatum(v->val.numeric)));
+	if (v->type == jbvBool)
+		return pstrdup(v->val.boolean ? "true" : "false");
+	if (v->type == jbvBinary)
+		return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+	initStringInfo(&buf);
+	escape_json(&buf, pnstrdup(v->val.string.val, v->val.string.len));
+	return buf.data;
 }
 
 /*
  * Convert a payload (a JSON object keyed by column name) into slot, for a
  * table whose columns all have scalar types.  A missing key or JSON null is
- * NULL; a string is its text; other values their JSON text (json and jsonb
- * columns always take the JSON text).  Errors of the input functions raise.
+ * NULL; other values go through reapply_value_text.  Errors of the input
+ * functions raise.
  */
 static void
 reapply_convert(CaptureRel *entry, Relation rel, Jsonb *payload, TupleTableSlot *slot)
@@ -145,8 +166,6 @@ reapply_convert(CaptureRel *entry, Relation rel, Jsonb *payload, TupleTableSlot 
 		const char *name = NameStr(att->attname);
 		JsonbValue	vbuf;
 		JsonbValue *v;
-		char	   *str;
-		bool		json = entry->convkind[i] == 'j';
 
 		slot->tts_isnull[i] = true;
 		slot->tts_values[i] = (Datum) 0;
@@ -161,27 +180,50 @@ reapply_convert(CaptureRel *entry, Relation rel, Jsonb *payload, TupleTableSlot 
 														entry->ioparams[i], att->atttypmod);
 			continue;
 		}
-		if (v->type == jbvString && !json)
-			str = pnstrdup(v->val.string.val, v->val.string.len);
-		else if (v->type == jbvNumeric)
-			str = DatumGetCString(DirectFunctionCall1(numeric_out,
-													  NumericGetDatum(v->val.numeric)));
-		else if (v->type == jbvBool)
-			str = pstrdup(v->val.boolean ? "true" : "false");
-		else if (v->type == jbvBinary)
-			str = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
-		else
-		{
-			StringInfoData buf;
-
-			initStringInfo(&buf);
-			escape_json(&buf, pnstrdup(v->val.string.val, v->val.string.len));
-			str = buf.data;
-		}
-		slot->tts_values[i] = InputFunctionCall(&entry->infuncs[i], str,
+		slot->tts_values[i] = InputFunctionCall(&entry->infuncs[i],
+												reapply_value_text(v, entry->convkind[i] == 'j'),
 												entry->ioparams[i], att->atttypmod);
 		slot->tts_isnull[i] = false;
 	}
+}
+
+/*
+ * The payload as the table's row type, in a new slot; a bad value raises
+ * here.  Inside SPI.
+ */
+static TupleTableSlot *
+reapply_to_slot(CaptureRel *entry, Relation rel, Jsonb *payload)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsVirtual);
+	Datum		jvalue[1] = {JsonbPGetDatum(payload)};
+	int			ret;
+	int			k = 0;
+
+	ExecClearTuple(slot);
+	if (entry->fast_convert)
+	{
+		reapply_convert(entry, rel, payload, slot);
+		ExecStoreVirtualTuple(slot);
+		return slot;
+	}
+
+	ret = SPI_execute_plan(entry->convert_plan, jvalue, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not convert the captured row: %s", SPI_result_code_string(ret));
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		if (TupleDescAttr(tupdesc, i)->attisdropped)
+		{
+			slot->tts_isnull[i] = true;
+			continue;
+		}
+		k++;
+		slot->tts_values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											k, &slot->tts_isnull[i]);
+	}
+	ExecStoreVirtualTuple(slot);
+	return slot;
 }
 
 static void
@@ -195,35 +237,15 @@ reapply_set_result(DlqReapplyResult *result, Relation rel, const CaptureViolatio
 }
 
 /*
- * Re-apply a captured row to target as the current user.  See capture.h.
+ * Open the replay target, which must be a table the current user may
+ * insert into.
  */
-void
-dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
-				DlqReapplyResult *result)
+static Relation
+reapply_open_target(Oid target)
 {
-	Relation	rel;
-	CaptureRel *entry;
+	Relation	rel = try_relation_open(target, RowExclusiveLock);
 	AclResult	aclresult;
-	MemoryContext callercxt = CurrentMemoryContext;
-	TupleTableSlot *slot;
-	Datum		jvalue[1] = {JsonbPGetDatum(payload)};
-	Datum	   *values;
-	char	   *nulls;
-	int			ret;
-	CaptureViolation v;
-	volatile bool inserted = false;
 
-	memset(result, 0, sizeof(DlqReapplyResult));
-
-	if (operation != NULL && strcmp(operation, "INSERT") != 0)
-	{
-		result->ok = false;
-		strcpy(result->sqlstate, "0A000");
-		result->error = psprintf("replay of a captured %s is not supported", operation);
-		return;
-	}
-
-	rel = try_relation_open(target, RowExclusiveLock);
 	if (rel == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
@@ -237,62 +259,24 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 	aclresult = pg_class_aclcheck(target, GetUserId(), ACL_INSERT);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
+	return rel;
+}
 
-	entry = dlq_predict_get_rel(rel);
-	SPI_connect();
-	if (entry->insert_plan == NULL)
-		reapply_prepare(entry, rel);
+/*
+ * Insert the row in slot through the kept INSERT plan, inside SPI.  Returns
+ * whether a row went in: one of the table's own triggers may skip it, and
+ * a partition's capture trigger skips a violating row after keeping its
+ * violation in reapply_violation (in callercxt).
+ */
+static bool
+reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
+			   MemoryContext callercxt)
+{
+	Datum	   *values = palloc(sizeof(Datum) * entry->ninsert);
+	char	   *nulls = palloc(entry->ninsert);
+	volatile bool inserted = false;
+	int			ret;
 
-	/* The payload as the table's row type; a bad value raises here. */
-	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
-	ExecClearTuple(slot);
-	if (entry->fast_convert)
-		reapply_convert(entry, rel, payload, slot);
-	else
-	{
-		ret = SPI_execute_plan(entry->convert_plan, jvalue, NULL, true, 1);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not convert the captured row: %s", SPI_result_code_string(ret));
-	}
-	if (!entry->fast_convert)
-	{
-		int			k = 0;
-		TupleDesc	tupdesc = RelationGetDescr(rel);
-
-		for (int i = 0; i < tupdesc->natts; i++)
-		{
-			if (TupleDescAttr(tupdesc, i)->attisdropped)
-			{
-				slot->tts_isnull[i] = true;
-				continue;
-			}
-			k++;
-			slot->tts_values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-												k, &slot->tts_isnull[i]);
-		}
-	}
-	ExecStoreVirtualTuple(slot);
-
-	/* A partitioned table is validated per partition, by its trigger. */
-	if (!entry->partitioned)
-	{
-		MemoryContext old = MemoryContextSwitchTo(callercxt);
-		bool		ok = dlq_predict_row(entry, rel, slot, NULL, &v);
-
-		MemoryContextSwitchTo(old);
-		if (!ok)
-		{
-			MemoryContextSwitchTo(callercxt);
-			reapply_set_result(result, rel, &v);
-			ExecDropSingleTupleTableSlot(slot);
-			SPI_finish();
-			relation_close(rel, NoLock);
-			return;
-		}
-	}
-
-	values = palloc(sizeof(Datum) * entry->ninsert);
-	nulls = palloc(entry->ninsert);
 	for (int k = 0; k < entry->ninsert; k++)
 	{
 		AttrNumber	attno = entry->insertattnums[k];
@@ -318,7 +302,59 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 		reapply_validated_relid = InvalidOid;
 	}
 	PG_END_TRY();
+	return inserted;
+}
 
+/*
+ * Re-apply a captured row to target as the current user.  See capture.h.
+ */
+void
+dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
+				DlqReapplyResult *result)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	Relation	rel;
+	CaptureRel *entry;
+	TupleTableSlot *slot;
+	CaptureViolation v;
+	bool		inserted;
+
+	memset(result, 0, sizeof(DlqReapplyResult));
+
+	if (operation != NULL && strcmp(operation, "INSERT") != 0)
+	{
+		result->ok = false;
+		strcpy(result->sqlstate, "0A000");
+		result->error = psprintf("replay of a captured %s is not supported", operation);
+		return;
+	}
+
+	rel = reapply_open_target(target);
+	entry = dlq_predict_get_rel(rel);
+	SPI_connect();
+	if (entry->insert_plan == NULL)
+		reapply_prepare(entry, rel);
+	slot = reapply_to_slot(entry, rel, payload);
+
+	/* A partitioned table is validated per partition, by its trigger. */
+	if (!entry->partitioned)
+	{
+		MemoryContext old = MemoryContextSwitchTo(callercxt);
+		bool		ok = dlq_predict_row(entry, rel, slot, NULL, &v);
+
+		MemoryContextSwitchTo(old);
+		if (!ok)
+		{
+			MemoryContextSwitchTo(callercxt);
+			reapply_set_result(result, rel, &v);
+			ExecDropSingleTupleTableSlot(slot);
+			SPI_finish();
+			relation_close(rel, NoLock);
+			return;
+		}
+	}
+
+	inserted = reapply_insert(entry, target, slot, callercxt);
 	ExecDropSingleTupleTableSlot(slot);
 	SPI_finish();
 	MemoryContextSwitchTo(callercxt);
