@@ -94,8 +94,13 @@ struct CaptureFk
 	Oid			idxsubtype[INDEX_MAX_KEYS];
 };
 
+/* The cache: one CaptureRel per relation OID, for the backend's life. */
 static HTAB *predict_rels = NULL;
 
+/*
+ * A relation changed: its entry, and those with a foreign key referencing
+ * it, are read again on next use (all of them when relid is invalid).
+ */
 static void
 predict_relcache_callback(Datum arg, Oid relid)
 {

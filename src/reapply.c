@@ -226,6 +226,7 @@ reapply_to_slot(CaptureRel *entry, Relation rel, Jsonb *payload)
 	return slot;
 }
 
+/* Report a violation of rel as dlq_reapply_row's failed result. */
 static void
 reapply_set_result(DlqReapplyResult *result, Relation rel, const CaptureViolation *v)
 {
