@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * capture.h
- *	  The capture trigger's interface to replay: re-applying one captured
- *	  row to its table.
+ *	  The capture module's interface to replay: re-applying one captured
+ *	  row to its table (reapply.c).  What the module's own files share is
+ *	  in capture_int.h.
  *
  *-------------------------------------------------------------------------
  */

@@ -1,0 +1,401 @@
+/*-------------------------------------------------------------------------
+ *
+ * reapply.c
+ *	  Re-applying a stored row to its table: dlq_reapply_row, which replay
+ *	  (replay.c) calls for a message the capture trigger stored.
+ *
+ *	  The payload (a JSON object keyed by column name) is converted back
+ *	  into the table's row type, in C when every column has a scalar type
+ *	  and through jsonb_populate_record otherwise.  The row is checked with
+ *	  the capture trigger's own prediction (capture_predict.c), then
+ *	  inserted through SPI with the privileges of the current user, so the
+ *	  table's own triggers run as they would for the caller's INSERT.  While
+ *	  it inserts, the capture trigger (capture.c) does not divert the row
+ *	  into a new message: it hands any violation back here, and
+ *	  dlq_reapply_row reports it.  The conversion and insert plans are kept
+ *	  in the relation's cache entry.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/relation.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "capture.h"
+#include "capture_int.h"
+#include "dlq.h"
+
+/*
+ * Replay state: while dlq_reapply_row inserts a row, the capture trigger
+ * does not divert it into a new message; it records the violation here for
+ * dlq_reapply_row to report instead, unless the row was validated already.
+ */
+static bool reapply_active = false;
+static Oid	reapply_validated_relid = InvalidOid;
+static CaptureViolation *reapply_violation = NULL;
+static MemoryContext reapply_cxt = NULL;
+
+/*
+ * How each column converts from its payload value.  When every column has
+ * a scalar base type, a payload value converts through the type's input
+ * function from its JSON text, which is what jsonb_populate_record does for
+ * scalars; arrays and composites go through jsonb_populate_record itself.
+ */
+static void
+reapply_prepare_converters(CaptureRel *entry, TupleDesc tupdesc)
+{
+	entry->fast_convert = true;
+	entry->infuncs = MemoryContextAllocZero(entry->cxt, sizeof(FmgrInfo) * (tupdesc->natts + 1));
+	entry->ioparams = MemoryContextAllocZero(entry->cxt, sizeof(Oid) * (tupdesc->natts + 1));
+	entry->convkind = MemoryContextAllocZero(entry->cxt, tupdesc->natts + 1);
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		Oid			base = getBaseType(att->atttypid);
+		Oid			infunc;
+
+		if (att->attisdropped)
+			continue;
+		if (type_is_array(base) || get_typtype(base) == TYPTYPE_COMPOSITE ||
+			get_typtype(base) == TYPTYPE_PSEUDO)
+			entry->fast_convert = false;
+		entry->convkind[i] = (base == JSONOID || base == JSONBOID) ? 'j' :
+			(base != att->atttypid) ? 'd' : 's';
+		getTypeInputInfo(att->atttypid, &infunc, &entry->ioparams[i]);
+		fmgr_info_cxt(infunc, &entry->infuncs[i], entry->cxt);
+	}
+}
+
+/*
+ * Prepare the per-target replay plans: the payload converted into the
+ * table's row type, and the INSERT of those values.
+ */
+static void
+reapply_prepare(CaptureRel *entry, Relation rel)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	char	   *name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												  RelationGetRelationName(rel));
+	StringInfoData cols;
+	StringInfoData params;
+	Oid		   *types = palloc(sizeof(Oid) * (tupdesc->natts + 1));
+	Oid			jtype[1] = {JSONBOID};
+
+	initStringInfo(&cols);
+	initStringInfo(&params);
+	entry->insertattnums = MemoryContextAlloc(entry->cxt, sizeof(AttrNumber) * (tupdesc->natts + 1));
+	entry->ninsert = 0;
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (att->attisdropped || att->attgenerated != '\0')
+			continue;
+		appendStringInfo(&cols, "%s%s", entry->ninsert > 0 ? ", " : "",
+						 quote_identifier(NameStr(att->attname)));
+		appendStringInfo(&params, "%s$%d", entry->ninsert > 0 ? ", " : "", entry->ninsert + 1);
+		types[entry->ninsert] = att->atttypid;
+		entry->insertattnums[entry->ninsert++] = att->attnum;
+	}
+
+	reapply_prepare_converters(entry, tupdesc);
+	entry->convert_plan =
+		dlq_prepare_kept(psprintf("SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)", name),
+						 1, jtype);
+	entry->insert_plan =
+		dlq_prepare_kept(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE VALUES (%s)",
+								  name, cols.data, params.data),
+						 entry->ninsert, types);
+}
+
+/*
+ * The text a column's input function reads for a JSON value: a string is
+ * its text, other values their JSON text; json and jsonb columns (json)
+ * always take the JSON text.
+ */
+static char *
+reapply_value_text(JsonbValue *v, bool json)
+{
+	StringInfoData buf;
+
+	if (v->type == jbvString && !json)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out,
+												   NumericGetDatum(v->val.numeric)));
+	if (v->type == jbvBool)
+		return pstrdup(v->val.boolean ? "true" : "false");
+	if (v->type == jbvBinary)
+		return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+	initStringInfo(&buf);
+	escape_json(&buf, pnstrdup(v->val.string.val, v->val.string.len));
+	return buf.data;
+}
+
+/*
+ * Convert a payload (a JSON object keyed by column name) into slot, for a
+ * table whose columns all have scalar types.  A missing key or JSON null is
+ * NULL; other values go through reapply_value_text.  Errors of the input
+ * functions raise.
+ */
+static void
+reapply_convert(CaptureRel *entry, Relation rel, Jsonb *payload, TupleTableSlot *slot)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+
+	if (!JB_ROOT_IS_OBJECT(payload))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("captured payload is not a JSON object")));
+
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		const char *name = NameStr(att->attname);
+		JsonbValue	vbuf;
+		JsonbValue *v;
+
+		slot->tts_isnull[i] = true;
+		slot->tts_values[i] = (Datum) 0;
+		if (att->attisdropped)
+			continue;
+		v = getKeyJsonValueFromContainer(&payload->root, name, strlen(name), &vbuf);
+		if (v == NULL || v->type == jbvNull)
+		{
+			/* Domains may refuse NULL: ask the input function, as populate_record does. */
+			if (entry->convkind[i] == 'd')
+				slot->tts_values[i] = InputFunctionCall(&entry->infuncs[i], NULL,
+														entry->ioparams[i], att->atttypmod);
+			continue;
+		}
+		slot->tts_values[i] = InputFunctionCall(&entry->infuncs[i],
+												reapply_value_text(v, entry->convkind[i] == 'j'),
+												entry->ioparams[i], att->atttypmod);
+		slot->tts_isnull[i] = false;
+	}
+}
+
+/*
+ * The payload as the table's row type, in a new slot; a bad value raises
+ * here.  Inside SPI.
+ */
+static TupleTableSlot *
+reapply_to_slot(CaptureRel *entry, Relation rel, Jsonb *payload)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsVirtual);
+	Datum		jvalue[1] = {JsonbPGetDatum(payload)};
+	int			ret;
+	int			k = 0;
+
+	ExecClearTuple(slot);
+	if (entry->fast_convert)
+	{
+		reapply_convert(entry, rel, payload, slot);
+		ExecStoreVirtualTuple(slot);
+		return slot;
+	}
+
+	ret = SPI_execute_plan(entry->convert_plan, jvalue, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not convert the captured row: %s", SPI_result_code_string(ret));
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		if (TupleDescAttr(tupdesc, i)->attisdropped)
+		{
+			slot->tts_isnull[i] = true;
+			continue;
+		}
+		k++;
+		slot->tts_values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											k, &slot->tts_isnull[i]);
+	}
+	ExecStoreVirtualTuple(slot);
+	return slot;
+}
+
+/* Report a violation of rel as dlq_reapply_row's failed result. */
+static void
+reapply_set_result(DlqReapplyResult *result, Relation rel, const CaptureViolation *v)
+{
+	result->ok = false;
+	memcpy(result->sqlstate, unpack_sql_state(v->sqlerrcode), 5);
+	result->sqlstate[5] = '\0';
+	result->error = pstrdup(v->message);
+	result->error_detail = dlq_violation_detail(rel, v);
+}
+
+/*
+ * Open the replay target, which must be a table the current user may
+ * insert into.
+ */
+static Relation
+reapply_open_target(Oid target)
+{
+	Relation	rel = try_relation_open(target, RowExclusiveLock);
+	AclResult	aclresult;
+
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("replay target table with OID %u does not exist", target)));
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("replay target \"%s\" is not a table", RelationGetRelationName(rel))));
+
+	aclresult = pg_class_aclcheck(target, GetUserId(), ACL_INSERT);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
+	return rel;
+}
+
+/*
+ * Insert the row in slot through the kept INSERT plan, inside SPI.  Returns
+ * whether a row went in: one of the table's own triggers may skip it, and
+ * a partition's capture trigger skips a violating row after keeping its
+ * violation in reapply_violation (in callercxt).
+ */
+static bool
+reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
+			   MemoryContext callercxt)
+{
+	Datum	   *values = palloc(sizeof(Datum) * entry->ninsert);
+	char	   *nulls = palloc(entry->ninsert);
+	volatile bool inserted = false;
+	int			ret;
+
+	for (int k = 0; k < entry->ninsert; k++)
+	{
+		AttrNumber	attno = entry->insertattnums[k];
+
+		values[k] = slot->tts_values[attno - 1];
+		nulls[k] = slot->tts_isnull[attno - 1] ? 'n' : ' ';
+	}
+
+	reapply_active = true;
+	reapply_validated_relid = entry->partitioned ? InvalidOid : target;
+	reapply_violation = NULL;
+	reapply_cxt = callercxt;
+	PG_TRY();
+	{
+		ret = SPI_execute_plan(entry->insert_plan, values, nulls, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "could not re-apply the captured row: %s", SPI_result_code_string(ret));
+		inserted = SPI_processed == 1;
+	}
+	PG_FINALLY();
+	{
+		reapply_active = false;
+		reapply_validated_relid = InvalidOid;
+	}
+	PG_END_TRY();
+	return inserted;
+}
+
+/*
+ * Re-apply a captured row to target as the current user.  See capture.h.
+ */
+void
+dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
+				DlqReapplyResult *result)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	Relation	rel;
+	CaptureRel *entry;
+	TupleTableSlot *slot;
+	CaptureViolation v;
+	bool		inserted;
+
+	memset(result, 0, sizeof(DlqReapplyResult));
+
+	if (operation != NULL && strcmp(operation, "INSERT") != 0)
+	{
+		result->ok = false;
+		strcpy(result->sqlstate, "0A000");
+		result->error = psprintf("replay of a captured %s is not supported", operation);
+		return;
+	}
+
+	rel = reapply_open_target(target);
+	entry = dlq_predict_get_rel(rel);
+	SPI_connect();
+	if (entry->insert_plan == NULL)
+		reapply_prepare(entry, rel);
+	slot = reapply_to_slot(entry, rel, payload);
+
+	/* A partitioned table is validated per partition, by its trigger. */
+	if (!entry->partitioned)
+	{
+		MemoryContext old = MemoryContextSwitchTo(callercxt);
+		bool		ok = dlq_predict_row(entry, rel, slot, NULL, &v);
+
+		MemoryContextSwitchTo(old);
+		if (!ok)
+		{
+			MemoryContextSwitchTo(callercxt);
+			reapply_set_result(result, rel, &v);
+			ExecDropSingleTupleTableSlot(slot);
+			SPI_finish();
+			relation_close(rel, NoLock);
+			return;
+		}
+	}
+
+	inserted = reapply_insert(entry, target, slot, callercxt);
+	ExecDropSingleTupleTableSlot(slot);
+	SPI_finish();
+	MemoryContextSwitchTo(callercxt);
+
+	if (!inserted && reapply_violation != NULL)
+	{
+		/* The partition's trigger found a violation. */
+		reapply_set_result(result, rel, reapply_violation);
+		reapply_violation = NULL;
+	}
+	else
+		result->ok = true;	/* inserted, or skipped by one of the table's own triggers */
+	relation_close(rel, NoLock);
+}
+
+/*
+ * Is dlq_reapply_row inserting a row into relid that it validated already?
+ * See capture_int.h.
+ */
+bool
+dlq_reapply_validated(Oid relid)
+{
+	return reapply_active && reapply_validated_relid == relid;
+}
+
+/* Keep the trigger's violation for dlq_reapply_row.  See capture_int.h. */
+bool
+dlq_reapply_keep_violation(const CaptureViolation *v)
+{
+	MemoryContext old;
+
+	if (!reapply_active)
+		return false;
+	old = MemoryContextSwitchTo(reapply_cxt);
+	reapply_violation = palloc0(sizeof(CaptureViolation));
+	reapply_violation->sqlerrcode = v->sqlerrcode;
+	reapply_violation->message = pstrdup(v->message);
+	reapply_violation->detail = v->detail ? pstrdup(v->detail) : NULL;
+	reapply_violation->column = v->column ? pstrdup(v->column) : NULL;
+	reapply_violation->constraint = v->constraint ? pstrdup(v->constraint) : NULL;
+	MemoryContextSwitchTo(old);
+	return true;
+}
