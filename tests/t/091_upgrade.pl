@@ -34,6 +34,10 @@ my ($rc, $out, $err) = $node->psql('old', q{SELECT dlq_configure('newq', max_att
 like($err, qr/extension "dlq" is at version 1\.0 but its library is version \Q$current\E.*HINT:  Run ALTER EXTENSION dlq UPDATE\./s,
     'before the update, creating a queue says that ALTER EXTENSION dlq UPDATE is needed');
 
+ok($node->poll_query_until('old', q{
+    SELECT last_error LIKE '%waiting for ALTER EXTENSION dlq UPDATE%' FROM dlq.worker_status()}),
+    'before the update, the worker waits for ALTER EXTENSION dlq UPDATE and says so');
+
 # Queues and captured rows as 1.0 wrote them, then messages in every state
 # through the 1.0 API.
 $node->safe_psql('old', q{
