@@ -30,6 +30,15 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     RETURN SQLSTATE || ': ' || SQLERRM;
 END $$;
+-- dlq_test.st(queue): every message of a queue as n:status:attempts, by id;
+-- dlq_test.id(queue, n): the id of message n of a queue (30_replay, 40_consumer).
+CREATE FUNCTION dlq_test.st(q text) RETURNS text LANGUAGE sql AS $$
+    SELECT string_agg(format('%s:%s:%s', payload->>'n', status, attempts), ' ' ORDER BY message_id)
+      FROM dlq.messages WHERE queue = q
+$$;
+CREATE FUNCTION dlq_test.id(q text, n int) RETURNS bigint LANGUAGE sql AS $$
+    SELECT message_id FROM dlq.messages WHERE queue = q AND payload->>'n' = n::text
+$$;
 GRANT USAGE ON SCHEMA dlq_test TO PUBLIC;
 GRANT EXECUTE ON FUNCTION dlq_test.err(text), dlq_test.try(text) TO PUBLIC;
 SELECT dlq_test.err('SELECT 1/0');

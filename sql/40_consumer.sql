@@ -1,16 +1,6 @@
 -- Replay lifecycle, consumer side: dlq_listen, dlq_claim, dlq_ack, dlq_nack.
 \set VERBOSITY default
 
--- st(queue): every message of a queue as n:status:attempts, by id.
-CREATE FUNCTION pg_temp.st(q text) RETURNS text LANGUAGE sql AS $$
-    SELECT string_agg(format('%s:%s:%s', payload->>'n', status, attempts), ' ' ORDER BY message_id)
-      FROM dlq.messages WHERE queue = q
-$$;
--- id(queue, n): the id of message n of a queue.
-CREATE FUNCTION pg_temp.id(q text, n int) RETURNS bigint LANGUAGE sql AS $$
-    SELECT message_id FROM dlq.messages WHERE queue = q AND payload->>'n' = n::text
-$$;
-
 -- dlq_listen creates a new queue and returns its channel.
 SELECT dlq_listen('cs_new');
 SELECT queue, channel FROM dlq.queues WHERE queue = 'cs_new';
@@ -58,42 +48,42 @@ SELECT count(*) AS all_leased FROM dlq_claim('cs_a');
 
 -- An expired lease makes the message claimable again, attempts unchanged.
 UPDATE dlq.messages SET claim_expires_at = now() - interval '1 s'
- WHERE message_id = pg_temp.id('cs_a', 1);
+ WHERE message_id = dlq_test.id('cs_a', 1);
 SELECT payload->>'n' AS n, attempts FROM dlq_claim('cs_a');
-SELECT pg_temp.st('cs_a');
+SELECT dlq_test.st('cs_a');
 
 -- Ack resolves replaying messages; others are not counted.
-SELECT dlq_ack(ARRAY[pg_temp.id('cs_a', 1), pg_temp.id('cs_a', 2), -1]) AS acked;
-SELECT dlq_ack(ARRAY[pg_temp.id('cs_a', 1)]) AS acked_again;
+SELECT dlq_ack(ARRAY[dlq_test.id('cs_a', 1), dlq_test.id('cs_a', 2), -1]) AS acked;
+SELECT dlq_ack(ARRAY[dlq_test.id('cs_a', 1)]) AS acked_again;
 SELECT payload->>'n' AS n, status, resolved_at IS NOT NULL AS resolved_at, claimed_by, claim_expires_at
   FROM dlq.messages WHERE queue = 'cs_a' AND status = 'resolved' ORDER BY message_id;
-SELECT kind, message_count, message_ids = ARRAY[pg_temp.id('cs_a', 1), pg_temp.id('cs_a', 2)] AS ids
+SELECT kind, message_count, message_ids = ARRAY[dlq_test.id('cs_a', 1), dlq_test.id('cs_a', 2)] AS ids
   FROM dlq.events WHERE queue = 'cs_a' AND kind = 'acked';
 
 -- Nack: error recorded, back to pending while attempts remain, no attempt added.
-SELECT dlq_nack(pg_temp.id('cs_a', 3), 'downstream timeout', '57014');
+SELECT dlq_nack(dlq_test.id('cs_a', 3), 'downstream timeout', '57014');
 SELECT payload->>'n' AS n, status, attempts, error, sqlstate, error_class, claimed_by, next_retry_at
-  FROM dlq.messages WHERE message_id = pg_temp.id('cs_a', 3);
+  FROM dlq.messages WHERE message_id = dlq_test.id('cs_a', 3);
 -- retry_in sets next_retry_at.
-SELECT dlq_nack(pg_temp.id('cs_a', 4), 'later', retry_in => '10 min');
+SELECT dlq_nack(dlq_test.id('cs_a', 4), 'later', retry_in => '10 min');
 SELECT next_retry_at BETWEEN now() + interval '9 min' AND now() + interval '11 min' AS in_ten_minutes
-  FROM dlq.messages WHERE message_id = pg_temp.id('cs_a', 4);
+  FROM dlq.messages WHERE message_id = dlq_test.id('cs_a', 4);
 -- Second replay, second nack: max_attempts reached, review.
-SELECT dlq_reprocess(ARRAY[pg_temp.id('cs_a', 3)]) ->> 'replayed' AS replayed;
-SELECT dlq_nack(pg_temp.id('cs_a', 3), 'still failing');
-SELECT pg_temp.st('cs_a');
-SELECT kind, message_ids = ARRAY[pg_temp.id('cs_a', 3)] AS ids, detail FROM dlq.events
- WHERE queue = 'cs_a' AND kind = 'nacked' AND message_ids = ARRAY[pg_temp.id('cs_a', 3)] ORDER BY event_id;
+SELECT dlq_reprocess(ARRAY[dlq_test.id('cs_a', 3)]) ->> 'replayed' AS replayed;
+SELECT dlq_nack(dlq_test.id('cs_a', 3), 'still failing');
+SELECT dlq_test.st('cs_a');
+SELECT kind, message_ids = ARRAY[dlq_test.id('cs_a', 3)] AS ids, detail FROM dlq.events
+ WHERE queue = 'cs_a' AND kind = 'nacked' AND message_ids = ARRAY[dlq_test.id('cs_a', 3)] ORDER BY event_id;
 
 -- Bad input, wrong state, unknown message: errors, nothing changes.
-SELECT regexp_replace(dlq_test.try(format('SELECT dlq_nack(%s, %L)', pg_temp.id('cs_a', 3), 'x')),
+SELECT regexp_replace(dlq_test.try(format('SELECT dlq_nack(%s, %L)', dlq_test.id('cs_a', 3), 'x')),
                       'message \d+', 'message N') AS err;
 SELECT dlq_test.try($$SELECT dlq_nack(-1, 'x')$$);
 SELECT dlq_test.try($$SELECT dlq_nack(NULL, 'x')$$);
-SELECT dlq_test.try(format('SELECT dlq_nack(%s, NULL)', pg_temp.id('cs_a', 5)));
-SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L)', pg_temp.id('cs_a', 5), ''));
-SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L, %L)', pg_temp.id('cs_a', 5), 'x', 'bad'));
-SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L, retry_in => %L)', pg_temp.id('cs_a', 5), 'x', '-1 min'));
+SELECT dlq_test.try(format('SELECT dlq_nack(%s, NULL)', dlq_test.id('cs_a', 5)));
+SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L)', dlq_test.id('cs_a', 5), ''));
+SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L, %L)', dlq_test.id('cs_a', 5), 'x', 'bad'));
+SELECT dlq_test.try(format('SELECT dlq_nack(%s, %L, retry_in => %L)', dlq_test.id('cs_a', 5), 'x', '-1 min'));
 SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_nope')$$);
 SELECT dlq_test.try($$SELECT * FROM dlq_claim(NULL)$$);
 SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_a', 0)$$);
@@ -104,7 +94,7 @@ SELECT dlq_test.try($$SELECT * FROM dlq_claim('cs_a', 1, NULL)$$);
 SELECT dlq_test.try($$SELECT dlq_ack(NULL)$$);
 SELECT dlq_test.try($$SELECT dlq_ack('{}')$$);
 SELECT dlq_test.try($$SELECT dlq_ack(ARRAY[NULL]::bigint[])$$);
-SELECT pg_temp.st('cs_a');
+SELECT dlq_test.st('cs_a');
 
 -- auto_retry queues back off with dlq.retry_delay on a nack without retry_in.
 SELECT (dlq_configure('cs_b', require_listener => false, auto_retry => true,
@@ -112,7 +102,7 @@ SELECT (dlq_configure('cs_b', require_listener => false, auto_retry => true,
 SELECT dlq_store('cs_b', '{"n": 1}', 'e') IS NOT NULL;
 SELECT dlq_reprocess_all('cs_b') ->> 'replayed' AS replayed;
 SELECT next_retry_at IS NULL AS no_retry_while_replaying FROM dlq.messages WHERE queue = 'cs_b';
-SELECT dlq_nack(pg_temp.id('cs_b', 1), 'e2');
+SELECT dlq_nack(dlq_test.id('cs_b', 1), 'e2');
 SELECT next_retry_at BETWEEN now() + interval '1.7 hours' AND now() + interval '2.3 hours' AS second_retry_backs_off
   FROM dlq.messages WHERE queue = 'cs_b';
 
@@ -123,13 +113,13 @@ SELECT dlq_store('cs_c', '{"n": 1}', 'first', dedup_key => 'k1') IS NOT NULL;
 SELECT dlq_reprocess_all('cs_c') ->> 'replayed' AS replayed;
 SELECT dlq_store('cs_c', '{"n": 2}', 'while replaying', dedup_key => 'k1') IS NOT NULL;
 SELECT dlq_store('cs_c', '{"n": 2}', 'again', dedup_key => 'k1') IS NOT NULL;
-SELECT dlq_nack(pg_temp.id('cs_c', 1), 'consumer failed', '23505');
+SELECT dlq_nack(dlq_test.id('cs_c', 1), 'consumer failed', '23505');
 SELECT payload->>'n' AS n, status, occurrences, error, sqlstate FROM dlq.messages WHERE queue = 'cs_c' ORDER BY message_id;
-SELECT kind, detail->>'into' = pg_temp.id('cs_c', 2)::text AS into_open_one
+SELECT kind, detail->>'into' = dlq_test.id('cs_c', 2)::text AS into_open_one
   FROM dlq.events WHERE queue = 'cs_c' AND kind IN ('nacked', 'merged') ORDER BY event_id;
 -- Without a competing open message the key comes back to pending as usual.
 SELECT dlq_reprocess_all('cs_c') ->> 'replayed' AS replayed;
-SELECT dlq_nack(pg_temp.id('cs_c', 2), 'failed again');
+SELECT dlq_nack(dlq_test.id('cs_c', 2), 'failed again');
 SELECT payload->>'n' AS n, status, occurrences FROM dlq.messages WHERE queue = 'cs_c' ORDER BY message_id;
 
 -- Consumers need dlq_operator.
