@@ -267,3 +267,5 @@ SELECT dlq_detach('atk_fan_u');
 SELECT dlq_detach('atk_loss_a');
 SELECT dlq_detach('atk_loss_b');
 RESET ROLE;
+DELETE FROM dlq.stages WHERE stage = 'atk_stage';
+DROP POLICY spy ON atk_stage_src;
