@@ -31,6 +31,53 @@ COMMENT ON FUNCTION @extschema@.dlq_attach(regclass, text, text) IS
 COMMENT ON FUNCTION @extschema@.dlq_detach(regclass) IS
     'undo dlq_attach on a table you own: drop the capture triggers or intake view dlq made (which you must own) and clear the replay target; messages stay';
 
+/*
+ * A dropped table's OID may later name another table (OID wraparound, or a
+ * restore where a dangling regclass reads back as a number): a queue still
+ * bound to it would replay into whatever table gets that OID.  When a table
+ * is dropped, queues bound to it are unbound, with an audit event.  The
+ * dropper may lack any right on dlq's tables, hence SECURITY DEFINER (with a
+ * pinned search_path; it touches only rows naming the dropped tables).
+ */
+CREATE FUNCTION dlq.unbind_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    gone oid[];
+BEGIN
+    gone := ARRAY(SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
+                   WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                     AND d.objsubid = 0 AND d.object_type = 'table');
+    IF pg_catalog.cardinality(gone) = 0 THEN
+        RETURN;
+    END IF;
+    WITH bound AS (
+        SELECT q.queue, q.replay_target::pg_catalog.oid AS target FROM dlq.queues q
+         WHERE q.replay_target::pg_catalog.oid = ANY (gone)
+           FOR UPDATE
+    ), unbound AS (
+        UPDATE dlq.queues q SET replay_target = NULL
+          FROM bound b WHERE q.queue = b.queue
+        RETURNING q.queue, b.target
+    )
+    INSERT INTO dlq.events (actor, kind, queue, detail)
+    SELECT session_user, 'configured', u.queue,
+           pg_catalog.jsonb_build_object('replay_target', NULL, 'reason', 'table dropped',
+                                         'table', d.object_identity)
+      FROM unbound u
+      JOIN pg_catalog.pg_event_trigger_dropped_objects() d
+        ON d.objid = u.target AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.objsubid = 0;
+END
+$$;
+COMMENT ON FUNCTION dlq.unbind_dropped_tables() IS
+    'event trigger: a dropped table stops being any queue''s replay target (audited), so its OID can never route replays to another table';
+CREATE EVENT TRIGGER dlq_unbind_dropped_tables ON sql_drop
+    EXECUTE FUNCTION dlq.unbind_dropped_tables();
+COMMENT ON EVENT TRIGGER dlq_unbind_dropped_tables IS
+    'unbinds queues whose replay target is dropped (dlq.unbind_dropped_tables)';
+
 
 
 /* ---- Trust: replays run as a role that could write (replay.c, queue.c, worker) ---- */

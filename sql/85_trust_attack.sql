@@ -140,11 +140,11 @@ SELECT name, source_max FROM etl_status('atk_stage');
 RESET ROLE;
 SELECT DISTINCT regexp_replace(who, '[0-9]+', 'N') AS ran_as FROM atk_stage_log ORDER BY 1;
 
--- FINDING E: dropping a bound table leaves its OID in replay_target and in
--- the messages' source_relation.  After OID wraparound, or a dump restored
--- into another cluster (regclass of a dropped table dumps as a number),
--- whoever creates a table with that OID receives these rows on replay
--- (reproduced by hand with pg_resetwal -o; not repeatable here).
+-- FIXED E: dropping a bound table left its OID in replay_target.  After OID
+-- wraparound, or a dump restored into another cluster (regclass of a
+-- dropped table dumps as a number), whoever created a table with that OID
+-- received these rows on replay (reproduced by hand with pg_resetwal -o).
+-- Now the sql_drop event trigger dlq_unbind_dropped_tables unbinds it.
 SET ROLE sec_atk_w;
 CREATE TABLE atk_gone (id int PRIMARY KEY);
 SELECT dlq_attach('atk_gone');
