@@ -136,12 +136,22 @@ capture_trigger_args(Trigger *trigger, int first, const char **queue,
  * just before commit.  Rows buffered in a subtransaction that aborts are
  * dropped with it, as their INSERT would have been.
  *
+ * Each row records the subtransaction that diverted it, and the buffer is in
+ * that order: a subtransaction's ids are above those of every row buffered
+ * before it began.  A flush inside a subtransaction therefore stores only the
+ * rows with an id at or above the current one, its own and those of the
+ * subtransactions that committed into it: stored there, rows of an outer
+ * level would vanish if this subtransaction aborted while their own level
+ * goes on.  They stay buffered for a flush at their own level or before
+ * commit, and this level's next batch is counted from them
+ * (capture_flush_at), so it is still CAPTURE_BATCH rows.
+ *
  * A flush runs SQL (dlq.queues, dlq.messages), and with it whatever triggers
  * those tables have; such a trigger may divert more rows and so buffer and
  * flush again while a flush is under way.  A flush therefore takes its rows
- * out of the buffer before it runs anything: rows diverted meanwhile go into
- * a fresh buffer, which only ever grows through capture_buffer_reserve, and
- * are stored by the nested flush or the next one.
+ * out of the buffer before it runs anything: rows diverted meanwhile go
+ * after the rows it left, through capture_buffer_reserve, and are stored by
+ * the nested flush or the next one.
  */
 #define CAPTURE_BATCH 1000
 
@@ -166,6 +176,7 @@ typedef struct CaptureBuffered
 static CaptureBuffered *capture_buffer = NULL;
 static int	capture_nbuffered = 0;
 static int	capture_capacity = 0;
+static int	capture_flush_at = CAPTURE_BATCH;	/* flush when this many rows */
 static bool capture_callbacks_registered = false;
 static SPIPlanPtr capture_batch_plan = NULL;
 
@@ -179,7 +190,7 @@ capture_buffer_reserve(int n)
 
 	if (need <= capture_capacity)
 		return;
-	need = Max(need, CAPTURE_BATCH);
+	need = Max(need, Max(CAPTURE_BATCH, capture_capacity * 2));
 	if (capture_buffer == NULL)
 		capture_buffer = MemoryContextAlloc(TopTransactionContext,
 											sizeof(CaptureBuffered) * need);
@@ -189,26 +200,21 @@ capture_buffer_reserve(int n)
 }
 
 /*
- * A flush failed: put its rows back in front of those buffered since, so
- * that a subtransaction abort trims the buffer as usual (rows in order of
- * their subtransaction) and the rows of the surviving transaction stay.
+ * A flush failed: put its rows back at position at, between the outer
+ * levels' rows it left and those buffered since, so that a subtransaction
+ * abort trims the buffer as usual (rows in order of their subtransaction)
+ * and the rows of the surviving transaction stay.
  */
 static void
-capture_buffer_restore(CaptureBuffered *rows, int n)
+capture_buffer_restore(int at, CaptureBuffered *rows, int n)
 {
-	CaptureBuffered *later = capture_buffer;
-	int			nlater = capture_nbuffered;
-
-	capture_buffer = rows;
-	capture_nbuffered = n;
-	capture_capacity = n;
-	if (nlater > 0)
-	{
-		capture_buffer_reserve(nlater);
-		memcpy(capture_buffer + n, later, sizeof(CaptureBuffered) * nlater);
-		capture_nbuffered += nlater;
-		pfree(later);
-	}
+	Assert(at <= capture_nbuffered);
+	capture_buffer_reserve(n);
+	memmove(capture_buffer + at + n, capture_buffer + at,
+			sizeof(CaptureBuffered) * (capture_nbuffered - at));
+	memcpy(capture_buffer + at, rows, sizeof(CaptureBuffered) * n);
+	capture_nbuffered += n;
+	pfree(rows);
 }
 
 /* The buffered rows as one array per column of the batch INSERT, in values. */
@@ -302,22 +308,32 @@ capture_store_rows(CaptureBuffered *rows, int n)
 		elog(ERROR, "could not store %d captured rows: %s", n, SPI_result_code_string(ret));
 }
 
-/* Store the buffered rows.  Switches to the owner and starts its own SPI. */
+/*
+ * Store the buffered rows of the current subtransaction and of those that
+ * committed into it; rows of outer levels stay buffered.  Switches to the owner and starts its
+ * own SPI.
+ */
 static void
 capture_flush(void)
 {
-	CaptureBuffered *rows = capture_buffer;
-	int			n = capture_nbuffered;
+	SubTransactionId cur = GetCurrentSubTransactionId();
+	int			keep = capture_nbuffered;
+	CaptureBuffered *rows;
+	int			n;
 	DlqOwnerContext owner;
 	volatile bool pushed = false;
 
+	while (keep > 0 && capture_buffer[keep - 1].subid >= cur)
+		keep--;
+	n = capture_nbuffered - keep;
+	capture_flush_at = keep + CAPTURE_BATCH;
 	if (n == 0)
 		return;
 
 	/* Taken out first: what runs below may buffer and flush again. */
-	capture_buffer = NULL;
-	capture_nbuffered = 0;
-	capture_capacity = 0;
+	rows = MemoryContextAlloc(TopTransactionContext, sizeof(CaptureBuffered) * n);
+	memcpy(rows, capture_buffer + keep, sizeof(CaptureBuffered) * n);
+	capture_nbuffered = keep;
 
 	PG_TRY();
 	{
@@ -336,7 +352,7 @@ capture_flush(void)
 	}
 	PG_CATCH();
 	{
-		capture_buffer_restore(rows, n);
+		capture_buffer_restore(keep, rows, n);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -369,6 +385,7 @@ capture_xact_callback(XactEvent event, void *arg)
 			capture_buffer = NULL;
 			capture_nbuffered = 0;
 			capture_capacity = 0;
+			capture_flush_at = CAPTURE_BATCH;
 			break;
 	}
 }
@@ -419,7 +436,7 @@ capture_buffer_row(const char *queue, const char *component, Jsonb *payload,
 	/* Counted only once complete: a copy that fails leaves no half row. */
 	capture_nbuffered++;
 
-	if (capture_nbuffered >= CAPTURE_BATCH)
+	if (capture_nbuffered >= capture_flush_at)
 		capture_flush();
 }
 
