@@ -121,9 +121,11 @@ UPDATE rp_up SET v = -1;
 SELECT r->'failed' AS failed, r->'failures'->0->>'sqlstate' AS sqlstate, r->'failures'->0->>'error' AS error
   FROM dlq_reprocess_all('rp_upq') r;
 
--- Replay runs as the caller with the caller's search_path, not the pinned one
--- the DLQ's own statements use: the table's triggers find their unqualified
--- functions, and see the caller as current_user.
+-- Replay inserts as the table's owner with search_path pinned to
+-- pg_catalog, pg_temp (DESIGN 7.1): neither the caller's privileges nor its
+-- search_path reach the table's triggers.  A trigger that names its tables
+-- and functions unqualified fails the replay until it sets its own
+-- search_path; it then sees the table's owner as current_user.
 CREATE TABLE rp_log (who name, note text);
 CREATE FUNCTION rp_note(v int) RETURNS text LANGUAGE sql AS $$ SELECT 'v=' || v $$;
 CREATE FUNCTION rp_log_row() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -140,4 +142,9 @@ DELETE FROM rp_log;
 SELECT r->'replayed' AS replayed, r->'failed' AS failed, r->'failures' AS failures
   FROM dlq_reprocess_all('rp_trgq') r;
 SELECT * FROM rp_trg;
-SELECT who = current_user AS as_caller, note FROM rp_log;
+ALTER FUNCTION rp_log_row() SET search_path = public;
+SELECT r->'replayed' AS replayed, r->'failed' AS failed, r->'failures' AS failures
+  FROM dlq_reprocess_all('rp_trgq') r;
+SELECT * FROM rp_trg;
+SELECT who = (SELECT relowner::regrole::name FROM pg_class WHERE oid = 'rp_trg'::regclass) AS as_owner,
+       note FROM rp_log;

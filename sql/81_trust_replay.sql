@@ -80,8 +80,9 @@ SELECT (dlq_configure('sec_replay_h', require_listener => false)).queue;
 SELECT dlq_store('sec_replay_h', '{"id": 1}', 'e') IS NOT NULL AS stored;
 SELECT dlq_reprocess_all('sec_replay_h') ->> 'replayed' AS replayed;
 
--- The caller's triggers on the target run in a security-restricted
--- operation: they cannot change the session's role for the rest of it.
+-- The target's triggers run as its owner in a security-restricted
+-- operation: they cannot change the session's role for the rest of it
+-- (PostgreSQL words the refusal for the switched user id).
 SET ROLE sec_replay_owner;
 CREATE TABLE sec_replay.st (id int PRIMARY KEY);
 GRANT INSERT ON sec_replay.st TO sec_replay_op;

@@ -16,10 +16,11 @@ GRANT CREATE ON SCHEMA public TO sec_atk_w, sec_atk_r, sec_atk_op, sec_atk_nobod
 -- A victim queue with a payload the writer must never read, nor change.
 SELECT dlq_store('atk_payments', '{"card": "4111-SECRET"}', 'declined') > 0 AS stored;
 
--- FINDING A: a writer's own table, bound to its own queue, runs the writer's
--- trigger as whoever replays it.  A routine dlq_reprocess_all by an
--- operator lets the writer read every queue's payloads and discard
--- another queue (SECURITY_RESTRICTED_OPERATION does not stop either).
+-- FINDING A (fixed; sql/86_trust_replay_owner): a writer's own table, bound
+-- to its own queue, ran the writer's trigger as whoever replayed it, so a
+-- routine dlq_reprocess_all by an operator let the writer read every
+-- queue's payloads and discard another queue.  The trigger now runs as the
+-- table's owner: no loot, the queue is intact.
 SET ROLE sec_atk_w;
 SELECT dlq_test.try('SELECT count(*) FROM dlq.messages') AS writer_reads_messages;
 CREATE TABLE atk_w_t (id int PRIMARY KEY, v text);
@@ -55,9 +56,9 @@ RESET ROLE;
 SELECT count(*) AS payments_left FROM dlq.messages WHERE queue = 'atk_payments';
 SELECT actor, kind, message_count FROM dlq.events WHERE queue = 'atk_payments' ORDER BY event_id;
 
--- FINDING B: a row the replayed row's own trigger writes into another
--- captured table, and that violates it, vanishes: it is neither inserted
--- nor stored, and the replay reports success.
+-- FINDING B (fixed; sql/86_trust_replay_owner): a row the replayed row's
+-- own trigger writes into another captured table, and that violates it,
+-- vanished: neither inserted nor stored.  It is now a message of that table.
 SET ROLE sec_atk_w;
 CREATE TABLE atk_fan_u (id int PRIMARY KEY, v int NOT NULL);
 CREATE TABLE atk_fan_s (id int PRIMARY KEY, v int);
@@ -79,8 +80,8 @@ SET ROLE sec_atk_op;
 SELECT r->'replayed' AS replayed, r->'failed' AS failed
   FROM dlq_reprocess_all('atk_fan_s') r;
 RESET ROLE;
--- The replayed row (2, NULL) is in atk_fan_s; its fan-out (2, NULL) is in
--- neither atk_fan_u nor the DLQ.
+-- The replayed row (2, NULL) is in atk_fan_s; its fan-out (2, NULL) is a
+-- pending message of atk_fan_u.
 SELECT * FROM atk_fan_s ORDER BY id;
 SELECT * FROM atk_fan_u ORDER BY id;
 SELECT queue, payload, status FROM dlq.messages WHERE queue IN ('atk_fan_s', 'atk_fan_u') ORDER BY message_id;

@@ -591,8 +591,8 @@ dlq_capture(PG_FUNCTION_ARGS)
 	if (dlq_predict_row(entry, rel, slot, oldslot, &v))
 		return PointerGetDatum(tuple);
 
-	/* Inside dlq_reapply_row, which reports it; no new message. */
-	if (dlq_reapply_keep_violation(&v))
+	/* The row dlq_reapply_row inserts, which reports it; no new message. */
+	if (dlq_reapply_keep_violation(RelationGetRelid(rel), &v))
 		return PointerGetDatum(NULL);
 
 	/*

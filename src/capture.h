@@ -21,11 +21,12 @@ typedef struct DlqReapplyResult
 } DlqReapplyResult;
 
 /*
- * Re-apply a captured row (its payload and operation) to target with the
- * privileges of the current user; replay.c switches back to the caller
- * before calling this.  A row that would still violate a constraint is
- * reported in *result without raising an error; a missing privilege raises
- * 42501.
+ * Re-apply a captured row (its payload and operation) to target, authorised
+ * by the current user (replay.c switches back to the caller before calling
+ * this) and inserted as the table's owner in a security-restricted
+ * operation.  A row that would still violate a constraint is reported in
+ * *result without raising an error; a missing privilege, or row-level
+ * security binding the current user on target, raises 42501.
  */
 extern void dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 							DlqReapplyResult *result);

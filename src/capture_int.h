@@ -110,10 +110,11 @@ extern Jsonb *dlq_violation_detail(Relation rel, const CaptureViolation *v);
 extern bool dlq_reapply_validated(Oid relid);
 
 /*
- * Inside dlq_reapply_row, a violation the trigger finds is not diverted
- * into a new message: it is kept for dlq_reapply_row to report.  Returns
- * false, keeping nothing, when no replay is under way.
+ * Inside dlq_reapply_row, a violation the trigger finds on relid for the
+ * replayed row itself is not diverted into a new message: it is kept for
+ * dlq_reapply_row to report.  Returns false, keeping nothing, for any other
+ * row (none being replayed, or one the replayed row's triggers write).
  */
-extern bool dlq_reapply_keep_violation(const CaptureViolation *v);
+extern bool dlq_reapply_keep_violation(Oid relid, const CaptureViolation *v);
 
 #endif							/* DLQ_CAPTURE_INT_H */

@@ -8,12 +8,17 @@
  *	  into the table's row type, in C when every column has a scalar type
  *	  and through jsonb_populate_record otherwise.  The row is checked with
  *	  the capture trigger's own prediction (capture_predict.c), then
- *	  inserted through SPI with the privileges of the current user, so the
- *	  table's own triggers run as they would for the caller's INSERT.  While
- *	  it inserts, the capture trigger (capture.c) does not divert the row
- *	  into a new message: it hands any violation back here, and
- *	  dlq_reapply_row reports it.  The conversion and insert plans are kept
- *	  in the relation's cache entry.
+ *	  inserted through SPI.  The caller authorises it (INSERT on the table,
+ *	  and no row-level security binding the caller there); the conversion,
+ *	  the check and the INSERT with the table's triggers then run as the
+ *	  table's owner in a security-restricted operation with search_path
+ *	  pinned, as PostgreSQL runs a table owner's code in maintenance
+ *	  commands: the owner's triggers never run with the replaying role's
+ *	  privileges.  While it inserts, the capture trigger (capture.c) does not
+ *	  divert that row into a new message: it hands any violation back here,
+ *	  and dlq_reapply_row reports it.  Rows its triggers write are captured
+ *	  as usual.  The conversion and insert plans are kept in the relation's
+ *	  cache entry.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,17 +26,20 @@
 
 #include "access/relation.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 
 #include "capture.h"
 #include "capture_int.h"
@@ -39,10 +47,14 @@
 
 /*
  * Replay state: while dlq_reapply_row inserts a row, the capture trigger
- * does not divert it into a new message; it records the violation here for
- * dlq_reapply_row to report instead, unless the row was validated already.
+ * does not divert that row into a new message; it records the violation
+ * here for dlq_reapply_row to report instead, unless the row was validated
+ * already.  Only the row itself: the target's (or its partition's) row
+ * triggers at reapply_depth, the depth the replay's INSERT fires them at.
  */
 static bool reapply_active = false;
+static Oid	reapply_target = InvalidOid;
+static int	reapply_depth = 0;
 static Oid	reapply_validated_relid = InvalidOid;
 static CaptureViolation *reapply_violation = NULL;
 static MemoryContext reapply_cxt = NULL;
@@ -239,7 +251,7 @@ reapply_set_result(DlqReapplyResult *result, Relation rel, const CaptureViolatio
 
 /*
  * Open the replay target, which must be a table the current user may
- * insert into.
+ * insert into, and whose row-level security does not bind the current user.
  */
 static Relation
 reapply_open_target(Oid target)
@@ -260,22 +272,36 @@ reapply_open_target(Oid target)
 	aclresult = pg_class_aclcheck(target, GetUserId(), ACL_INSERT);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
+
+	/* As the owner, the row would skip policies that bind the caller. */
+	if (check_enable_rls(target, GetUserId(), true) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to replay into table %s",
+						RelationGetRelationName(rel)),
+				 errdetail("Row-level security applies to role \"%s\" on that table, and a replay inserts as the table's owner.",
+						   GetUserNameFromId(GetUserId(), false))));
 	return rel;
 }
 
 /*
- * Insert the row in slot through the kept INSERT plan, inside SPI.  Returns
- * whether a row went in: one of the table's own triggers may skip it, and
- * a partition's capture trigger skips a violating row after keeping its
- * violation in reapply_violation (in callercxt).
+ * Insert the row in slot through the kept INSERT plan, inside SPI.  A row
+ * may not go in: one of the table's own triggers may skip it, and a
+ * partition's capture trigger skips a violating row after keeping its
+ * violation, which is then returned in *violation (in callercxt).
  */
-static bool
+static void
 reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
-			   MemoryContext callercxt)
+			   MemoryContext callercxt, CaptureViolation **violation)
 {
 	Datum	   *values = palloc(sizeof(Datum) * entry->ninsert);
 	char	   *nulls = palloc(entry->ninsert);
-	volatile bool inserted = false;
+	bool		save_active = reapply_active;
+	Oid			save_target = reapply_target;
+	int			save_depth = reapply_depth;
+	Oid			save_validated = reapply_validated_relid;
+	CaptureViolation *save_violation = reapply_violation;
+	MemoryContext save_cxt = reapply_cxt;
 	int			ret;
 
 	for (int k = 0; k < entry->ninsert; k++)
@@ -287,6 +313,9 @@ reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
 	}
 
 	reapply_active = true;
+	reapply_target = target;
+	/* The INSERT fires the row's own triggers one level down. */
+	reapply_depth = DatumGetInt32(DirectFunctionCall1(pg_trigger_depth, (Datum) 0)) + 1;
 	reapply_validated_relid = entry->partitioned ? InvalidOid : target;
 	reapply_violation = NULL;
 	reapply_cxt = callercxt;
@@ -295,19 +324,59 @@ reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
 		ret = SPI_execute_plan(entry->insert_plan, values, nulls, false, 0);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "could not re-apply the captured row: %s", SPI_result_code_string(ret));
-		inserted = SPI_processed == 1;
+		*violation = reapply_violation;
 	}
 	PG_FINALLY();
 	{
-		reapply_active = false;
-		reapply_validated_relid = InvalidOid;
+		/* Back to the state of a replay this one runs inside, if any. */
+		reapply_active = save_active;
+		reapply_target = save_target;
+		reapply_depth = save_depth;
+		reapply_validated_relid = save_validated;
+		reapply_violation = save_violation;
+		reapply_cxt = save_cxt;
 	}
 	PG_END_TRY();
-	return inserted;
 }
 
 /*
- * Re-apply a captured row to target as the current user.  See capture.h.
+ * The part of dlq_reapply_row that runs as the table's owner: convert the
+ * payload, check the row, insert it.  Returns false with *v filled when the
+ * check predicts a violation; otherwise *violation as reapply_insert sets
+ * it.
+ */
+static bool
+reapply_as_owner(Relation rel, Jsonb *payload, MemoryContext callercxt,
+				 CaptureViolation *v, CaptureViolation **violation)
+{
+	CaptureRel *entry = dlq_predict_get_rel(rel);
+	TupleTableSlot *slot;
+	bool		ok = true;
+
+	SPI_connect();
+	if (entry->insert_plan == NULL)
+		reapply_prepare(entry, rel);
+	slot = reapply_to_slot(entry, rel, payload);
+
+	/* A partitioned table is validated per partition, by its trigger. */
+	if (!entry->partitioned)
+	{
+		MemoryContext old = MemoryContextSwitchTo(callercxt);
+
+		ok = dlq_predict_row(entry, rel, slot, NULL, v);
+		MemoryContextSwitchTo(old);
+	}
+	if (ok)
+		reapply_insert(entry, RelationGetRelid(rel), slot, callercxt, violation);
+	ExecDropSingleTupleTableSlot(slot);
+	SPI_finish();
+	MemoryContextSwitchTo(callercxt);
+	return ok;
+}
+
+/*
+ * Re-apply a captured row to target, authorised by the current user and
+ * inserted as the table's owner.  See capture.h.
  */
 void
 dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
@@ -315,10 +384,12 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 {
 	MemoryContext callercxt = CurrentMemoryContext;
 	Relation	rel;
-	CaptureRel *entry;
-	TupleTableSlot *slot;
 	CaptureViolation v;
-	bool		inserted;
+	CaptureViolation *violation = NULL;
+	volatile bool ok = false;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
 
 	memset(result, 0, sizeof(DlqReapplyResult));
 
@@ -331,44 +402,57 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 	}
 
 	rel = reapply_open_target(target);
-	entry = dlq_predict_get_rel(rel);
-	SPI_connect();
-	if (entry->insert_plan == NULL)
-		reapply_prepare(entry, rel);
-	slot = reapply_to_slot(entry, rel, payload);
 
-	/* A partitioned table is validated per partition, by its trigger. */
-	if (!entry->partitioned)
+	/*
+	 * The owner's code on the table (triggers, CHECK and domain functions)
+	 * runs as the owner, in a security-restricted operation, with a search
+	 * path the caller does not choose; never with the caller's privileges.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	PG_TRY();
 	{
-		MemoryContext old = MemoryContextSwitchTo(callercxt);
-		bool		ok = dlq_predict_row(entry, rel, slot, NULL, &v);
-
-		MemoryContextSwitchTo(old);
-		if (!ok)
-		{
-			MemoryContextSwitchTo(callercxt);
-			reapply_set_result(result, rel, &v);
-			ExecDropSingleTupleTableSlot(slot);
-			SPI_finish();
-			relation_close(rel, NoLock);
-			return;
-		}
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
+		ok = reapply_as_owner(rel, payload, callercxt, &v, &violation);
 	}
-
-	inserted = reapply_insert(entry, target, slot, callercxt);
-	ExecDropSingleTupleTableSlot(slot);
-	SPI_finish();
+	PG_FINALLY();
+	{
+		AtEOXact_GUC(false, save_nestlevel);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
 	MemoryContextSwitchTo(callercxt);
 
-	if (!inserted && reapply_violation != NULL)
-	{
-		/* The partition's trigger found a violation. */
-		reapply_set_result(result, rel, reapply_violation);
-		reapply_violation = NULL;
-	}
+	if (!ok)
+		reapply_set_result(result, rel, &v);
+	else if (violation != NULL)
+		reapply_set_result(result, rel, violation); /* the partition's trigger found it */
 	else
 		result->ok = true;	/* inserted, or skipped by one of the table's own triggers */
 	relation_close(rel, NoLock);
+}
+
+/*
+ * Is the capture trigger firing on relid for the row dlq_reapply_row is
+ * inserting?  Only for the target (or the partition the row is routed to)
+ * at the trigger depth of the replay's INSERT: a row that one of its
+ * triggers or rules writes, into another table or the same one, is not it.
+ */
+static bool
+reapply_is_replayed_row(Oid relid)
+{
+	if (!reapply_active ||
+		DatumGetInt32(DirectFunctionCall1(pg_trigger_depth, (Datum) 0)) != reapply_depth)
+		return false;
+	if (relid == reapply_target)
+		return true;
+	return get_rel_relispartition(relid) &&
+		list_member_oid(get_partition_ancestors(relid), reapply_target);
 }
 
 /*
@@ -378,16 +462,17 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 bool
 dlq_reapply_validated(Oid relid)
 {
-	return reapply_active && reapply_validated_relid == relid;
+	return reapply_active && reapply_validated_relid == relid &&
+		reapply_is_replayed_row(relid);
 }
 
 /* Keep the trigger's violation for dlq_reapply_row.  See capture_int.h. */
 bool
-dlq_reapply_keep_violation(const CaptureViolation *v)
+dlq_reapply_keep_violation(Oid relid, const CaptureViolation *v)
 {
 	MemoryContext old;
 
-	if (!reapply_active)
+	if (!reapply_is_replayed_row(relid))
 		return false;
 	old = MemoryContextSwitchTo(reapply_cxt);
 	reapply_violation = palloc0(sizeof(CaptureViolation));

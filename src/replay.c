@@ -17,10 +17,11 @@
  *	  pending (or, with force, review) becomes replaying in one UPDATE per
  *	  batch, and at the end ONE notification per queue is queued, sent by
  *	  PostgreSQL at commit.  Queues with a replay target re-apply each row
- *	  to the table as the caller (capture.h), in a security-restricted
- *	  operation: success resolves the message, failure records the new error
- *	  on the same message and sends it back to pending, or to review once it
- *	  has used max_attempts replays.  Only rows captured from the target are
+ *	  to the table, authorised by the caller and inserted as the table's
+ *	  owner in a security-restricted operation (capture.h): success
+ *	  resolves the message, failure records the new error on the same
+ *	  message and sends it back to pending, or to review once it has used
+ *	  max_attempts replays.  Only rows captured from the target are
  *	  ever re-applied to it: any other message in such a queue (a writer's
  *	  dlq_store, rows captured from another table) goes to review with
  *	  42501, audited, whoever replays it.
@@ -220,7 +221,7 @@ replay_check_target_privilege(ReplayState *st, ReplayQueue *rq, AclMode mode)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to replay into table %s",
 						get_rel_name(rq->target) ? get_rel_name(rq->target) : "?"),
-				 errdetail("Queue \"%s\" re-applies its rows to that table with the privileges of the caller, which lacks %s on it.",
+				 errdetail("Queue \"%s\" re-applies its rows to that table on behalf of the caller, which lacks %s on it.",
 						   rq->queue, mode == ACL_INSERT ? "INSERT" : "UPDATE")));
 }
 
@@ -354,7 +355,7 @@ replay_refuse_foreign(Oid target, DlqReapplyResult *result)
 /*
  * Re-apply the locked rows of the last SPI result (message_id, queue,
  * was_review, payload, operation, source_relation) to their queue's replay
- * target as the caller.
+ * target on behalf of the caller.
  */
 static void
 replay_reapply_rows(ReplayState *st)

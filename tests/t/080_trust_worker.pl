@@ -1,6 +1,7 @@
 # Trust and the worker (DESIGN 7.1): automatic retries run as the queue's
 # retry_role, the role that turned auto_retry on, in a security-restricted
-# operation, and its privileges are checked again at every run; a writer's
+# operation, and its privileges are checked again at every run; the target
+# table's triggers run as the table's owner, whoever that role is; a writer's
 # forged message is never inserted into the queue's table; a queue whose
 # step fails never stalls the other queues (findings 1, 3 and 6 of issue 11).
 # Every wait polls; nothing sleeps a fixed time.
@@ -85,10 +86,56 @@ ok($node->poll_query_until('postgres', q{
 is(query(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'tw_op'}),
 	'f', 'the target\'s trigger did not make the operator a superuser');
 is(query(q{SELECT who || ':' || role_refused FROM tw.seen}),
-	'tw_op:true', 'the trigger ran as the retry_role, and could not SET ROLE');
+	'tw_op:true', 'the trigger ran as the table\'s owner (here also the retry_role), and could not SET ROLE');
 is(query(q{
     SELECT count(*) FROM dlq.events WHERE queue = 'tw_q' AND kind = 'retried' AND actor = 'dlq worker'}),
 	'1', 'the retry is audited as the worker\'s');
+
+# --- the superuser variant (hostile review of 1.1, finding 1): a superuser
+# turns auto_retry on for a writer's table; the worker retries as that
+# superuser, but the table's trigger runs as the table's owner ------------
+$node->safe_psql('postgres', q{
+    CREATE SCHEMA tww AUTHORIZATION tw_writer;
+});
+as_role('tw_writer', q{
+    CREATE TABLE tww.t (id int PRIMARY KEY);
+    CREATE TABLE tww.seen (who name, made_superuser boolean);
+    CREATE FUNCTION tww.pwn() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        made_superuser boolean := false;
+    BEGIN
+        BEGIN
+            EXECUTE 'ALTER ROLE tw_writer SUPERUSER';
+            made_superuser := true;
+        EXCEPTION WHEN others THEN NULL;
+        END;
+        INSERT INTO tww.seen VALUES (current_user, made_superuser);
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER aaa_pwn BEFORE INSERT ON tww.t FOR EACH ROW EXECUTE FUNCTION tww.pwn();
+    SELECT dlq_attach('tww.t', 'tww_q');
+});
+is($node->safe_psql('postgres', q{
+    SELECT retry_role FROM dlq_configure('tww_q', auto_retry => true, retry_base => '1 second',
+                                         retry_max => '1 second')}),
+	$node->safe_psql('postgres', 'SELECT current_user'),
+	'a superuser turned auto_retry on: it is the retry_role');
+as_role('tw_writer', q{
+    INSERT INTO tww.t VALUES (1); INSERT INTO tww.t VALUES (1); DELETE FROM tww.t;
+    TRUNCATE tww.seen;
+});
+ok($node->poll_query_until('postgres', q{
+    SELECT status = 'resolved' FROM dlq.messages WHERE queue = 'tww_q'}),
+	'superuser variant: the captured row is retried and re-applied by the worker');
+is(query(q{SELECT who || ':' || made_superuser FROM tww.seen}),
+	'tw_writer:false', 'superuser variant: the trigger ran as the table\'s owner, not the superuser');
+is(query(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'tw_writer'}),
+	'f', 'superuser variant: the writer did not become a superuser');
+is(query(q{SELECT count(*) FROM tww.t}), '1', 'superuser variant: the row is in the table');
+$node->safe_psql('postgres', q{
+    ALTER ROLE tw_writer NOSUPERUSER;
+    SELECT dlq_configure('tww_q', auto_retry => false);
+});
 
 # Privileges are checked again at each run: without dlq_operator, or without
 # INSERT on the target, the queue's retries are skipped with a warning.
