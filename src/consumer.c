@@ -65,7 +65,6 @@
 static SPIPlanPtr channel_plan = NULL;
 static SPIPlanPtr alive_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr queue_exists_plan = NULL;
 static SPIPlanPtr ack_plan = NULL;
 static SPIPlanPtr nack_lock_plan = NULL;
 static SPIPlanPtr nack_plan = NULL;
@@ -228,29 +227,6 @@ dlq_consumer_alive(const char *queue)
 		elog(ERROR, "could not look for consumers: %s", SPI_result_code_string(ret));
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-/* Raise 42704 unless the queue exists.  Inside SPI, as the owner. */
-void
-dlq_check_queue_exists(const char *queue)
-{
-	Datum		value = CStringGetTextDatum(queue);
-	int			ret;
-
-	if (queue_exists_plan == NULL)
-	{
-		Oid			types[1] = {TEXTOID};
-
-		queue_exists_plan = dlq_prepare_kept(
-											 "SELECT 1 FROM dlq.queues WHERE queue = $1", 1, types);
-	}
-	ret = SPI_execute_plan(queue_exists_plan, &value, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("queue \"%s\" does not exist", queue)));
 }
 
 PG_FUNCTION_INFO_V1(dlq_listen);

@@ -163,10 +163,10 @@ extern int	dlq_status_worker;
 extern void dlq_counts_init(void);
 
 /*
- * Replay lifecycle (replay.c, consumer.c, queue.c): helpers they share.
- * All must be called inside SPI; the SQL-running ones as the owner.
+ * Id arrays, tallies for the audit trail and JSON strings (util.c), shared
+ * by replay, discard, resolve and the consumer functions.  All must be
+ * called inside SPI; the SQL-running ones as the owner.
  */
-#include "executor/spi.h"
 #include "nodes/pg_list.h"
 
 /* Ids per SPI statement in bulk calls. */
@@ -193,8 +193,12 @@ extern void dlq_tally_audit(const DlqIdTally *tally, const char *kind, const cha
 							const char *queue, Datum request_id, Jsonb *detail);
 extern DlqQueueTally *dlq_queue_tally(List **tallies, const char *queue);
 extern int64 dlq_queue_tally_rows(List **tallies);
-extern bool dlq_consumer_alive(const char *queue);
+
+/* Queues (queue.c): raise 42704 unless the queue exists. */
 extern void dlq_check_queue_exists(const char *queue);
+
+/* The live-consumer registry (consumer.c), asked before a replay. */
+extern bool dlq_consumer_alive(const char *queue);
 
 #endif							/* DLQ_H */
 

@@ -24,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -479,6 +480,45 @@ dlq_check_id_array(ArrayType *ids, int *nids)
 	return result;
 }
 
+/* A bigint[] datum of n ids. */
+Datum
+dlq_id_array_datum(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* The elements of a bigint[] without NULLs. */
+int64 *
+dlq_id_array_values(ArrayType *array, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int64	   *ids;
+
+	deconstruct_array(array, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, n);
+	ids = palloc(sizeof(int64) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		ids[i] = DatumGetInt64(elems[i]);
+	return ids;
+}
+
+/* A string as a JSON string literal. */
+char *
+dlq_json_quote(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	escape_json(&buf, s);
+	return buf.data;
+}
+
 /*
  * The default NOTIFY channel of a queue: "dlq_<queue>", or, when that would
  * pass 63 bytes or be the alert channel (queue "alerts"), a clipped queue
@@ -611,4 +651,82 @@ dlq_audit(const char *kind, const char *actor, const char *queue,
 	ret = SPI_execute_plan(audit_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not record dlq event: %s", SPI_result_code_string(ret));
+}
+
+/* Add one id to a tally: the count always, the id while there is room. */
+void
+dlq_tally_add(DlqIdTally *tally, int64 id)
+{
+	if (tally->count < DLQ_AUDIT_MAX_IDS)
+		tally->ids[tally->count] = id;
+	tally->count++;
+}
+
+/* One audit event for a tally, unless it is empty. */
+void
+dlq_tally_audit(const DlqIdTally *tally, const char *kind, const char *actor,
+				const char *queue, Datum request_id, Jsonb *detail)
+{
+	int64		sorted[DLQ_AUDIT_MAX_IDS];
+	int			n = tally->count <= DLQ_AUDIT_MAX_IDS ? (int) tally->count : 0;
+
+	if (tally->count == 0)
+		return;
+	/* RETURNING hands rows back in no particular order. */
+	memcpy(sorted, tally->ids, sizeof(int64) * n);
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--)
+		{
+			int64		t = sorted[j];
+
+			sorted[j] = sorted[j - 1];
+			sorted[j - 1] = t;
+		}
+	dlq_audit(kind, actor, queue, request_id, true, tally->count, sorted, n, detail);
+}
+
+/*
+ * Find or add the entry of a queue in a list of DlqQueueTally (for
+ * discard, resolve and ack, which audit one event per queue).
+ */
+DlqQueueTally *
+dlq_queue_tally(List **tallies, const char *queue)
+{
+	ListCell   *lc;
+	DlqQueueTally *t;
+
+	foreach(lc, *tallies)
+	{
+		t = (DlqQueueTally *) lfirst(lc);
+		if (strcmp(t->queue, queue) == 0)
+			return t;
+	}
+	t = palloc0(sizeof(DlqQueueTally));
+	t->queue = pstrdup(queue);
+	*tallies = lappend(*tallies, t);
+	return t;
+}
+
+/*
+ * Add the rows of the last SPI result, (queue text, message_id bigint), to
+ * per-queue tallies.
+ */
+int64
+dlq_queue_tally_rows(List **tallies)
+{
+	DlqQueueTally *t = NULL;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		bool		isnull;
+		char	   *queue = TextDatumGetCString(SPI_getbinval(row, SPI_tuptable->tupdesc, 1,
+															  &isnull));
+
+		if (t == NULL || strcmp(t->queue, queue) != 0)
+			t = dlq_queue_tally(tallies, queue);
+		dlq_tally_add(&t->tally,
+					  DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+	return (int64) SPI_processed;
 }
