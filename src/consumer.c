@@ -37,7 +37,6 @@
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/resowner.h"
-#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "dlq.h"

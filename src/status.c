@@ -2,8 +2,8 @@
  *
  * status.c
  *	  etl_status and etl_status_json: the health of every queue and
- *	  registered stage at a glance; etl_register_stage and etl_watermark;
- *	  and the statement trigger that keeps dlq.counts.
+ *	  registered stage at a glance; dlq.etl_worker_state, the worker state
+ *	  they report (also read by the dlq.metrics view).
  *
  *	  Health, worst first (README.md "Pipeline health"):
  *		error	lag > dlq.status_threshold and the worker is not running
@@ -14,55 +14,33 @@
  *		live	otherwise
  *	  A queue's lag is pending + replaying, its replay activity the latest of
  *	  dlq.queues.last_replay_at and its newest replay event in dlq.events.  A
- *	  stage's lag is source max - watermark, its activity the last time its
- *	  watermark advanced.
+ *	  stage's lag is source max - watermark (stages.c), its activity the last
+ *	  time its watermark advanced.
  *
- *	  Counts come from dlq.counts, never from counting messages: the trigger
- *	  below adds each statement's changes to one row per (queue, state,
- *	  shard), the shard being the writer's backend id modulo 64, so that
- *	  concurrent writers do not queue up behind one hot row (backend ids are
- *	  handed out lowest first, so up to 64 concurrent writers never share
- *	  one).  etl_status then reads one small row per state and writing
- *	  backend of each queue and a few index probes, and writes nothing, so it
- *	  also runs on a hot standby.
+ *	  Counts come from dlq.counts (counts.c), never from counting messages:
+ *	  etl_status reads one small row per state and writing backend of each
+ *	  queue and a few index probes, and writes nothing, so it also runs on a
+ *	  hot standby.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
-#include "access/relation.h"
-#include "access/table.h"
-#include "access/xact.h"
 #include "access/xlog.h"
-#include "catalog/index.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_am.h"
-#include "catalog/pg_class.h"
-#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
-#include "commands/defrem.h"
-#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/backendid.h"
-#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
-#include "utils/lsyscache.h"
-#include "utils/rel.h"
-#include "utils/snapmgr.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "dlq.h"
 #include "shmem.h"
-
-#define COUNT_SHARDS 64
 
 typedef enum DlqHealth
 {
@@ -112,12 +90,6 @@ static const char *const count_names[] = {"pending", "replaying", "review", "res
 
 static SPIPlanPtr queues_plan = NULL;
 static SPIPlanPtr stages_plan = NULL;
-static SPIPlanPtr count_plan = NULL;
-static SPIPlanPtr count_insert_plan = NULL;
-static Oid	count_plan_status_type = InvalidOid;
-static SPIPlanPtr truncate_plan = NULL;
-static SPIPlanPtr register_plan = NULL;
-static SPIPlanPtr watermark_plan = NULL;
 
 static SPIPlanPtr
 status_prepare_generic(const char *sql, int nargs, Oid *types)
@@ -128,394 +100,6 @@ status_prepare_generic(const char *sql, int nargs, Oid *types)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
-}
-
-/* ------------------------------------------------------------------------
- * dlq.counts
- *
- * The statement trigger only adds each statement's net change per (queue,
- * state) to a list in backend memory, tagged with the subtransaction
- * nesting level; a subtransaction's entries are dropped when it aborts and
- * handed to its parent when it commits.  Just before the transaction
- * commits (or is prepared) the list is written to dlq.counts, one row per
- * (queue, state) for this backend's shard.  So a transaction that stores
- * 20,000 messages updates each counts row once, not 20,000 times (which,
- * within one transaction, would grow a HOT chain that every later update
- * walks), and holds the row's lock only while it commits.
- * ------------------------------------------------------------------------
- */
-
-typedef struct CountDelta
-{
-	char		queue[DLQ_MAX_NAME_BYTES + 1];
-	Oid			status;			/* enum label OID */
-	int			level;			/* subtransaction nesting level */
-	int64		n;
-	bool		has_new_last;
-	TimestampTz new_last;
-	bool		has_old_last;
-	TimestampTz old_last;
-} CountDelta;
-
-/* This transaction's changes not yet written to dlq.counts (TopMemoryContext). */
-static CountDelta *pending_counts = NULL;
-static int	npending_counts = 0;
-static int	maxpending_counts = 0;
-static Oid	pending_status_type = InvalidOid;
-
-/*
- * Set once this transaction's counts were written at pre-commit: changes
- * made later by other pre-commit callbacks (dlq_capture writes its buffered
- * rows there) are written at once.
- */
-static bool counts_flushed_at_commit = false;
-
-static int
-count_shard(void)
-{
-#if PG_VERSION_NUM >= 170000
-	return MyProcNumber % COUNT_SHARDS;
-#else
-	return MyBackendId % COUNT_SHARDS;
-#endif
-}
-
-/* The entry for (queue, status, level), created if absent. */
-static CountDelta *
-count_entry(const char *queue, int queuelen, Oid status, int level)
-{
-	CountDelta *d;
-
-	for (int i = 0; i < npending_counts; i++)
-	{
-		d = &pending_counts[i];
-		if (d->status == status && d->level == level &&
-			strncmp(d->queue, queue, queuelen) == 0 && d->queue[queuelen] == '\0')
-			return d;
-	}
-	if (npending_counts == maxpending_counts)
-	{
-		maxpending_counts = Max(16, maxpending_counts * 2);
-		if (pending_counts == NULL)
-			pending_counts = MemoryContextAlloc(TopMemoryContext,
-												sizeof(CountDelta) * maxpending_counts);
-		else
-			pending_counts = repalloc(pending_counts, sizeof(CountDelta) * maxpending_counts);
-	}
-	d = &pending_counts[npending_counts++];
-	memset(d, 0, sizeof(CountDelta));
-	memcpy(d->queue, queue, Min(queuelen, DLQ_MAX_NAME_BYTES));
-	d->status = status;
-	d->level = level;
-	return d;
-}
-
-static void
-count_merge(CountDelta *into, const CountDelta *from)
-{
-	into->n += from->n;
-	if (from->has_new_last && (!into->has_new_last || from->new_last > into->new_last))
-	{
-		into->has_new_last = true;
-		into->new_last = from->new_last;
-	}
-	if (from->has_old_last && (!into->has_old_last || from->old_last > into->old_last))
-	{
-		into->has_old_last = true;
-		into->old_last = from->old_last;
-	}
-}
-
-/*
- * Add the rows of one transition table to this transaction's counts: sign
- * +1 for new rows, -1 for old ones.
- */
-static void
-count_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
-{
-	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
-	int			queue_att = SPI_fnumber(desc, "queue");
-	int			status_att = SPI_fnumber(desc, "status");
-	int			failed_att = SPI_fnumber(desc, "last_failed_at");
-	int			last = -1;
-
-	if (queue_att <= 0 || status_att <= 0 || failed_att <= 0)
-		elog(ERROR, "dlq.messages lacks queue, status or last_failed_at");
-
-	tuplestore_rescan(rows);
-	while (tuplestore_gettupleslot(rows, true, false, slot))
-	{
-		bool		isnull;
-		text	   *queue = DatumGetTextPP(slot_getattr(slot, queue_att, &isnull));
-		Oid			status = DatumGetObjectId(slot_getattr(slot, status_att, &isnull));
-		Datum		failed = slot_getattr(slot, failed_att, &isnull);
-		TimestampTz ts = isnull ? DT_NOBEGIN : DatumGetTimestampTz(failed);
-		int			len = VARSIZE_ANY_EXHDR(queue);
-		CountDelta *d;
-
-		/* Bulk statements mostly touch one queue and state: try the last. */
-		d = last >= 0 ? &pending_counts[last] : NULL;
-		if (d == NULL || d->status != status ||
-			strncmp(d->queue, VARDATA_ANY(queue), len) != 0 || d->queue[len] != '\0')
-		{
-			d = count_entry(VARDATA_ANY(queue), len, status, level);
-			last = d - pending_counts;
-		}
-		d->n += sign;
-		if (sign > 0 && (!d->has_new_last || ts > d->new_last))
-		{
-			d->has_new_last = true;
-			d->new_last = ts;
-		}
-		if (sign < 0 && (!d->has_old_last || ts > d->old_last))
-		{
-			d->has_old_last = true;
-			d->old_last = ts;
-		}
-	}
-	ExecDropSingleTupleTableSlot(slot);
-}
-
-/* Write this transaction's counts to dlq.counts, as the extension owner. */
-static void
-counts_flush(void)
-{
-	int			n = 0;
-	Oid			nsp = get_namespace_oid("dlq", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("counts", nsp) : InvalidOid;
-	HeapTuple	tup;
-	Oid			owner;
-	Oid			caller;
-	int			caller_sec_context;
-
-	/* The extension was dropped in this transaction: nothing to count. */
-	if (!OidIsValid(relid) ||
-		!HeapTupleIsValid(tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid))))
-	{
-		npending_counts = 0;
-		return;
-	}
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-
-	/* Fold the levels: every subtransaction has committed by now. */
-	for (int i = 0; i < npending_counts; i++)
-	{
-		CountDelta *d = &pending_counts[i];
-		int			j;
-
-		for (j = 0; j < n; j++)
-			if (pending_counts[j].status == d->status &&
-				strcmp(pending_counts[j].queue, d->queue) == 0)
-				break;
-		if (j < n)
-			count_merge(&pending_counts[j], d);
-		else if (j != i)
-			pending_counts[n++] = *d;
-		else
-			n++;
-	}
-	npending_counts = n;
-
-	/*
-	 * As the owner of dlq.counts.  Every name and operator below is
-	 * schema-qualified, so the search_path need not be pinned (which would
-	 * cost more than the update itself).
-	 */
-	PushActiveSnapshot(GetTransactionSnapshot());
-	GetUserIdAndSecContext(&caller, &caller_sec_context);
-	SetUserIdAndSecContext(owner, caller_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	SPI_connect();
-	if (count_plan == NULL || count_plan_status_type != pending_status_type)
-	{
-		Oid			types[5] = {TEXTOID, pending_status_type, INT2OID, INT8OID, TIMESTAMPTZOID};
-
-		if (count_plan != NULL)
-		{
-			SPI_freeplan(count_plan);
-			SPI_freeplan(count_insert_plan);
-		}
-		count_plan = count_insert_plan = NULL;
-		/* The shard's row exists but for a writer's first change: update it. */
-		count_plan = dlq_prepare_kept(
-									"UPDATE dlq.counts c SET n = c.n OPERATOR(pg_catalog.+) $4,"
-									"  last_failed_at = GREATEST(c.last_failed_at, $5)"
-									" WHERE c.queue OPERATOR(pg_catalog.=) $1"
-									" AND c.status OPERATOR(pg_catalog.=) $2"
-									" AND c.shard OPERATOR(pg_catalog.=) $3",
-									5, types);
-		count_insert_plan = dlq_prepare_kept(
-										   "INSERT INTO dlq.counts AS c (queue, status, shard, n, last_failed_at)"
-										   " VALUES ($1, $2, $3, $4, $5)"
-										   " ON CONFLICT (queue, status, shard) DO UPDATE"
-										   " SET n = c.n OPERATOR(pg_catalog.+) excluded.n,"
-										   "  last_failed_at = GREATEST(c.last_failed_at, excluded.last_failed_at)",
-										   5, types);
-		count_plan_status_type = pending_status_type;
-	}
-
-	for (int i = 0; i < npending_counts; i++)
-	{
-		CountDelta *d = &pending_counts[i];
-		bool		newer = d->has_new_last &&
-			(!d->has_old_last || d->new_last > d->old_last);
-		Datum		values[5];
-		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-
-		if (d->n == 0 && !newer)
-			continue;
-		values[0] = CStringGetTextDatum(d->queue);
-		values[1] = ObjectIdGetDatum(d->status);
-		values[2] = Int16GetDatum((int16) count_shard());
-		values[3] = Int64GetDatum(d->n);
-		if (newer && d->new_last != DT_NOBEGIN)
-			values[4] = TimestampTzGetDatum(d->new_last);
-		else
-			nulls[4] = 'n';
-		if (SPI_execute_plan(count_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update dlq.counts");
-		if (SPI_processed == 0 &&
-			SPI_execute_plan(count_insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not update dlq.counts");
-	}
-	npending_counts = 0;
-	SPI_finish();
-	SetUserIdAndSecContext(caller, caller_sec_context);
-	PopActiveSnapshot();
-}
-
-static void
-counts_xact_callback(XactEvent event, void *arg)
-{
-	switch (event)
-	{
-		case XACT_EVENT_PRE_COMMIT:
-		case XACT_EVENT_PRE_PREPARE:
-			if (npending_counts > 0)
-				counts_flush();
-			counts_flushed_at_commit = true;
-			break;
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PREPARE:
-		case XACT_EVENT_PARALLEL_COMMIT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			npending_counts = 0;
-			counts_flushed_at_commit = false;
-			break;
-		default:
-			break;
-	}
-}
-
-static void
-counts_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						SubTransactionId parentSubid, void *arg)
-{
-	int			level = GetCurrentTransactionNestLevel();
-	int			n = 0;
-
-	if (npending_counts == 0)
-		return;
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-	{
-		/* Forget what the aborted subtransaction (and its children) did. */
-		for (int i = 0; i < npending_counts; i++)
-			if (pending_counts[i].level < level)
-				pending_counts[n++] = pending_counts[i];
-		npending_counts = n;
-	}
-	else if (event == SUBXACT_EVENT_COMMIT_SUB)
-	{
-		/* Hand it to the parent. */
-		for (int i = 0; i < npending_counts; i++)
-		{
-			CountDelta *d = &pending_counts[i];
-
-			if (d->level >= level)
-			{
-				CountDelta	moved = *d;
-				CountDelta *into;
-
-				/* count_entry may grow the array: take the entry out first. */
-				pending_counts[i] = pending_counts[--npending_counts];
-				i--;
-				into = count_entry(moved.queue, strlen(moved.queue), moved.status, level - 1);
-				count_merge(into, &moved);
-			}
-		}
-	}
-}
-
-/*
- * Register the callbacks that write this transaction's counts, once per
- * process, when the library is loaded.
- *
- * Not at the first change to dlq.messages: that change can itself be made
- * by another pre-commit callback (dlq_capture stores the rows a hand-made
- * trigger diverted there), and a callback registered while the pre-commit
- * callbacks are being called is not called in that round, so the counts of
- * a backend's first such commit were dropped at commit (issue 11, finding
- * 8).  Registered up front, the counts callback runs at every pre-commit:
- * before or after dlq_capture's, either way every change is written
- * (see counts_flushed_at_commit).  It costs nothing in a transaction that
- * changed no message.
- */
-void
-dlq_counts_init(void)
-{
-	static bool registered = false;
-
-	if (registered)
-		return;
-	RegisterXactCallback(counts_xact_callback, NULL);
-	RegisterSubXactCallback(counts_subxact_callback, NULL);
-	registered = true;
-}
-
-PG_FUNCTION_INFO_V1(dlq_count_messages);
-
-/*
- * Statement trigger on dlq.messages (AFTER INSERT, UPDATE, DELETE with
- * transition tables, and TRUNCATE): adds the net change per (queue, state)
- * and the newest last_failed_at seen to this transaction's counts, written
- * to dlq.counts at commit.  An update that changes neither state nor
- * last_failed_at (a claim, a configure) writes nothing.
- */
-Datum
-dlq_count_messages(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	TupleDesc	desc;
-	int			level = GetCurrentTransactionNestLevel();
-
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
-		elog(ERROR, "dlq.count_messages() must be an AFTER ... FOR EACH STATEMENT trigger");
-
-	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
-	{
-		/* Everything counted so far is gone, in this transaction too. */
-		npending_counts = 0;
-		SPI_connect();
-		if (truncate_plan == NULL)
-			truncate_plan = dlq_prepare_kept("DELETE FROM dlq.counts", 0, NULL);
-		if (SPI_execute_plan(truncate_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not reset dlq.counts");
-		SPI_finish();
-		return PointerGetDatum(NULL);
-	}
-
-	desc = RelationGetDescr(trigdata->tg_relation);
-	pending_status_type = TupleDescAttr(desc, SPI_fnumber(desc, "status") - 1)->atttypid;
-	if (trigdata->tg_oldtable)
-		count_rows(trigdata->tg_oldtable, desc, -1, level);
-	if (trigdata->tg_newtable)
-		count_rows(trigdata->tg_newtable, desc, 1, level);
-	if (counts_flushed_at_commit && npending_counts > 0)
-		counts_flush();
-	return PointerGetDatum(NULL);
 }
 
 /* ------------------------------------------------------------------------
@@ -709,14 +293,6 @@ prepare_status_plans(void)
 								 1, types);
 }
 
-/* May the current user read this column (table or column privilege)? */
-static bool
-can_select_column(Oid relid, AttrNumber attnum)
-{
-	return pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK ||
-		pg_attribute_aclcheck(relid, attnum, GetUserId(), ACL_SELECT) == ACLCHECK_OK;
-}
-
 static bool
 get_col(HeapTuple tup, TupleDesc desc, int col, Datum *value)
 {
@@ -724,57 +300,6 @@ get_col(HeapTuple tup, TupleDesc desc, int col, Datum *value)
 
 	*value = SPI_getbinval(tup, desc, col, &isnull);
 	return !isnull;
-}
-
-/*
- * The source's max (and min, when the watermark is unset) key, read with the
- * caller's privileges.  Returns false, with a reason, when the source or its
- * key column is gone.
- */
-static bool
-stage_source_range(Oid relid, const char *column, bool want_min,
-				   bool *has_min, int64 *min, bool *has_max, int64 *max,
-				   char **problem)
-{
-	char	   *relname = get_rel_name(relid);
-	AttrNumber	attnum;
-	char	   *sql;
-	Datum		value;
-
-	if (relname == NULL)
-	{
-		*problem = psprintf("source relation %u no longer exists", relid);
-		return false;
-	}
-	attnum = get_attnum(relid, column);
-	if (attnum == InvalidAttrNumber)
-	{
-		*problem = psprintf("key column \"%s\" of %s no longer exists", column, relname);
-		return false;
-	}
-	if (!can_select_column(relid, attnum))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to read the key column \"%s\" of %s", column, relname),
-				 errhint("etl_status reads the max key of each registered stage's source with the caller's privileges; grant SELECT on it.")));
-
-	sql = psprintf("SELECT %s pg_catalog.max(%s)::pg_catalog.int8 FROM %s",
-				   want_min ? psprintf("pg_catalog.min(%s)::pg_catalog.int8,", quote_identifier(column)) : "",
-				   quote_identifier(column),
-				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), relname));
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the max key of %s", relname);
-	*has_min = false;
-	if (want_min)
-	{
-		*has_min = get_col(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &value);
-		if (*has_min)
-			*min = DatumGetInt64(value);
-	}
-	*has_max = get_col(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, want_min ? 2 : 1, &value);
-	if (*has_max)
-		*max = DatumGetInt64(value);
-	return true;
 }
 
 /* Every row of etl_status for filter (NULL: all), in name order, queues first. */
@@ -881,7 +406,7 @@ collect_status(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
 			char	   *problem = NULL;
 			bool		ok;
 
-			ok = stage_source_range(stage_source[i], stage_column[i], !r->has_watermark,
+			ok = dlq_stage_source_range(stage_source[i], stage_column[i], !r->has_watermark,
 									&has_min, &min, &r->has_source_max, &r->source_max,
 									&problem);
 			MemoryContextSwitchTo(outer);
@@ -1112,226 +637,6 @@ etl_status_json(PG_FUNCTION_ARGS)
 	appendStringInfoChar(&buf, '}');
 
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
-}
-
-/* ------------------------------------------------------------------------
- * Stages
- * ------------------------------------------------------------------------
- */
-
-static Oid
-index_relam(Oid indexoid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(indexoid));
-	Oid			relam;
-
-	if (!HeapTupleIsValid(tup))
-		return InvalidOid;
-	relam = ((Form_pg_class) GETSTRUCT(tup))->relam;
-	ReleaseSysCache(tup);
-	return relam;
-}
-
-/*
- * Does relation rel have a valid, non-partial btree index whose leading
- * column is attnum with the type's default operator family, so that
- * max(column) is one index descent?
- */
-static bool
-has_leading_btree_index(Relation rel, AttrNumber attnum, Oid atttype)
-{
-	List	   *indexes = RelationGetIndexList(rel);
-	ListCell   *lc;
-	Oid			opclass = GetDefaultOpClass(atttype, BTREE_AM_OID);
-	Oid			opfamily = OidIsValid(opclass) ? get_opclass_family(opclass) : InvalidOid;
-	bool		found = false;
-
-	foreach(lc, indexes)
-	{
-		Oid			indexoid = lfirst_oid(lc);
-		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexoid));
-		Form_pg_index index;
-		bool		isnull;
-		Datum		classes;
-		oidvector  *indclass;
-
-		if (!HeapTupleIsValid(tup))
-			continue;
-		index = (Form_pg_index) GETSTRUCT(tup);
-		classes = SysCacheGetAttr(INDEXRELID, tup, Anum_pg_index_indclass, &isnull);
-		indclass = (oidvector *) DatumGetPointer(classes);
-		if (index->indisvalid && index->indnkeyatts > 0 &&
-			index->indkey.values[0] == attnum &&
-			heap_attisnull(tup, Anum_pg_index_indpred, NULL) &&
-			index_relam(indexoid) == BTREE_AM_OID &&
-			get_opclass_family(indclass->values[0]) == opfamily)
-			found = true;
-		ReleaseSysCache(tup);
-		if (found)
-			break;
-	}
-	list_free(indexes);
-	return found;
-}
-
-PG_FUNCTION_INFO_V1(etl_register_stage);
-
-/*
- * etl_register_stage(stage text, source regclass, key_column name)
- *
- * The source is checked with the caller's privileges: it must be a table,
- * partitioned table or materialized view whose integer key column the
- * caller may read and that has a usable btree index.  Registering an
- * existing stage again replaces its source and resets its watermark.
- */
-Datum
-etl_register_stage(PG_FUNCTION_ARGS)
-{
-	char	   *stage = dlq_check_name("stage name",
-									   PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
-	Oid			relid;
-	char	   *column;
-	Relation	rel;
-	AttrNumber	attnum;
-	Oid			atttype;
-	char		relkind;
-	DlqOwnerContext owner;
-	Datum		values[3];
-	StringInfoData detail;
-
-	dlq_check_not_null(fcinfo, 1, "source");
-	dlq_check_not_null(fcinfo, 2, "key_column");
-	relid = PG_GETARG_OID(1);
-	column = NameStr(*PG_GETARG_NAME(2));
-
-	rel = try_relation_open(relid, AccessShareLock);
-	if (rel == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
-	relkind = rel->rd_rel->relkind;
-	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE &&
-		relkind != RELKIND_MATVIEW)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table or materialized view",
-						RelationGetRelationName(rel))));
-	attnum = get_attnum(relid, column);
-	if (attnum <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN),
-				 errmsg("column \"%s\" of relation \"%s\" does not exist",
-						column, RelationGetRelationName(rel))));
-	atttype = get_atttype(relid, attnum);
-	if (atttype != INT2OID && atttype != INT4OID && atttype != INT8OID)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("key column \"%s\" must be of type smallint, integer or bigint",
-						column),
-				 errdetail("It is of type %s.", format_type_be(atttype))));
-	if (!can_select_column(relid, attnum))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for column \"%s\" of relation \"%s\"",
-						column, RelationGetRelationName(rel))));
-	if (!has_leading_btree_index(rel, attnum, atttype))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("key column \"%s\" of relation \"%s\" has no usable btree index",
-						column, RelationGetRelationName(rel)),
-				 errdetail("etl_status reads the source's max key from a valid, non-partial btree index that leads with the key column."),
-				 errhint("CREATE INDEX ON %s (%s);",
-						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-													RelationGetRelationName(rel)),
-						 quote_identifier(column))));
-	/* Keep the lock: the source cannot be dropped before we commit. */
-	relation_close(rel, NoLock);
-
-	dlq_become_owner(&owner);
-	SPI_connect();
-	if (register_plan == NULL)
-	{
-		Oid			types[3] = {TEXTOID, OIDOID, TEXTOID};
-
-		register_plan = dlq_prepare_kept(
-									   "INSERT INTO dlq.stages (stage, source, key_column) VALUES ($1, $2::regclass, $3::name)"
-									   " ON CONFLICT (stage) DO UPDATE SET source = excluded.source,"
-									   "  key_column = excluded.key_column, watermark = NULL, watermark_at = NULL,"
-									   "  registered_at = now()",
-									   3, types);
-	}
-	values[0] = CStringGetTextDatum(stage);
-	values[1] = ObjectIdGetDatum(relid);
-	values[2] = CStringGetTextDatum(column);
-	if (SPI_execute_plan(register_plan, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not register stage \"%s\"", stage);
-
-	initStringInfo(&detail);
-	appendStringInfoString(&detail, "{\"stage\":");
-	escape_json(&detail, stage);
-	appendStringInfoString(&detail, ",\"source\":");
-	escape_json(&detail, quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-													get_rel_name(relid)));
-	appendStringInfoString(&detail, ",\"key_column\":");
-	escape_json(&detail, column);
-	appendStringInfoChar(&detail, '}');
-	dlq_audit("configured", GetUserNameFromId(owner.caller, false), NULL, (Datum) 0, false,
-			  0, NULL, 0,
-			  DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
-	SPI_finish();
-	dlq_restore_caller(&owner);
-	PG_RETURN_VOID();
-}
-
-PG_FUNCTION_INFO_V1(etl_watermark);
-
-/*
- * etl_watermark(stage text, position bigint) returns bigint
- *
- * Advances the watermark to position and returns the watermark in force.
- * It never moves backwards: a lower position (a late or duplicate report
- * from a concurrent stage worker) leaves it as it is.  To start over,
- * register the stage again.
- */
-Datum
-etl_watermark(PG_FUNCTION_ARGS)
-{
-	char	   *stage = dlq_check_name("stage name",
-									   PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
-	DlqOwnerContext owner;
-	Datum		values[2];
-	int64		result;
-	bool		isnull;
-
-	dlq_check_not_null(fcinfo, 1, "position");
-
-	dlq_become_owner(&owner);
-	SPI_connect();
-	if (watermark_plan == NULL)
-	{
-		Oid			types[2] = {TEXTOID, INT8OID};
-
-		watermark_plan = dlq_prepare_kept(
-										"UPDATE dlq.stages s SET"
-										" watermark = GREATEST(s.watermark, $2),"
-										" watermark_at = CASE WHEN s.watermark IS NULL OR $2 > s.watermark"
-										"  THEN clock_timestamp() ELSE s.watermark_at END"
-										" WHERE s.stage = $1 RETURNING s.watermark",
-										2, types);
-	}
-	values[0] = CStringGetTextDatum(stage);
-	values[1] = PG_GETARG_DATUM(1);
-	if (SPI_execute_plan(watermark_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not set the watermark of stage \"%s\"", stage);
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("stage \"%s\" does not exist", stage),
-				 errhint("Register it with etl_register_stage().")));
-	result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	dlq_restore_caller(&owner);
-	PG_RETURN_INT64(result);
 }
 
 PG_FUNCTION_INFO_V1(dlq_etl_worker_state);
