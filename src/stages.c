@@ -155,7 +155,7 @@ has_leading_btree_index(Relation rel, AttrNumber attnum, Oid atttype)
 	return found;
 }
 
-PG_FUNCTION_INFO_V1(etl_register_stage);
+PG_FUNCTION_INFO_V1(dlq_etl_register_stage);
 
 /*
  * etl_register_stage(stage text, source regclass, key_column name)
@@ -166,7 +166,7 @@ PG_FUNCTION_INFO_V1(etl_register_stage);
  * existing stage again replaces its source and resets its watermark.
  */
 Datum
-etl_register_stage(PG_FUNCTION_ARGS)
+dlq_etl_register_stage(PG_FUNCTION_ARGS)
 {
 	char	   *stage = dlq_check_name("stage name",
 									   PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
@@ -264,7 +264,7 @@ etl_register_stage(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-PG_FUNCTION_INFO_V1(etl_watermark);
+PG_FUNCTION_INFO_V1(dlq_etl_watermark);
 
 /*
  * etl_watermark(stage text, position bigint) returns bigint
@@ -275,7 +275,7 @@ PG_FUNCTION_INFO_V1(etl_watermark);
  * register the stage again.
  */
 Datum
-etl_watermark(PG_FUNCTION_ARGS)
+dlq_etl_watermark(PG_FUNCTION_ARGS)
 {
 	char	   *stage = dlq_check_name("stage name",
 									   PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
@@ -313,4 +313,35 @@ etl_watermark(PG_FUNCTION_ARGS)
 	SPI_finish();
 	dlq_restore_caller(&owner);
 	PG_RETURN_INT64(result);
+}
+
+/* ------------------------------------------------------------------------
+ * Entry points under their 1.0 names
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * The 1.0 name of the entry point: a database not yet updated to 1.1 (ALTER
+ * EXTENSION dlq UPDATE) still calls etl_register_stage() by this symbol, and a new
+ * library must serve it.
+ */
+PG_FUNCTION_INFO_V1(etl_register_stage);
+
+Datum
+etl_register_stage(PG_FUNCTION_ARGS)
+{
+	return dlq_etl_register_stage(fcinfo);
+}
+
+/*
+ * The 1.0 name of the entry point: a database not yet updated to 1.1 (ALTER
+ * EXTENSION dlq UPDATE) still calls etl_watermark() by this symbol, and a new
+ * library must serve it.
+ */
+PG_FUNCTION_INFO_V1(etl_watermark);
+
+Datum
+etl_watermark(PG_FUNCTION_ARGS)
+{
+	return dlq_etl_watermark(fcinfo);
 }

@@ -447,11 +447,11 @@ collect_status(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
  */
 
 
-PG_FUNCTION_INFO_V1(etl_status);
+PG_FUNCTION_INFO_V1(dlq_etl_status);
 
 /* etl_status(queue text DEFAULT NULL) returns table (...) */
 Datum
-etl_status(PG_FUNCTION_ARGS)
+dlq_etl_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *filter = NULL;
@@ -546,7 +546,7 @@ json_str(StringInfo buf, const char *key, const char *v)
 	escape_json(buf, v);
 }
 
-PG_FUNCTION_INFO_V1(etl_status_json);
+PG_FUNCTION_INFO_V1(dlq_etl_status_json);
 
 /*
  * etl_status_json() returns jsonb
@@ -555,7 +555,7 @@ PG_FUNCTION_INFO_V1(etl_status_json);
  *	"stages": [...]}
  */
 Datum
-etl_status_json(PG_FUNCTION_ARGS)
+dlq_etl_status_json(PG_FUNCTION_ARGS)
 {
 	WorkerState w;
 	TimestampTz now;
@@ -659,4 +659,35 @@ dlq_etl_worker_state(PG_FUNCTION_ARGS)
 	values[2] = TimestampTzGetDatum(w.heartbeat);
 	nulls[2] = !w.has_heartbeat;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/* ------------------------------------------------------------------------
+ * Entry points under their 1.0 names
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * The 1.0 name of the entry point: a database not yet updated to 1.1 (ALTER
+ * EXTENSION dlq UPDATE) still calls etl_status() by this symbol, and a new
+ * library must serve it.
+ */
+PG_FUNCTION_INFO_V1(etl_status);
+
+Datum
+etl_status(PG_FUNCTION_ARGS)
+{
+	return dlq_etl_status(fcinfo);
+}
+
+/*
+ * The 1.0 name of the entry point: a database not yet updated to 1.1 (ALTER
+ * EXTENSION dlq UPDATE) still calls etl_status_json() by this symbol, and a new
+ * library must serve it.
+ */
+PG_FUNCTION_INFO_V1(etl_status_json);
+
+Datum
+etl_status_json(PG_FUNCTION_ARGS)
+{
+	return dlq_etl_status_json(fcinfo);
 }
