@@ -82,7 +82,7 @@ static Oid	pending_status_type = InvalidOid;
 static bool counts_flushed_at_commit = false;
 
 static int
-count_shard(void)
+counts_shard(void)
 {
 #if PG_VERSION_NUM >= 170000
 	return MyProcNumber % COUNT_SHARDS;
@@ -93,7 +93,7 @@ count_shard(void)
 
 /* The entry for (queue, status, level), created if absent. */
 static CountDelta *
-count_entry(const char *queue, int queuelen, Oid status, int level)
+counts_entry(const char *queue, int queuelen, Oid status, int level)
 {
 	CountDelta *d;
 
@@ -122,7 +122,7 @@ count_entry(const char *queue, int queuelen, Oid status, int level)
 }
 
 static void
-count_merge(CountDelta *into, const CountDelta *from)
+counts_merge(CountDelta *into, const CountDelta *from)
 {
 	into->n += from->n;
 	if (from->has_new_last && (!into->has_new_last || from->new_last > into->new_last))
@@ -142,7 +142,7 @@ count_merge(CountDelta *into, const CountDelta *from)
  * +1 for new rows, -1 for old ones.
  */
 static void
-count_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
+counts_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 	int			queue_att = SPI_fnumber(desc, "queue");
@@ -169,7 +169,7 @@ count_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
 		if (d == NULL || d->status != status ||
 			strncmp(d->queue, VARDATA_ANY(queue), len) != 0 || d->queue[len] != '\0')
 		{
-			d = count_entry(VARDATA_ANY(queue), len, status, level);
+			d = counts_entry(VARDATA_ANY(queue), len, status, level);
 			last = d - pending_counts;
 		}
 		d->n += sign;
@@ -187,11 +187,73 @@ count_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
 	ExecDropSingleTupleTableSlot(slot);
 }
 
+/*
+ * Merge the entries of every subtransaction level into one per (queue,
+ * state): at pre-commit every subtransaction has committed.
+ */
+static void
+counts_fold_levels(void)
+{
+	int			n = 0;
+
+	for (int i = 0; i < npending_counts; i++)
+	{
+		CountDelta *d = &pending_counts[i];
+		int			j;
+
+		for (j = 0; j < n; j++)
+			if (pending_counts[j].status == d->status &&
+				strcmp(pending_counts[j].queue, d->queue) == 0)
+				break;
+		if (j < n)
+			counts_merge(&pending_counts[j], d);
+		else if (j != i)
+			pending_counts[n++] = *d;
+		else
+			n++;
+	}
+	npending_counts = n;
+}
+
+/*
+ * The plans that write dlq.counts, prepared again when dlq.status was
+ * recreated (its OID is a parameter type).
+ */
+static void
+counts_prepare(void)
+{
+	Oid			types[5] = {TEXTOID, pending_status_type, INT2OID, INT8OID, TIMESTAMPTZOID};
+
+	if (count_plan != NULL && count_plan_status_type == pending_status_type)
+		return;
+	if (count_plan != NULL)
+	{
+		SPI_freeplan(count_plan);
+		SPI_freeplan(count_insert_plan);
+	}
+	count_plan = count_insert_plan = NULL;
+	/* The shard's row exists but for a writer's first change: update it. */
+	count_plan = dlq_prepare_kept(
+								"UPDATE dlq.counts c SET n = c.n OPERATOR(pg_catalog.+) $4,"
+								"  last_failed_at = GREATEST(c.last_failed_at, $5)"
+								" WHERE c.queue OPERATOR(pg_catalog.=) $1"
+								" AND c.status OPERATOR(pg_catalog.=) $2"
+								" AND c.shard OPERATOR(pg_catalog.=) $3",
+								5, types);
+	count_insert_plan = dlq_prepare_kept(
+									   "INSERT INTO dlq.counts AS c (queue, status, shard, n, last_failed_at)"
+									   " VALUES ($1, $2, $3, $4, $5)"
+									   " ON CONFLICT (queue, status, shard) DO UPDATE"
+									   " SET n = c.n OPERATOR(pg_catalog.+) excluded.n,"
+									   "  last_failed_at = GREATEST(c.last_failed_at, excluded.last_failed_at)",
+									   5, types);
+	count_plan_status_type = pending_status_type;
+}
+
 /* Write this transaction's counts to dlq.counts, as the extension owner. */
 static void
 counts_flush(void)
 {
-	int			n = 0;
 	Oid			nsp = get_namespace_oid("dlq", true);
 	Oid			relid = OidIsValid(nsp) ? get_relname_relid("counts", nsp) : InvalidOid;
 	HeapTuple	tup;
@@ -209,24 +271,7 @@ counts_flush(void)
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 
-	/* Fold the levels: every subtransaction has committed by now. */
-	for (int i = 0; i < npending_counts; i++)
-	{
-		CountDelta *d = &pending_counts[i];
-		int			j;
-
-		for (j = 0; j < n; j++)
-			if (pending_counts[j].status == d->status &&
-				strcmp(pending_counts[j].queue, d->queue) == 0)
-				break;
-		if (j < n)
-			count_merge(&pending_counts[j], d);
-		else if (j != i)
-			pending_counts[n++] = *d;
-		else
-			n++;
-	}
-	npending_counts = n;
+	counts_fold_levels();
 
 	/*
 	 * As the owner of dlq.counts.  Every name and operator below is
@@ -237,33 +282,7 @@ counts_flush(void)
 	GetUserIdAndSecContext(&caller, &caller_sec_context);
 	SetUserIdAndSecContext(owner, caller_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	SPI_connect();
-	if (count_plan == NULL || count_plan_status_type != pending_status_type)
-	{
-		Oid			types[5] = {TEXTOID, pending_status_type, INT2OID, INT8OID, TIMESTAMPTZOID};
-
-		if (count_plan != NULL)
-		{
-			SPI_freeplan(count_plan);
-			SPI_freeplan(count_insert_plan);
-		}
-		count_plan = count_insert_plan = NULL;
-		/* The shard's row exists but for a writer's first change: update it. */
-		count_plan = dlq_prepare_kept(
-									"UPDATE dlq.counts c SET n = c.n OPERATOR(pg_catalog.+) $4,"
-									"  last_failed_at = GREATEST(c.last_failed_at, $5)"
-									" WHERE c.queue OPERATOR(pg_catalog.=) $1"
-									" AND c.status OPERATOR(pg_catalog.=) $2"
-									" AND c.shard OPERATOR(pg_catalog.=) $3",
-									5, types);
-		count_insert_plan = dlq_prepare_kept(
-										   "INSERT INTO dlq.counts AS c (queue, status, shard, n, last_failed_at)"
-										   " VALUES ($1, $2, $3, $4, $5)"
-										   " ON CONFLICT (queue, status, shard) DO UPDATE"
-										   " SET n = c.n OPERATOR(pg_catalog.+) excluded.n,"
-										   "  last_failed_at = GREATEST(c.last_failed_at, excluded.last_failed_at)",
-										   5, types);
-		count_plan_status_type = pending_status_type;
-	}
+	counts_prepare();
 
 	for (int i = 0; i < npending_counts; i++)
 	{
@@ -277,7 +296,7 @@ counts_flush(void)
 			continue;
 		values[0] = CStringGetTextDatum(d->queue);
 		values[1] = ObjectIdGetDatum(d->status);
-		values[2] = Int16GetDatum((int16) count_shard());
+		values[2] = Int16GetDatum((int16) counts_shard());
 		values[3] = Int64GetDatum(d->n);
 		if (newer && d->new_last != DT_NOBEGIN)
 			values[4] = TimestampTzGetDatum(d->new_last);
@@ -348,11 +367,11 @@ counts_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				CountDelta	moved = *d;
 				CountDelta *into;
 
-				/* count_entry may grow the array: take the entry out first. */
+				/* counts_entry may grow the array: take the entry out first. */
 				pending_counts[i] = pending_counts[--npending_counts];
 				i--;
-				into = count_entry(moved.queue, strlen(moved.queue), moved.status, level - 1);
-				count_merge(into, &moved);
+				into = counts_entry(moved.queue, strlen(moved.queue), moved.status, level - 1);
+				counts_merge(into, &moved);
 			}
 		}
 	}
@@ -421,9 +440,9 @@ dlq_count_messages(PG_FUNCTION_ARGS)
 	desc = RelationGetDescr(trigdata->tg_relation);
 	pending_status_type = TupleDescAttr(desc, SPI_fnumber(desc, "status") - 1)->atttypid;
 	if (trigdata->tg_oldtable)
-		count_rows(trigdata->tg_oldtable, desc, -1, level);
+		counts_rows(trigdata->tg_oldtable, desc, -1, level);
 	if (trigdata->tg_newtable)
-		count_rows(trigdata->tg_newtable, desc, 1, level);
+		counts_rows(trigdata->tg_newtable, desc, 1, level);
 	if (counts_flushed_at_commit && npending_counts > 0)
 		counts_flush();
 	return PointerGetDatum(NULL);

@@ -162,6 +162,79 @@ dlq_discard(PG_FUNCTION_ARGS)
 									   "discarded", NULL));
 }
 
+static void
+lifecycle_discard_prepare(void)
+{
+	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, INT8OID};
+
+	if (discard_all_plan != NULL)
+		return;
+	discard_all_plan = dlq_prepare_kept(
+										"WITH c AS (SELECT message_id FROM dlq.messages"
+										"  WHERE queue = $1 AND status = $2::dlq.status"
+										"  AND ($3::text IS NULL OR component = $3)"
+										"  AND ($4::interval IS NULL OR stored_at < now() - $4)"
+										"  AND message_id > $5"
+										"  ORDER BY message_id LIMIT 1000 FOR UPDATE SKIP LOCKED),"
+										" d AS (DELETE FROM dlq.messages m USING c"
+										"  WHERE m.message_id = c.message_id RETURNING m.message_id)"
+										" SELECT (SELECT max(message_id) FROM c), (SELECT count(*) FROM d),"
+										"  (SELECT array_agg(message_id) FROM"
+										"   (SELECT message_id FROM d ORDER BY 1 LIMIT 101) x)",
+										5, types);
+}
+
+/*
+ * One keyset batch of dlq_discard_all after *cursor: delete, tally, move
+ * the cursor.  Returns false when no message was left to look at.
+ */
+static bool
+lifecycle_discard_batch(const char *queue, const char *status, const char *component,
+						Interval *older_than, int64 *cursor, List **tallies, int64 *done)
+{
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	Datum		d;
+	DlqQueueTally *t;
+	int			ret;
+
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = CStringGetTextDatum(status);
+	if (component)
+		values[2] = CStringGetTextDatum(component);
+	else
+		nulls[2] = 'n';
+	if (older_than)
+		values[3] = IntervalPGetDatum(older_than);
+	else
+		nulls[3] = 'n';
+	values[4] = Int64GetDatum(*cursor);
+	ret = SPI_execute_plan(discard_all_plan, values, nulls, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not discard messages: %s", SPI_result_code_string(ret));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return false;
+	*cursor = DatumGetInt64(d);
+	t = dlq_queue_tally(tallies, queue);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	if (!isnull)
+	{
+		int			n;
+		int64	   *got = dlq_id_array_values(DatumGetArrayTypeP(d), &n);
+
+		for (int i = 0; i < n; i++)
+			dlq_tally_add(&t->tally, got[i]);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		/* the ids beyond the first 101 only count */
+		t->tally.count += DatumGetInt64(d) - n;
+		*done += DatumGetInt64(d);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return true;
+}
+
 PG_FUNCTION_INFO_V1(dlq_discard_all);
 
 /*
@@ -200,67 +273,10 @@ dlq_discard_all(PG_FUNCTION_ARGS)
 	dlq_become_owner(&owner);
 	SPI_connect();
 	dlq_check_queue_exists(queue);
-	if (discard_all_plan == NULL)
-	{
-		Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, INT8OID};
-
-		discard_all_plan = dlq_prepare_kept(
-											"WITH c AS (SELECT message_id FROM dlq.messages"
-											"  WHERE queue = $1 AND status = $2::dlq.status"
-											"  AND ($3::text IS NULL OR component = $3)"
-											"  AND ($4::interval IS NULL OR stored_at < now() - $4)"
-											"  AND message_id > $5"
-											"  ORDER BY message_id LIMIT 1000 FOR UPDATE SKIP LOCKED),"
-											" d AS (DELETE FROM dlq.messages m USING c"
-											"  WHERE m.message_id = c.message_id RETURNING m.message_id)"
-											" SELECT (SELECT max(message_id) FROM c), (SELECT count(*) FROM d),"
-											"  (SELECT array_agg(message_id) FROM"
-											"   (SELECT message_id FROM d ORDER BY 1 LIMIT 101) x)",
-											5, types);
-	}
-	for (;;)
-	{
-		Datum		values[5];
-		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-		bool		isnull;
-		Datum		d;
-		DlqQueueTally *t;
-		int			ret;
-
-		values[0] = CStringGetTextDatum(queue);
-		values[1] = CStringGetTextDatum(status);
-		if (component)
-			values[2] = CStringGetTextDatum(component);
-		else
-			nulls[2] = 'n';
-		if (older_than)
-			values[3] = IntervalPGetDatum(older_than);
-		else
-			nulls[3] = 'n';
-		values[4] = Int64GetDatum(cursor);
-		ret = SPI_execute_plan(discard_all_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not discard messages: %s", SPI_result_code_string(ret));
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (isnull)
-			break;
-		cursor = DatumGetInt64(d);
-		t = dlq_queue_tally(&tallies, queue);
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-		if (!isnull)
-		{
-			int			n;
-			int64	   *got = dlq_id_array_values(DatumGetArrayTypeP(d), &n);
-
-			for (int i = 0; i < n; i++)
-				dlq_tally_add(&t->tally, got[i]);
-			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-			/* the ids beyond the first 101 only count */
-			t->tally.count += DatumGetInt64(d) - n;
-			done += DatumGetInt64(d);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
+	lifecycle_discard_prepare();
+	while (lifecycle_discard_batch(queue, status, component, older_than, &cursor,
+								   &tallies, &done))
+		;
 	lifecycle_audit(tallies, "discarded", GetUserNameFromId(owner.caller, false),
 					request_id, NULL);
 	summary = lifecycle_summary(caller_cxt,

@@ -229,6 +229,121 @@ replay_refuse_foreign(Oid target, DlqReapplyResult *result)
 																 ObjectIdGetDatum(target))));
 }
 
+/* The plans of a replay batch, prepared together once per backend. */
+static void
+replay_prepare(void)
+{
+	Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
+	Oid			failed_types[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID,
+	BOOLOID, BOOLOID};
+	Oid			reapplied_types[2] = {INT8ARRAYOID, UUIDOID};
+
+	if (info_plan != NULL)
+		return;
+	info_plan = dlq_prepare_kept(
+								 "SELECT m.queue, count(*),"
+								 "  count(*) FILTER (WHERE m.status = 'pending'"
+								 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3)),"
+								 "  coalesce(bool_or(m.operation = 'UPDATE'), false)"
+								 " FROM dlq.messages m WHERE m.message_id = ANY ($1)"
+								 " GROUP BY m.queue ORDER BY m.queue",
+								 3, types);
+	hand_plan = dlq_prepare_kept(
+								 "WITH c AS (SELECT m.message_id, m.status AS old_status"
+								 "  FROM dlq.messages m JOIN dlq.queues q"
+								 "   ON q.queue = m.queue AND q.replay_target IS NULL"
+								 "  WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+								 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
+								 "  ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED)"
+								 " UPDATE dlq.messages m SET status = 'replaying',"
+								 "  attempts = CASE WHEN c.old_status = 'review' THEN 1 ELSE m.attempts + 1 END,"
+								 "  replay_request_id = $3, claimed_by = NULL, claim_expires_at = NULL,"
+								 "  next_retry_at = NULL"
+								 " FROM c WHERE m.message_id = c.message_id"
+								 " RETURNING m.queue, m.message_id, c.old_status = 'review'",
+								 3, types);
+	lock_target_plan = dlq_prepare_kept(
+										"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation,"
+										"  m.source_relation"
+										" FROM dlq.messages m JOIN dlq.queues q"
+										"  ON q.queue = m.queue AND q.replay_target IS NOT NULL"
+										" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+										"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
+										" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED",
+										3, types);
+	/* $8: straight to review, whatever attempts are left */
+	reapply_failed_plan = dlq_prepare_kept(
+										   "UPDATE dlq.messages m SET"
+										   "  attempts = CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END,"
+										   "  status = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
+										   "   >= m.max_attempts THEN 'review' ELSE 'pending' END::dlq.status,"
+										   "  error = $2, sqlstate = $3, error_class = $4, error_detail = $5,"
+										   "  last_failed_at = now(), replay_request_id = $6,"
+										   "  claimed_by = NULL, claim_expires_at = NULL,"
+										   "  next_retry_at = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
+										   "   >= m.max_attempts THEN NULL"
+										   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
+										   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
+										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
+										   8, failed_types);
+	reapplied_plan = dlq_prepare_kept(
+									  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
+									  "  attempts = CASE WHEN status = 'review' THEN 1 ELSE attempts + 1 END,"
+									  "  replay_request_id = $2, next_retry_at = NULL,"
+									  "  claimed_by = NULL, claim_expires_at = NULL"
+									  " WHERE message_id = ANY ($1)",
+									  2, reapplied_types);
+}
+
+/*
+ * Record a failed re-apply on its message: the new error, back to pending
+ * (review once max_attempts are used, or at once when refused), and in the
+ * call's tallies and failure list.
+ */
+static void
+replay_record_failure(ReplayState *st, ReplayQueue *rq, int64 id, bool was_review,
+					  bool refused, const DlqReapplyResult *result)
+{
+	Datum		values[8];
+	char		nulls[8];
+	int			ret;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(id);
+	values[1] = CStringGetTextDatum(result->error ? result->error : "replay failed");
+	if (result->sqlstate[0])
+		values[2] = CStringGetTextDatum(result->sqlstate);
+	else
+		nulls[2] = 'n';
+	values[3] = CStringGetTextDatum(dlq_error_class(result->sqlstate[0] ? result->sqlstate : NULL));
+	if (result->error_detail)
+		values[4] = JsonbPGetDatum(result->error_detail);
+	else
+		nulls[4] = 'n';
+	values[5] = st->request_id;
+	values[6] = BoolGetDatum(was_review);
+	values[7] = BoolGetDatum(refused);
+	ret = SPI_execute_plan(reapply_failed_plan, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "could not record the failed replay of message " INT64_FORMAT, id);
+	dlq_tally_add(refused ? &rq->refused : &rq->failed, id);
+	replay_add_failure(st, id, result->sqlstate, result->error);
+}
+
+/* Resolve the messages whose rows were re-applied. */
+static void
+replay_resolve_reapplied(ReplayState *st, const int64 *ids, int n)
+{
+	Datum		values[2];
+	int			ret;
+
+	values[0] = dlq_id_array_datum(ids, n);
+	values[1] = st->request_id;
+	ret = SPI_execute_plan(reapplied_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE || SPI_processed != n)
+		elog(ERROR, "could not resolve re-applied messages");
+}
+
 /*
  * Re-apply the locked rows of the last SPI result (message_id, queue,
  * was_review, payload, operation, source_relation) to their queue's replay
@@ -241,9 +356,6 @@ replay_reapply_rows(ReplayState *st)
 	SPITupleTable *tt = SPI_tuptable;
 	int64	   *ok_ids = palloc(sizeof(int64) * Max(n, 1));
 	int			nok = 0;
-	Datum		values[8];
-	char		nulls[8];
-	int			ret;
 
 	for (uint64 i = 0; i < n; i++)
 	{
@@ -279,73 +391,79 @@ replay_reapply_rows(ReplayState *st)
 		{
 			ok_ids[nok++] = id;
 			dlq_tally_add(&rq->reapplied, id);
-			continue;
 		}
-
-		if (reapply_failed_plan == NULL)
-		{
-			Oid			types[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID, BOOLOID,
-			BOOLOID};
-
-			/* $8: straight to review, whatever attempts are left */
-			reapply_failed_plan = dlq_prepare_kept(
-												   "UPDATE dlq.messages m SET"
-												   "  attempts = CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END,"
-												   "  status = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
-												   "   >= m.max_attempts THEN 'review' ELSE 'pending' END::dlq.status,"
-												   "  error = $2, sqlstate = $3, error_class = $4, error_detail = $5,"
-												   "  last_failed_at = now(), replay_request_id = $6,"
-												   "  claimed_by = NULL, claim_expires_at = NULL,"
-												   "  next_retry_at = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
-												   "   >= m.max_attempts THEN NULL"
-												   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
-												   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
-												   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
-												   8, types);
-		}
-		memset(nulls, ' ', sizeof(nulls));
-		values[0] = Int64GetDatum(id);
-		values[1] = CStringGetTextDatum(result.error ? result.error : "replay failed");
-		if (result.sqlstate[0])
-			values[2] = CStringGetTextDatum(result.sqlstate);
 		else
-			nulls[2] = 'n';
-		values[3] = CStringGetTextDatum(dlq_error_class(result.sqlstate[0] ? result.sqlstate : NULL));
-		if (result.error_detail)
-			values[4] = JsonbPGetDatum(result.error_detail);
-		else
-			nulls[4] = 'n';
-		values[5] = st->request_id;
-		values[6] = BoolGetDatum(was_review);
-		values[7] = BoolGetDatum(refused);
-		ret = SPI_execute_plan(reapply_failed_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-			elog(ERROR, "could not record the failed replay of message " INT64_FORMAT, id);
-		dlq_tally_add(refused ? &rq->refused : &rq->failed, id);
-		replay_add_failure(st, id, result.sqlstate, result.error);
+			replay_record_failure(st, rq, id, was_review, refused, &result);
 	}
 
 	if (nok > 0)
-	{
-		if (reapplied_plan == NULL)
-		{
-			Oid			types[2] = {INT8ARRAYOID, UUIDOID};
+		replay_resolve_reapplied(st, ok_ids, nok);
+	SPI_freetuptable(tt);
+}
 
-			reapplied_plan = dlq_prepare_kept(
-											  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
-											  "  attempts = CASE WHEN status = 'review' THEN 1 ELSE attempts + 1 END,"
-											  "  replay_request_id = $2, next_retry_at = NULL,"
-											  "  claimed_by = NULL, claim_expires_at = NULL"
-											  " WHERE message_id = ANY ($1)",
-											  2, types);
-		}
-		values[0] = dlq_id_array_datum(ok_ids, nok);
-		values[1] = st->request_id;
-		ret = SPI_execute_plan(reapplied_plan, values, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != nok)
-			elog(ERROR, "could not resolve re-applied messages");
+/*
+ * Count what exists of a batch, per queue, and check the queues of the
+ * eligible messages (replay_check_queue).  Says whether any eligible
+ * message is in a queue without a replay target (*any_handed) or with one
+ * (*any_target).
+ */
+static void
+replay_check_batch(ReplayState *st, Datum *values, bool *any_handed, bool *any_target)
+{
+	SPITupleTable *tt;
+	int			ret;
+
+	ret = SPI_execute_plan(info_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read messages: %s", SPI_result_code_string(ret));
+	tt = SPI_tuptable;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		char	   *queue = TextDatumGetCString(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		int64		found = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+		int64		eligible = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		bool		has_update = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
+		ReplayQueue *rq;
+
+		st->found += found;
+		if (eligible == 0)
+			continue;
+		rq = replay_queue(st, queue);
+		replay_check_queue(st, rq, true, has_update);
+		if (OidIsValid(rq->target))
+			*any_target = true;
+		else
+			*any_handed = true;
 	}
 	SPI_freetuptable(tt);
+}
+
+/* Queues without a target: pending (review with force) to replaying. */
+static void
+replay_hand(ReplayState *st, Datum *values)
+{
+	ReplayQueue *rq = NULL;
+	int			ret;
+
+	ret = SPI_execute_plan(hand_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not replay messages: %s", SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
+		int64		id = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+
+		if (rq == NULL || strcmp(rq->queue, queue) != 0)
+			rq = replay_queue(st, queue);
+		dlq_tally_add(&rq->handed, id);
+		if (DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)))
+			dlq_tally_add(&rq->redriven, id);
+	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*
@@ -360,114 +478,18 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	int			ret;
 	MemoryContext old = MemoryContextSwitchTo(st->batch_cxt);
 
+	replay_prepare();
 	values[0] = dlq_id_array_datum(ids, n);
 	values[1] = BoolGetDatum(st->force);
 	values[2] = st->request_id;
 
-	/* What exists, per queue; check the queues of the eligible ones. */
-	if (info_plan == NULL)
-	{
-		Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
-
-		info_plan = dlq_prepare_kept(
-									 "SELECT m.queue, count(*),"
-									 "  count(*) FILTER (WHERE m.status = 'pending'"
-									 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3)),"
-									 "  coalesce(bool_or(m.operation = 'UPDATE'), false)"
-									 " FROM dlq.messages m WHERE m.message_id = ANY ($1)"
-									 " GROUP BY m.queue ORDER BY m.queue",
-									 3, types);
-	}
-	ret = SPI_execute_plan(info_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read messages: %s", SPI_result_code_string(ret));
-	{
-		SPITupleTable *tt = SPI_tuptable;
-		uint64		nq = SPI_processed;
-
-		for (uint64 i = 0; i < nq; i++)
-		{
-			bool		isnull;
-			char	   *queue = TextDatumGetCString(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-			int64		found = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
-			int64		eligible = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
-			bool		has_update = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
-			ReplayQueue *rq;
-
-			st->found += found;
-			if (eligible == 0)
-				continue;
-			rq = replay_queue(st, queue);
-			replay_check_queue(st, rq, true, has_update);
-			if (OidIsValid(rq->target))
-				any_target = true;
-			else
-				any_handed = true;
-		}
-		SPI_freetuptable(tt);
-	}
-
-	/* Queues without a target: pending (review with force) to replaying. */
+	replay_check_batch(st, values, &any_handed, &any_target);
 	if (any_handed)
-	{
-		ReplayQueue *rq = NULL;
-
-		if (hand_plan == NULL)
-		{
-			Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
-
-			hand_plan = dlq_prepare_kept(
-										 "WITH c AS (SELECT m.message_id, m.status AS old_status"
-										 "  FROM dlq.messages m JOIN dlq.queues q"
-										 "   ON q.queue = m.queue AND q.replay_target IS NULL"
-										 "  WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
-										 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
-										 "  ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED)"
-										 " UPDATE dlq.messages m SET status = 'replaying',"
-										 "  attempts = CASE WHEN c.old_status = 'review' THEN 1 ELSE m.attempts + 1 END,"
-										 "  replay_request_id = $3, claimed_by = NULL, claim_expires_at = NULL,"
-										 "  next_retry_at = NULL"
-										 " FROM c WHERE m.message_id = c.message_id"
-										 " RETURNING m.queue, m.message_id, c.old_status = 'review'",
-										 3, types);
-		}
-		ret = SPI_execute_plan(hand_plan, values, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not replay messages: %s", SPI_result_code_string(ret));
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	row = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
-			int64		id = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
-
-			if (rq == NULL || strcmp(rq->queue, queue) != 0)
-				rq = replay_queue(st, queue);
-			dlq_tally_add(&rq->handed, id);
-			if (DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)))
-				dlq_tally_add(&rq->redriven, id);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
+		replay_hand(st, values);
 
 	/* Queues with a target: lock, then re-apply row by row. */
 	if (any_target)
 	{
-		if (lock_target_plan == NULL)
-		{
-			Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
-
-			lock_target_plan = dlq_prepare_kept(
-												"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation,"
-												"  m.source_relation"
-												" FROM dlq.messages m JOIN dlq.queues q"
-												"  ON q.queue = m.queue AND q.replay_target IS NOT NULL"
-												" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
-												"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
-												" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED",
-												3, types);
-		}
 		ret = SPI_execute_plan(lock_target_plan, values, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not lock messages: %s", SPI_result_code_string(ret));
@@ -629,6 +651,71 @@ dlq_reprocess(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(summary);
 }
 
+/*
+ * One pass of dlq_reprocess_all: replay the queue's messages in one status
+ * (of one component, or all) in keyset batches, oldest first, until
+ * max_messages were requested in the whole call.  A message this call
+ * already replayed (now back in review) is not taken again.
+ */
+static void
+replay_all_pass(ReplayState *st, const char *queue, const char *component,
+				const char *status, int64 max_messages)
+{
+	int64	   *ids = palloc(sizeof(int64) * DLQ_BATCH_IDS);
+	int64		cursor = 0;
+
+	if (candidates_plan == NULL)
+	{
+		Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID, UUIDOID};
+
+		candidates_plan = dlq_prepare_kept(
+										   "SELECT message_id FROM dlq.messages"
+										   " WHERE queue = $1 AND status = $2::dlq.status"
+										   " AND ($3::text IS NULL OR component = $3)"
+										   " AND message_id > $4"
+										   " AND replay_request_id IS DISTINCT FROM $6"
+										   " ORDER BY message_id LIMIT $5",
+										   6, types);
+	}
+	while (st->requested < max_messages)
+	{
+		Datum		values[6];
+		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+		int			limit = (int) Min((int64) DLQ_BATCH_IDS, max_messages - st->requested);
+		int			n;
+		int			ret;
+
+		values[0] = CStringGetTextDatum(queue);
+		values[1] = CStringGetTextDatum(status);
+		if (component)
+			values[2] = CStringGetTextDatum(component);
+		else
+			nulls[2] = 'n';
+		values[3] = Int64GetDatum(cursor);
+		values[4] = Int32GetDatum(limit);
+		values[5] = st->request_id;
+		ret = SPI_execute_plan(candidates_plan, values, nulls, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not find messages: %s", SPI_result_code_string(ret));
+		n = (int) SPI_processed;
+		for (int i = 0; i < n; i++)
+		{
+			bool		isnull;
+
+			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		if (n == 0)
+			break;
+		cursor = ids[n - 1];
+		st->requested += n;
+		replay_batch(st, ids, n);
+		if (n < limit)
+			break;
+	}
+}
+
 PG_FUNCTION_INFO_V1(dlq_reprocess_all);
 
 /*
@@ -649,7 +736,6 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	Jsonb	   *summary;
 	ReplayQueue *rq;
-	int64	   *ids = palloc(sizeof(int64) * DLQ_BATCH_IDS);
 
 	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
 	component = dlq_check_name("component", PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1), true);
@@ -672,61 +758,9 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 	rq = replay_queue(&st, queue);
 	replay_check_queue(&st, rq, false, false);
 
-	if (candidates_plan == NULL)
-	{
-		Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID, UUIDOID};
-
-		candidates_plan = dlq_prepare_kept(
-										   "SELECT message_id FROM dlq.messages"
-										   " WHERE queue = $1 AND status = $2::dlq.status"
-										   " AND ($3::text IS NULL OR component = $3)"
-										   " AND message_id > $4"
-										   " AND replay_request_id IS DISTINCT FROM $6"
-										   " ORDER BY message_id LIMIT $5",
-										   6, types);
-	}
 	for (int pass = 0; pass < (force ? 2 : 1); pass++)
-	{
-		int64		cursor = 0;
-
-		while (st.requested < max_messages)
-		{
-			Datum		values[6];
-			char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-			int			limit = (int) Min((int64) DLQ_BATCH_IDS, max_messages - st.requested);
-			int			n;
-			int			ret;
-
-			values[0] = CStringGetTextDatum(queue);
-			values[1] = CStringGetTextDatum(pass == 0 ? "pending" : "review");
-			if (component)
-				values[2] = CStringGetTextDatum(component);
-			else
-				nulls[2] = 'n';
-			values[3] = Int64GetDatum(cursor);
-			values[4] = Int32GetDatum(limit);
-			values[5] = st.request_id;
-			ret = SPI_execute_plan(candidates_plan, values, nulls, false, 0);
-			if (ret != SPI_OK_SELECT)
-				elog(ERROR, "could not find messages: %s", SPI_result_code_string(ret));
-			n = (int) SPI_processed;
-			for (int i = 0; i < n; i++)
-			{
-				bool		isnull;
-
-				ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull));
-			}
-			SPI_freetuptable(SPI_tuptable);
-			if (n == 0)
-				break;
-			cursor = ids[n - 1];
-			st.requested += n;
-			replay_batch(&st, ids, n);
-			if (n < limit)
-				break;
-		}
-	}
+		replay_all_pass(&st, queue, component, pass == 0 ? "pending" : "review",
+						max_messages);
 
 	summary = replay_finish(&st, caller_cxt);
 	SPI_finish();

@@ -52,8 +52,8 @@ stages_can_select_column(Oid relid, AttrNumber attnum)
  */
 bool
 dlq_stage_source_range(Oid relid, const char *column, bool want_min,
-				   bool *has_min, int64 *min, bool *has_max, int64 *max,
-				   char **problem)
+					   bool *has_min, int64 *min, bool *has_max, int64 *max,
+					   char **problem)
 {
 	char	   *relname = get_rel_name(relid);
 	AttrNumber	attnum;
@@ -101,7 +101,7 @@ dlq_stage_source_range(Oid relid, const char *column, bool want_min,
 }
 
 static Oid
-index_relam(Oid indexoid)
+stages_index_relam(Oid indexoid)
 {
 	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(indexoid));
 	Oid			relam;
@@ -119,7 +119,7 @@ index_relam(Oid indexoid)
  * max(column) is one index descent?
  */
 static bool
-has_leading_btree_index(Relation rel, AttrNumber attnum, Oid atttype)
+stages_has_btree_index(Relation rel, AttrNumber attnum, Oid atttype)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
@@ -144,7 +144,7 @@ has_leading_btree_index(Relation rel, AttrNumber attnum, Oid atttype)
 		if (index->indisvalid && index->indnkeyatts > 0 &&
 			index->indkey.values[0] == attnum &&
 			heap_attisnull(tup, Anum_pg_index_indpred, NULL) &&
-			index_relam(indexoid) == BTREE_AM_OID &&
+			stages_index_relam(indexoid) == BTREE_AM_OID &&
 			get_opclass_family(indclass->values[0]) == opfamily)
 			found = true;
 		ReleaseSysCache(tup);
@@ -155,35 +155,18 @@ has_leading_btree_index(Relation rel, AttrNumber attnum, Oid atttype)
 	return found;
 }
 
-PG_FUNCTION_INFO_V1(dlq_etl_register_stage);
-
 /*
- * etl_register_stage(stage text, source regclass, key_column name)
- *
- * The source is checked with the caller's privileges: it must be a table,
- * partitioned table or materialized view whose integer key column the
- * caller may read and that has a usable btree index.  Registering an
- * existing stage again replaces its source and resets its watermark.
+ * Check a stage's source as the caller: a table, partitioned table or
+ * materialized view whose integer key column the caller may read and that
+ * has a usable btree index.  The source stays locked until commit.
  */
-Datum
-dlq_etl_register_stage(PG_FUNCTION_ARGS)
+static void
+stages_check_source(Oid relid, const char *column)
 {
-	char	   *stage = dlq_check_name("stage name",
-									   PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
-	Oid			relid;
-	char	   *column;
 	Relation	rel;
 	AttrNumber	attnum;
 	Oid			atttype;
 	char		relkind;
-	DlqOwnerContext owner;
-	Datum		values[3];
-	StringInfoData detail;
-
-	dlq_check_not_null(fcinfo, 1, "source");
-	dlq_check_not_null(fcinfo, 2, "key_column");
-	relid = PG_GETARG_OID(1);
-	column = NameStr(*PG_GETARG_NAME(2));
 
 	rel = try_relation_open(relid, AccessShareLock);
 	if (rel == NULL)
@@ -215,7 +198,7 @@ dlq_etl_register_stage(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for column \"%s\" of relation \"%s\"",
 						column, RelationGetRelationName(rel))));
-	if (!has_leading_btree_index(rel, attnum, atttype))
+	if (!stages_has_btree_index(rel, attnum, atttype))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("key column \"%s\" of relation \"%s\" has no usable btree index",
@@ -227,6 +210,35 @@ dlq_etl_register_stage(PG_FUNCTION_ARGS)
 						 quote_identifier(column))));
 	/* Keep the lock: the source cannot be dropped before we commit. */
 	relation_close(rel, NoLock);
+}
+
+PG_FUNCTION_INFO_V1(dlq_etl_register_stage);
+
+/*
+ * etl_register_stage(stage text, source regclass, key_column name)
+ *
+ * The source is checked with the caller's privileges: it must be a table,
+ * partitioned table or materialized view whose integer key column the
+ * caller may read and that has a usable btree index.  Registering an
+ * existing stage again replaces its source and resets its watermark.
+ */
+Datum
+dlq_etl_register_stage(PG_FUNCTION_ARGS)
+{
+	char	   *stage = dlq_check_name("stage name",
+									   PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
+	Oid			relid;
+	char	   *column;
+	DlqOwnerContext owner;
+	Datum		values[3];
+	StringInfoData detail;
+
+	dlq_check_not_null(fcinfo, 1, "source");
+	dlq_check_not_null(fcinfo, 2, "key_column");
+	relid = PG_GETARG_OID(1);
+	column = NameStr(*PG_GETARG_NAME(2));
+
+	stages_check_source(relid, column);
 
 	dlq_become_owner(&owner);
 	SPI_connect();

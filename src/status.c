@@ -120,7 +120,7 @@ status_now(void)
 }
 
 static void
-worker_state(WorkerState *w)
+status_worker_state(WorkerState *w)
 {
 	DlqWorkerSlot slot;
 	bool		preloaded = (dlq_shared != NULL);
@@ -165,7 +165,7 @@ worker_state(WorkerState *w)
 }
 
 static char *
-interval_text(TimestampTz from, TimestampTz to)
+status_interval_text(TimestampTz from, TimestampTz to)
 {
 	Interval   *iv = DatumGetIntervalP(DirectFunctionCall2(timestamp_mi,
 														   TimestampTzGetDatum(to),
@@ -179,7 +179,7 @@ interval_text(TimestampTz from, TimestampTz to)
  * combination of inputs yields exactly one health.
  */
 static void
-apply_rules(StatusRow *row, const WorkerState *w, TimestampTz now)
+status_apply_rules(StatusRow *row, const WorkerState *w, TimestampTz now)
 {
 	int64		lag = row->has_lag ? row->lag : 0;
 	bool		over = lag > dlq_status_threshold;
@@ -204,7 +204,7 @@ apply_rules(StatusRow *row, const WorkerState *w, TimestampTz now)
 								   lag, dlq_status_threshold, activity);
 		else
 			row->reason = psprintf("oldest pending message is %s old, more than dlq.stale_after, with no %s within dlq.syncing_window",
-								   interval_text(row->oldest, now), activity);
+								   status_interval_text(row->oldest, now), activity);
 	}
 	else if (lag > 0 && active)
 	{
@@ -240,7 +240,7 @@ apply_rules(StatusRow *row, const WorkerState *w, TimestampTz now)
  * from the first call: planning it per call would cost more than running it.
  */
 static void
-prepare_status_plans(void)
+status_prepare_plans(void)
 {
 	Oid			types[1] = {TEXTOID};
 
@@ -294,7 +294,7 @@ prepare_status_plans(void)
 }
 
 static bool
-get_col(HeapTuple tup, TupleDesc desc, int col, Datum *value)
+status_get_col(HeapTuple tup, TupleDesc desc, int col, Datum *value)
 {
 	bool		isnull;
 
@@ -302,9 +302,136 @@ get_col(HeapTuple tup, TupleDesc desc, int col, Datum *value)
 	return !isnull;
 }
 
+/*
+ * The queue rows of etl_status from queues_plan, allocated in cxt, rules
+ * applied.
+ */
+static StatusRow *
+status_read_queues(Datum *arg, const char *nulls, int *nqueues,
+				   const WorkerState *w, TimestampTz now, MemoryContext cxt)
+{
+	MemoryContext old;
+	StatusRow  *rows;
+
+	if (SPI_execute_plan(queues_plan, arg, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read queue status");
+	*nqueues = SPI_processed;
+	old = MemoryContextSwitchTo(cxt);
+	rows = palloc0(sizeof(StatusRow) * (*nqueues + 1));
+	for (int i = 0; i < *nqueues; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		StatusRow  *r = &rows[i];
+		Datum		v;
+
+		r->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &(bool){0}));
+		r->paused = status_get_col(tup, desc, 2, &v) && DatumGetBool(v);
+		for (int s = 0; s < 5; s++)
+		{
+			status_get_col(tup, desc, 3 + s, &v);
+			r->counts[s] = DatumGetInt64(v);
+		}
+		if ((r->has_last_failure = status_get_col(tup, desc, 8, &v)))
+			r->last_failure = DatumGetTimestampTz(v);
+		if ((r->has_oldest = status_get_col(tup, desc, 9, &v)))
+			r->oldest = DatumGetTimestampTz(v);
+		if ((r->has_activity = status_get_col(tup, desc, 10, &v)))
+			r->activity = DatumGetTimestampTz(v);
+		if (status_get_col(tup, desc, 11, &v))
+			r->in_flight = DatumGetInt64(v);
+		r->has_lag = true;
+		r->lag = r->counts[0] + r->counts[1];
+		status_apply_rules(r, w, now);
+	}
+	MemoryContextSwitchTo(old);
+	return rows;
+}
+
+/*
+ * The stage rows of etl_status from stages_plan, appended to *rows after
+ * nqueues queue rows, in cxt; each stage's source and key column in
+ * *source and *column.  Their lag is not known yet.
+ */
+static int
+status_read_stages(Datum *arg, const char *nulls, StatusRow **rows, int nqueues,
+				   Oid **source, char ***column, MemoryContext cxt)
+{
+	MemoryContext old;
+	int			nstages;
+
+	if (SPI_execute_plan(stages_plan, arg, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read stages");
+	nstages = SPI_processed;
+	old = MemoryContextSwitchTo(cxt);
+	*rows = repalloc(*rows, sizeof(StatusRow) * (nqueues + nstages + 1));
+	*source = palloc(sizeof(Oid) * (nstages + 1));
+	*column = palloc(sizeof(char *) * (nstages + 1));
+	for (int i = 0; i < nstages; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		StatusRow  *r = &(*rows)[nqueues + i];
+		Datum		v;
+
+		memset(r, 0, sizeof(StatusRow));
+		r->is_stage = true;
+		r->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &(bool){0}));
+		status_get_col(tup, desc, 2, &v);
+		(*source)[i] = DatumGetObjectId(v);
+		status_get_col(tup, desc, 3, &v);
+		(*column)[i] = TextDatumGetCString(v);
+		if ((r->has_watermark = status_get_col(tup, desc, 4, &v)))
+			r->watermark = DatumGetInt64(v);
+		if ((r->has_activity = status_get_col(tup, desc, 5, &v)))
+			r->activity = DatumGetTimestampTz(v);
+	}
+	MemoryContextSwitchTo(old);
+	return nstages;
+}
+
+/*
+ * A stage's lag and health from its source's key range, read as the
+ * caller (inside SPI); allocations in cxt.
+ */
+static void
+status_stage_lag(StatusRow *r, Oid source, const char *column,
+				 const WorkerState *w, TimestampTz now, MemoryContext cxt)
+{
+	bool		has_min;
+	int64		min = 0;
+	char	   *problem = NULL;
+	bool		ok;
+	MemoryContext old;
+
+	ok = dlq_stage_source_range(source, column, !r->has_watermark,
+								&has_min, &min, &r->has_source_max, &r->source_max,
+								&problem);
+	old = MemoryContextSwitchTo(cxt);
+	if (!ok)
+	{
+		/* A broken stage cannot catch up: report it as an error. */
+		r->health = HEALTH_ERROR;
+		r->reason = pstrdup(problem);
+	}
+	else
+	{
+		/* An empty source has no lag; an unset watermark is before min. */
+		r->has_lag = true;
+		if (r->has_source_max)
+		{
+			int64		from = r->has_watermark ? r->watermark : min - 1;
+
+			r->lag = r->source_max > from ? r->source_max - from : 0;
+		}
+		status_apply_rules(r, w, now);
+	}
+	MemoryContextSwitchTo(old);
+}
+
 /* Every row of etl_status for filter (NULL: all), in name order, queues first. */
 static StatusRow *
-collect_status(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
+status_collect(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
 {
 	DlqOwnerContext owner;
 	Datum		arg[1];
@@ -315,9 +442,8 @@ collect_status(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
 	Oid		   *stage_source;
 	char	  **stage_column;
 	MemoryContext outer = CurrentMemoryContext;
-	MemoryContext spi_context;
 
-	worker_state(w);
+	status_worker_state(w);
 	*now = status_now();
 
 	if (filter)
@@ -327,69 +453,10 @@ collect_status(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
 
 	dlq_become_owner(&owner);
 	SPI_connect();
-	spi_context = CurrentMemoryContext;
-	prepare_status_plans();
-
-	if (SPI_execute_plan(queues_plan, arg, nulls, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue status");
-	nqueues = SPI_processed;
-	MemoryContextSwitchTo(outer);
-	rows = palloc0(sizeof(StatusRow) * (nqueues + 1));
-	for (int i = 0; i < nqueues; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		StatusRow  *r = &rows[i];
-		Datum		v;
-
-		r->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &(bool){0}));
-		r->paused = get_col(tup, desc, 2, &v) && DatumGetBool(v);
-		for (int s = 0; s < 5; s++)
-		{
-			get_col(tup, desc, 3 + s, &v);
-			r->counts[s] = DatumGetInt64(v);
-		}
-		if ((r->has_last_failure = get_col(tup, desc, 8, &v)))
-			r->last_failure = DatumGetTimestampTz(v);
-		if ((r->has_oldest = get_col(tup, desc, 9, &v)))
-			r->oldest = DatumGetTimestampTz(v);
-		if ((r->has_activity = get_col(tup, desc, 10, &v)))
-			r->activity = DatumGetTimestampTz(v);
-		if (get_col(tup, desc, 11, &v))
-			r->in_flight = DatumGetInt64(v);
-		r->has_lag = true;
-		r->lag = r->counts[0] + r->counts[1];
-		apply_rules(r, w, *now);
-	}
-	MemoryContextSwitchTo(spi_context);
-
-	if (SPI_execute_plan(stages_plan, arg, nulls, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read stages");
-	nstages = SPI_processed;
-	MemoryContextSwitchTo(outer);
-	rows = repalloc(rows, sizeof(StatusRow) * (nqueues + nstages + 1));
-	stage_source = palloc(sizeof(Oid) * (nstages + 1));
-	stage_column = palloc(sizeof(char *) * (nstages + 1));
-	for (int i = 0; i < nstages; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		StatusRow  *r = &rows[nqueues + i];
-		Datum		v;
-
-		memset(r, 0, sizeof(StatusRow));
-		r->is_stage = true;
-		r->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &(bool){0}));
-		get_col(tup, desc, 2, &v);
-		stage_source[i] = DatumGetObjectId(v);
-		get_col(tup, desc, 3, &v);
-		stage_column[i] = TextDatumGetCString(v);
-		if ((r->has_watermark = get_col(tup, desc, 4, &v)))
-			r->watermark = DatumGetInt64(v);
-		if ((r->has_activity = get_col(tup, desc, 5, &v)))
-			r->activity = DatumGetTimestampTz(v);
-	}
-	MemoryContextSwitchTo(spi_context);
+	status_prepare_plans();
+	rows = status_read_queues(arg, nulls, &nqueues, w, *now, outer);
+	nstages = status_read_stages(arg, nulls, &rows, nqueues, &stage_source, &stage_column,
+								 outer);
 	SPI_finish();
 	dlq_restore_caller(&owner);
 
@@ -397,39 +464,9 @@ collect_status(const char *filter, int *nrows, WorkerState *w, TimestampTz *now)
 	if (nstages > 0)
 	{
 		SPI_connect();
-		spi_context = CurrentMemoryContext;
 		for (int i = 0; i < nstages; i++)
-		{
-			StatusRow  *r = &rows[nqueues + i];
-			bool		has_min;
-			int64		min = 0;
-			char	   *problem = NULL;
-			bool		ok;
-
-			ok = dlq_stage_source_range(stage_source[i], stage_column[i], !r->has_watermark,
-									&has_min, &min, &r->has_source_max, &r->source_max,
-									&problem);
-			MemoryContextSwitchTo(outer);
-			if (!ok)
-			{
-				/* A broken stage cannot catch up: report it as an error. */
-				r->health = HEALTH_ERROR;
-				r->reason = pstrdup(problem);
-			}
-			else
-			{
-				/* An empty source has no lag; an unset watermark is before min. */
-				r->has_lag = true;
-				if (r->has_source_max)
-				{
-					int64		from = r->has_watermark ? r->watermark : min - 1;
-
-					r->lag = r->source_max > from ? r->source_max - from : 0;
-				}
-				apply_rules(r, w, *now);
-			}
-			MemoryContextSwitchTo(spi_context);
-		}
+			status_stage_lag(&rows[nqueues + i], stage_source[i], stage_column[i],
+							 w, *now, outer);
 		SPI_finish();
 	}
 
@@ -464,7 +501,7 @@ dlq_etl_status(PG_FUNCTION_ARGS)
 		filter = dlq_check_name("queue or stage name", PG_GETARG_TEXT_PP(0), false);
 
 	InitMaterializedSRF(fcinfo, 0);
-	rows = collect_status(filter, &nrows, &w, &now);
+	rows = status_collect(filter, &nrows, &w, &now);
 
 	for (int i = 0; i < nrows; i++)
 	{
@@ -504,16 +541,16 @@ dlq_etl_status(PG_FUNCTION_ARGS)
 }
 
 static void
-json_key(StringInfo buf, const char *key)
+status_json_key(StringInfo buf, const char *key)
 {
 	escape_json(buf, key);
 	appendStringInfoChar(buf, ':');
 }
 
 static void
-json_ts(StringInfo buf, const char *key, bool has, TimestampTz ts)
+status_json_ts(StringInfo buf, const char *key, bool has, TimestampTz ts)
 {
-	json_key(buf, key);
+	status_json_key(buf, key);
 	if (has)
 	{
 		char		iso[MAXDATELEN + 1];
@@ -529,9 +566,9 @@ json_ts(StringInfo buf, const char *key, bool has, TimestampTz ts)
 }
 
 static void
-json_int(StringInfo buf, const char *key, bool has, int64 v)
+status_json_int(StringInfo buf, const char *key, bool has, int64 v)
 {
-	json_key(buf, key);
+	status_json_key(buf, key);
 	if (has)
 		appendStringInfo(buf, INT64_FORMAT, v);
 	else
@@ -540,10 +577,51 @@ json_int(StringInfo buf, const char *key, bool has, int64 v)
 }
 
 static void
-json_str(StringInfo buf, const char *key, const char *v)
+status_json_str(StringInfo buf, const char *key, const char *v)
 {
-	json_key(buf, key);
+	status_json_key(buf, key);
 	escape_json(buf, v);
+}
+
+/* One queue or stage of etl_status_json, as a JSON object. */
+static void
+status_json_row(StringInfo buf, const StatusRow *r, TimestampTz now)
+{
+	appendStringInfoChar(buf, '{');
+	status_json_str(buf, "name", r->name);
+	appendStringInfoChar(buf, ',');
+	status_json_str(buf, "health", health_names[r->health]);
+	appendStringInfoChar(buf, ',');
+	status_json_str(buf, "reason", r->reason);
+	appendStringInfoChar(buf, ',');
+	if (!r->is_stage)
+	{
+		status_json_key(buf, "counts");
+		appendStringInfoChar(buf, '{');
+		for (int s = 0; s < 5; s++)
+			appendStringInfo(buf, "%s\"%s\":" INT64_FORMAT,
+							 s ? "," : "", count_names[s], r->counts[s]);
+		appendStringInfoString(buf, "},");
+		status_json_ts(buf, "oldest_pending_at", r->has_oldest, r->oldest);
+		status_json_int(buf, "oldest_pending_age_seconds", r->has_oldest,
+						(now - r->oldest) / USECS_PER_SEC);
+		status_json_ts(buf, "last_failure_at", r->has_last_failure, r->last_failure);
+		status_json_ts(buf, "last_replay_at", r->has_activity, r->activity);
+		status_json_int(buf, "replay_requests_in_flight", true, r->in_flight);
+		appendStringInfo(buf, "\"paused\":%s,", r->paused ? "true" : "false");
+	}
+	else
+	{
+		status_json_int(buf, "watermark", r->has_watermark, r->watermark);
+		status_json_int(buf, "source_max", r->has_source_max, r->source_max);
+		status_json_ts(buf, "watermark_at", r->has_activity, r->activity);
+	}
+	status_json_key(buf, "lag");
+	if (r->has_lag)
+		appendStringInfo(buf, INT64_FORMAT, r->lag);
+	else
+		appendStringInfoString(buf, "null");
+	appendStringInfoChar(buf, '}');
 }
 
 PG_FUNCTION_INFO_V1(dlq_etl_status_json);
@@ -564,28 +642,28 @@ dlq_etl_status_json(PG_FUNCTION_ARGS)
 	DlqHealth	worst = HEALTH_LIVE;
 	StringInfoData buf;
 
-	rows = collect_status(NULL, &nrows, &w, &now);
+	rows = status_collect(NULL, &nrows, &w, &now);
 	for (int i = 0; i < nrows; i++)
 		if (rows[i].health > worst)
 			worst = rows[i].health;
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
-	json_str(&buf, "health", health_names[worst]);
+	status_json_str(&buf, "health", health_names[worst]);
 	appendStringInfoChar(&buf, ',');
-	json_ts(&buf, "now", true, now);
-	json_key(&buf, "worker");
+	status_json_ts(&buf, "now", true, now);
+	status_json_key(&buf, "worker");
 	appendStringInfoChar(&buf, '{');
-	json_int(&buf, "pid", w.pid != 0, w.pid);
-	json_ts(&buf, "last_heartbeat", w.has_heartbeat, w.heartbeat);
-	json_str(&buf, "state", w.state);
+	status_json_int(&buf, "pid", w.pid != 0, w.pid);
+	status_json_ts(&buf, "last_heartbeat", w.has_heartbeat, w.heartbeat);
+	status_json_str(&buf, "state", w.state);
 	appendStringInfoString(&buf, "},");
 
 	for (int pass = 0; pass < 2; pass++)
 	{
 		bool		first = true;
 
-		json_key(&buf, pass == 0 ? "queues" : "stages");
+		status_json_key(&buf, pass == 0 ? "queues" : "stages");
 		appendStringInfoChar(&buf, '[');
 		for (int i = 0; i < nrows; i++)
 		{
@@ -596,41 +674,7 @@ dlq_etl_status_json(PG_FUNCTION_ARGS)
 			if (!first)
 				appendStringInfoChar(&buf, ',');
 			first = false;
-			appendStringInfoChar(&buf, '{');
-			json_str(&buf, "name", r->name);
-			appendStringInfoChar(&buf, ',');
-			json_str(&buf, "health", health_names[r->health]);
-			appendStringInfoChar(&buf, ',');
-			json_str(&buf, "reason", r->reason);
-			appendStringInfoChar(&buf, ',');
-			if (!r->is_stage)
-			{
-				json_key(&buf, "counts");
-				appendStringInfoChar(&buf, '{');
-				for (int s = 0; s < 5; s++)
-					appendStringInfo(&buf, "%s\"%s\":" INT64_FORMAT,
-									 s ? "," : "", count_names[s], r->counts[s]);
-				appendStringInfoString(&buf, "},");
-				json_ts(&buf, "oldest_pending_at", r->has_oldest, r->oldest);
-				json_int(&buf, "oldest_pending_age_seconds", r->has_oldest,
-						 (now - r->oldest) / USECS_PER_SEC);
-				json_ts(&buf, "last_failure_at", r->has_last_failure, r->last_failure);
-				json_ts(&buf, "last_replay_at", r->has_activity, r->activity);
-				json_int(&buf, "replay_requests_in_flight", true, r->in_flight);
-				appendStringInfo(&buf, "\"paused\":%s,", r->paused ? "true" : "false");
-			}
-			else
-			{
-				json_int(&buf, "watermark", r->has_watermark, r->watermark);
-				json_int(&buf, "source_max", r->has_source_max, r->source_max);
-				json_ts(&buf, "watermark_at", r->has_activity, r->activity);
-			}
-			json_key(&buf, "lag");
-			if (r->has_lag)
-				appendStringInfo(&buf, INT64_FORMAT, r->lag);
-			else
-				appendStringInfoString(&buf, "null");
-			appendStringInfoChar(&buf, '}');
+			status_json_row(&buf, r, now);
 		}
 		appendStringInfoString(&buf, pass == 0 ? "]," : "]");
 	}
@@ -652,7 +696,7 @@ dlq_etl_worker_state(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	worker_state(&w);
+	status_worker_state(&w);
 	values[0] = CStringGetTextDatum(w.state);
 	values[1] = Int32GetDatum(w.pid);
 	nulls[1] = (w.pid == 0);

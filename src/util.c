@@ -41,7 +41,7 @@ static bool callback_registered = false;
 static SPIPlanPtr audit_plan = NULL;
 
 static void
-dlq_relcache_callback(Datum arg, Oid relid)
+util_relcache_callback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == cached_messages_relid)
 	{
@@ -72,7 +72,7 @@ dlq_messages_relid(void)
 
 		if (!callback_registered)
 		{
-			CacheRegisterRelcacheCallback(dlq_relcache_callback, (Datum) 0);
+			CacheRegisterRelcacheCallback(util_relcache_callback, (Datum) 0);
 			callback_registered = true;
 		}
 		{
@@ -420,7 +420,7 @@ dlq_check_status(text *value, bool allow_any)
 }
 
 static int
-dlq_cmp_int64(const void *a, const void *b)
+util_cmp_int64(const void *a, const void *b)
 {
 	int64		x = *(const int64 *) a;
 	int64		y = *(const int64 *) b;
@@ -472,7 +472,7 @@ dlq_check_id_array(ArrayType *ids, int *nids)
 	result = palloc(sizeof(int64) * n);
 	for (int i = 0; i < n; i++)
 		result[i] = DatumGetInt64(elems[i]);
-	qsort(result, n, sizeof(int64), dlq_cmp_int64);
+	qsort(result, n, sizeof(int64), util_cmp_int64);
 	for (int i = 0; i < n; i++)
 		if (nunique == 0 || result[nunique - 1] != result[i])
 			result[nunique++] = result[i];
