@@ -204,7 +204,6 @@ dlq_consumer_alive(const char *queue)
 {
 	Datum		values[4];
 	bool		isnull;
-	int			ret;
 
 	if (alive_plan == NULL)
 	{
@@ -221,9 +220,8 @@ dlq_consumer_alive(const char *queue)
 	values[1] = ObjectIdGetDatum((Oid) DLQ_CONSUMER_LOCK_KEY1);
 	values[2] = ObjectIdGetDatum((Oid) consumer_lock_key2(queue));
 	values[3] = Int16GetDatum(DLQ_CONSUMER_LOCK_FIELD4);
-	ret = SPI_execute_plan(alive_plan, values, NULL, true, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not look for consumers: %s", SPI_result_code_string(ret));
+	if (dlq_execute_kept(alive_plan, values, NULL, true, 1, SPI_OK_SELECT) != 1)
+		elog(ERROR, "could not look for consumers");
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
 }
@@ -246,7 +244,6 @@ dlq_listen(PG_FUNCTION_ARGS)
 	Datum		value = CStringGetTextDatum(queue);
 	char	   *channel;
 	bool		isnull;
-	int			ret;
 
 	dlq_become_owner(&owner);
 	SPI_connect();
@@ -258,8 +255,7 @@ dlq_listen(PG_FUNCTION_ARGS)
 										1, types);
 	}
 	dlq_ensure_queue(queue, owner.caller);
-	ret = SPI_execute_plan(channel_plan, &value, NULL, false, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+	if (dlq_execute_kept(channel_plan, &value, NULL, false, 1, SPI_OK_SELECT) != 1)
 		elog(ERROR, "could not read the channel of queue \"%s\"", queue);
 	channel = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
 												SPI_tuptable->tupdesc, 1, &isnull));
@@ -323,7 +319,6 @@ dlq_claim(PG_FUNCTION_ARGS)
 	Tuplestorestate *tupstore;
 	TupleDesc	tupdesc;
 	DlqOwnerContext owner;
-	int			ret;
 
 	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
 	dlq_check_not_null(fcinfo, 1, "batch_size");
@@ -362,9 +357,7 @@ dlq_claim(PG_FUNCTION_ARGS)
 											 GetUserNameFromId(owner.caller, false),
 											 MyProcPid));
 	values[3] = IntervalPGetDatum(visibility);
-	ret = SPI_execute_plan(claim_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not claim messages: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(claim_plan, values, NULL, false, 0, SPI_OK_UPDATE_RETURNING);
 	if (SPI_tuptable->tupdesc->natts != tupdesc->natts)
 		elog(ERROR, "dlq.message does not match dlq.messages");
 
@@ -396,7 +389,6 @@ dlq_ack(PG_FUNCTION_ARGS)
 	DlqOwnerContext owner;
 	int64		acked = 0;
 	Datum		request_id = dlq_new_request_id();
-	int			ret;
 
 	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
 
@@ -427,9 +419,7 @@ dlq_ack(PG_FUNCTION_ARGS)
 		int			n = Min(DLQ_BATCH_IDS, nids - off);
 		Datum		arg = dlq_id_array_datum(ids + off, n);
 
-		ret = SPI_execute_plan(ack_plan, &arg, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not acknowledge messages: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(ack_plan, &arg, NULL, false, 0, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			HeapTuple	row = SPI_tuptable->vals[i];
@@ -469,13 +459,11 @@ consumer_nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char 
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool reopened = false;
-	int			ret;
 	bool		isnull;
 
 	if (!has_dedup_key)
 	{
-		ret = SPI_execute_plan(nack_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+		if (dlq_execute_kept(nack_plan, values, nulls, false, 0, SPI_OK_UPDATE_RETURNING) != 1)
 			elog(ERROR, "could not nack message %lld",
 				 (long long) DatumGetInt64(values[0]));
 		*status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
@@ -487,8 +475,7 @@ consumer_nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char 
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		ret = SPI_execute_plan(nack_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+		if (dlq_execute_kept(nack_plan, values, nulls, false, 0, SPI_OK_UPDATE_RETURNING) != 1)
 			elog(ERROR, "could not nack message %lld",
 				 (long long) DatumGetInt64(values[0]));
 		MemoryContextSwitchTo(cxt);
@@ -583,11 +570,8 @@ consumer_nack_lock(Datum *values, int64 id, ConsumerNackTarget *target)
 	bool		isnull;
 	char	   *status;
 	Datum		d;
-	int			ret;
 
-	ret = SPI_execute_plan(nack_lock_plan, values, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read message: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(nack_lock_plan, values, NULL, false, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA),
@@ -616,10 +600,8 @@ consumer_nack_fold(Datum *values, const char *nulls, int64 id, const char *error
 				   const ConsumerNackTarget *target, const char *actor, Datum request_id)
 {
 	Jsonb	   *detail;
-	int			ret;
 
-	ret = SPI_execute_plan(nack_fold_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+	if (dlq_execute_kept(nack_fold_plan, values, nulls, false, 0, SPI_OK_UPDATE) != 1)
 		elog(ERROR, "could not fold message %lld into message %lld",
 			 (long long) id, (long long) target->into);
 	detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(

@@ -302,11 +302,9 @@ counts_flush(void)
 			values[4] = TimestampTzGetDatum(d->new_last);
 		else
 			nulls[4] = 'n';
-		if (SPI_execute_plan(count_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update dlq.counts");
-		if (SPI_processed == 0 &&
-			SPI_execute_plan(count_insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not update dlq.counts");
+		dlq_execute_kept(count_plan, values, nulls, false, 0, SPI_OK_UPDATE);
+		if (SPI_processed == 0)
+			dlq_execute_kept(count_insert_plan, values, nulls, false, 0, SPI_OK_INSERT);
 	}
 	npending_counts = 0;
 	SPI_finish();
@@ -431,8 +429,7 @@ dlq_count_messages(PG_FUNCTION_ARGS)
 		SPI_connect();
 		if (truncate_plan == NULL)
 			truncate_plan = dlq_prepare_kept("DELETE FROM dlq.counts", 0, NULL);
-		if (SPI_execute_plan(truncate_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not reset dlq.counts");
+		dlq_execute_kept(truncate_plan, NULL, NULL, false, 0, SPI_OK_DELETE);
 		SPI_finish();
 		return PointerGetDatum(NULL);
 	}

@@ -145,6 +145,13 @@ extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
 /* A plan prepared once and kept for the life of the backend (util.c). */
 extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
 
+/* Run a kept plan; anything but expected_ret is an internal error (util.c). */
+extern uint64 dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
+							   bool read_only, long tcount, int expected_ret);
+extern uint64 dlq_execute_sql(const char *sql, int nargs, Oid *types, Datum *values,
+							  const char *nulls, bool read_only, long tcount,
+							  int expected_ret);
+
 #if PG_VERSION_NUM < 150000
 /* PostgreSQL 15's helper for materialized set-returning functions (util.c). */
 extern void InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags);

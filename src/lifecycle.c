@@ -44,8 +44,7 @@ lifecycle_count_existing(Datum ids)
 									  "SELECT count(*) FROM dlq.messages WHERE message_id = ANY ($1)",
 									  1, types);
 	}
-	if (SPI_execute_plan(count_plan, &ids, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not count messages");
+	dlq_execute_kept(count_plan, &ids, NULL, false, 1, SPI_OK_SELECT);
 	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);
 	return n;
@@ -197,7 +196,6 @@ lifecycle_discard_batch(const char *queue, const char *status, const char *compo
 	bool		isnull;
 	Datum		d;
 	DlqQueueTally *t;
-	int			ret;
 
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = CStringGetTextDatum(status);
@@ -210,9 +208,8 @@ lifecycle_discard_batch(const char *queue, const char *status, const char *compo
 	else
 		nulls[3] = 'n';
 	values[4] = Int64GetDatum(*cursor);
-	ret = SPI_execute_plan(discard_all_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not discard messages: %s", SPI_result_code_string(ret));
+	if (dlq_execute_kept(discard_all_plan, values, nulls, false, 0, SPI_OK_SELECT) != 1)
+		elog(ERROR, "could not discard messages");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
 		return false;

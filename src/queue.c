@@ -39,7 +39,6 @@ void
 dlq_check_queue_exists(const char *queue)
 {
 	Datum		value = CStringGetTextDatum(queue);
-	int			ret;
 
 	if (queue_exists_plan == NULL)
 	{
@@ -48,9 +47,7 @@ dlq_check_queue_exists(const char *queue)
 		queue_exists_plan = dlq_prepare_kept(
 											 "SELECT 1 FROM dlq.queues WHERE queue = $1", 1, types);
 	}
-	ret = SPI_execute_plan(queue_exists_plan, &value, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(queue_exists_plan, &value, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -175,7 +172,6 @@ dlq_configure(PG_FUNCTION_ARGS)
 	Datum		result;
 	Jsonb	   *detail;
 	bool		isnull;
-	int			ret;
 
 	queue = queue_check_configure_args(fcinfo);
 
@@ -197,12 +193,10 @@ dlq_configure(PG_FUNCTION_ARGS)
 	SPI_connect();
 	queue_configure_prepare();
 	dlq_ensure_queue(queue, owner.caller);
-	ret = SPI_execute_plan(configure_detail_plan, values, nulls, true, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+	if (dlq_execute_kept(configure_detail_plan, values, nulls, true, 1, SPI_OK_SELECT) != 1)
 		elog(ERROR, "could not describe the settings");
 	detail = DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	ret = SPI_execute_plan(configure_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+	if (dlq_execute_kept(configure_plan, values, nulls, false, 0, SPI_OK_UPDATE_RETURNING) != 1)
 		elog(ERROR, "could not configure queue \"%s\"", queue);
 	if (SPI_tuptable->tupdesc->natts != tupdesc->natts)
 		elog(ERROR, "dlq_configure's result type does not match dlq.queues");
@@ -223,7 +217,6 @@ queue_set_paused(FunctionCallInfo fcinfo, bool paused)
 									   PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
 	DlqOwnerContext owner;
 	Datum		values[2];
-	int			ret;
 
 	dlq_become_owner(&owner);
 	SPI_connect();
@@ -236,9 +229,7 @@ queue_set_paused(FunctionCallInfo fcinfo, bool paused)
 	}
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = BoolGetDatum(paused);
-	ret = SPI_execute_plan(pause_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "could not update queue: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(pause_plan, values, NULL, false, 0, SPI_OK_UPDATE);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),

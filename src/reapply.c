@@ -197,7 +197,6 @@ reapply_to_slot(CaptureRel *entry, Relation rel, Jsonb *payload)
 	TupleDesc	tupdesc = RelationGetDescr(rel);
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsVirtual);
 	Datum		jvalue[1] = {JsonbPGetDatum(payload)};
-	int			ret;
 	int			k = 0;
 
 	ExecClearTuple(slot);
@@ -208,9 +207,8 @@ reapply_to_slot(CaptureRel *entry, Relation rel, Jsonb *payload)
 		return slot;
 	}
 
-	ret = SPI_execute_plan(entry->convert_plan, jvalue, NULL, true, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not convert the captured row: %s", SPI_result_code_string(ret));
+	if (dlq_execute_kept(entry->convert_plan, jvalue, NULL, true, 1, SPI_OK_SELECT) != 1)
+		elog(ERROR, "could not convert the captured row");
 	for (int i = 0; i < tupdesc->natts; i++)
 	{
 		if (TupleDescAttr(tupdesc, i)->attisdropped)
@@ -276,7 +274,6 @@ reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
 	Datum	   *values = palloc(sizeof(Datum) * entry->ninsert);
 	char	   *nulls = palloc(entry->ninsert);
 	volatile bool inserted = false;
-	int			ret;
 
 	for (int k = 0; k < entry->ninsert; k++)
 	{
@@ -292,9 +289,7 @@ reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
 	reapply_cxt = callercxt;
 	PG_TRY();
 	{
-		ret = SPI_execute_plan(entry->insert_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "could not re-apply the captured row: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(entry->insert_plan, values, nulls, false, 0, SPI_OK_INSERT);
 		inserted = SPI_processed == 1;
 	}
 	PG_FINALLY();

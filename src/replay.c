@@ -141,7 +141,6 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 		bool		paused;
 		bool		require_listener;
 		Datum		d;
-		int			ret;
 
 		if (settings_plan == NULL)
 		{
@@ -152,9 +151,7 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 											 " FROM dlq.queues WHERE queue = $1",
 											 1, types);
 		}
-		ret = SPI_execute_plan(settings_plan, &value, NULL, false, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not read queue: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(settings_plan, &value, NULL, false, 1, SPI_OK_SELECT);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -306,7 +303,6 @@ replay_record_failure(ReplayState *st, ReplayQueue *rq, int64 id, bool was_revie
 {
 	Datum		values[8];
 	char		nulls[8];
-	int			ret;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(id);
@@ -323,8 +319,7 @@ replay_record_failure(ReplayState *st, ReplayQueue *rq, int64 id, bool was_revie
 	values[5] = st->request_id;
 	values[6] = BoolGetDatum(was_review);
 	values[7] = BoolGetDatum(refused);
-	ret = SPI_execute_plan(reapply_failed_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+	if (dlq_execute_kept(reapply_failed_plan, values, nulls, false, 0, SPI_OK_UPDATE) != 1)
 		elog(ERROR, "could not record the failed replay of message " INT64_FORMAT, id);
 	dlq_tally_add(refused ? &rq->refused : &rq->failed, id);
 	replay_add_failure(st, id, result->sqlstate, result->error);
@@ -335,12 +330,10 @@ static void
 replay_resolve_reapplied(ReplayState *st, const int64 *ids, int n)
 {
 	Datum		values[2];
-	int			ret;
 
 	values[0] = dlq_id_array_datum(ids, n);
 	values[1] = st->request_id;
-	ret = SPI_execute_plan(reapplied_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE || SPI_processed != n)
+	if (dlq_execute_kept(reapplied_plan, values, NULL, false, 0, SPI_OK_UPDATE) != n)
 		elog(ERROR, "could not resolve re-applied messages");
 }
 
@@ -411,11 +404,8 @@ static void
 replay_check_batch(ReplayState *st, Datum *values, bool *any_handed, bool *any_target)
 {
 	SPITupleTable *tt;
-	int			ret;
 
-	ret = SPI_execute_plan(info_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read messages: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(info_plan, values, NULL, false, 0, SPI_OK_SELECT);
 	tt = SPI_tuptable;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -444,11 +434,8 @@ static void
 replay_hand(ReplayState *st, Datum *values)
 {
 	ReplayQueue *rq = NULL;
-	int			ret;
 
-	ret = SPI_execute_plan(hand_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not replay messages: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(hand_plan, values, NULL, false, 0, SPI_OK_UPDATE_RETURNING);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
@@ -475,7 +462,6 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	Datum		values[3];
 	bool		any_handed = false;
 	bool		any_target = false;
-	int			ret;
 	MemoryContext old = MemoryContextSwitchTo(st->batch_cxt);
 
 	replay_prepare();
@@ -490,9 +476,7 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	/* Queues with a target: lock, then re-apply row by row. */
 	if (any_target)
 	{
-		ret = SPI_execute_plan(lock_target_plan, values, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not lock messages: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(lock_target_plan, values, NULL, false, 0, SPI_OK_SELECT);
 		replay_reapply_rows(st);
 	}
 
@@ -584,8 +568,7 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 													"UPDATE dlq.queues SET last_replay_at = now() WHERE queue = $1",
 													1, types);
 			}
-			if (SPI_execute_plan(last_replay_plan, &value, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not record the replay of queue \"%s\"", rq->queue);
+			dlq_execute_kept(last_replay_plan, &value, NULL, false, 0, SPI_OK_UPDATE);
 		}
 		handed += rq->handed.count;
 		reapplied += rq->reapplied.count;
@@ -683,7 +666,6 @@ replay_all_pass(ReplayState *st, const char *queue, const char *component,
 		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 		int			limit = (int) Min((int64) DLQ_BATCH_IDS, max_messages - st->requested);
 		int			n;
-		int			ret;
 
 		values[0] = CStringGetTextDatum(queue);
 		values[1] = CStringGetTextDatum(status);
@@ -694,9 +676,7 @@ replay_all_pass(ReplayState *st, const char *queue, const char *component,
 		values[3] = Int64GetDatum(cursor);
 		values[4] = Int32GetDatum(limit);
 		values[5] = st->request_id;
-		ret = SPI_execute_plan(candidates_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not find messages: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(candidates_plan, values, nulls, false, 0, SPI_OK_SELECT);
 		n = (int) SPI_processed;
 		for (int i = 0; i < n; i++)
 		{

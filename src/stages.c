@@ -256,8 +256,7 @@ dlq_etl_register_stage(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(stage);
 	values[1] = ObjectIdGetDatum(relid);
 	values[2] = CStringGetTextDatum(column);
-	if (SPI_execute_plan(register_plan, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not register stage \"%s\"", stage);
+	dlq_execute_kept(register_plan, values, NULL, false, 0, SPI_OK_INSERT);
 
 	initStringInfo(&detail);
 	appendStringInfoString(&detail, "{\"stage\":");
@@ -314,8 +313,7 @@ dlq_etl_watermark(PG_FUNCTION_ARGS)
 	}
 	values[0] = CStringGetTextDatum(stage);
 	values[1] = PG_GETARG_DATUM(1);
-	if (SPI_execute_plan(watermark_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not set the watermark of stage \"%s\"", stage);
+	dlq_execute_kept(watermark_plan, values, NULL, false, 0, SPI_OK_UPDATE_RETURNING);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),

@@ -313,8 +313,7 @@ status_read_queues(Datum *arg, const char *nulls, int *nqueues,
 	MemoryContext old;
 	StatusRow  *rows;
 
-	if (SPI_execute_plan(queues_plan, arg, nulls, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue status");
+	dlq_execute_kept(queues_plan, arg, nulls, true, 0, SPI_OK_SELECT);
 	*nqueues = SPI_processed;
 	old = MemoryContextSwitchTo(cxt);
 	rows = palloc0(sizeof(StatusRow) * (*nqueues + 1));
@@ -360,8 +359,7 @@ status_read_stages(Datum *arg, const char *nulls, StatusRow **rows, int nqueues,
 	MemoryContext old;
 	int			nstages;
 
-	if (SPI_execute_plan(stages_plan, arg, nulls, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read stages");
+	dlq_execute_kept(stages_plan, arg, nulls, true, 0, SPI_OK_SELECT);
 	nstages = SPI_processed;
 	old = MemoryContextSwitchTo(cxt);
 	*rows = repalloc(*rows, sizeof(StatusRow) * (nqueues + nstages + 1));

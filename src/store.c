@@ -52,7 +52,6 @@ dlq_ensure_queue(const char *queue, Oid created_by)
 {
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
-	int			ret;
 
 	/* created_by is a column of the 1.1 schema. */
 	dlq_require_current_schema();
@@ -70,9 +69,7 @@ dlq_ensure_queue(const char *queue, Oid created_by)
 	values[2] = ObjectIdGetDatum(created_by);
 	if (!OidIsValid(created_by))
 		nulls[2] = 'n';
-	ret = SPI_execute_plan(ensure_queue_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "could not create queue: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(ensure_queue_plan, values, nulls, false, 0, SPI_OK_INSERT);
 }
 
 /*
@@ -84,11 +81,8 @@ static bool
 store_run(SPIPlanPtr plan, Datum *values, char *nulls, int64 *id, bool *maybe_retry)
 {
 	bool		isnull;
-	int			ret = SPI_execute_plan(plan, values, nulls, false, 0);
 
-	if (ret != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not store message: %s", SPI_result_code_string(ret));
-	if (SPI_processed != 1)
+	if (dlq_execute_kept(plan, values, nulls, false, 0, SPI_OK_INSERT_RETURNING) != 1)
 		return false;
 	*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));

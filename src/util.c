@@ -3,7 +3,11 @@
  * util.c
  *	  Helpers every module of dlq shares: argument validation with
  *	  deliberate SQLSTATEs, running as the extension owner with a pinned
- *	  search_path, and writing the audit trail.
+ *	  search_path and back as the caller, plans kept for the backend's life
+ *	  and SPI calls whose result code is checked (dlq_execute_kept,
+ *	  dlq_execute_sql), bigint[] id arrays, JSON string literals, request
+ *	  ids, default channel names, and the audit trail (dlq_audit) with the
+ *	  per-queue tallies that feed it.  Nothing here calls another module.
  *
  *-------------------------------------------------------------------------
  */
@@ -571,6 +575,41 @@ dlq_prepare_kept(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
+/*
+ * Run a kept plan and check its result code: any other code than
+ * expected_ret is a bug (a statement of another kind), never a user's
+ * error, and raises an internal error.  Errors of the statement itself are
+ * raised by SPI as they are.  Returns the number of rows processed.
+ */
+uint64
+dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
+				 bool read_only, long tcount, int expected_ret)
+{
+	int			ret = SPI_execute_plan(plan, values, nulls, read_only, tcount);
+
+	if (ret != expected_ret)
+		elog(ERROR, "unexpected SPI result %s, expected %s",
+			 SPI_result_code_string(ret), SPI_result_code_string(expected_ret));
+	return SPI_processed;
+}
+
+/*
+ * The same for a statement run once (SPI_execute_with_args): cold paths
+ * whose plan is not worth keeping.
+ */
+uint64
+dlq_execute_sql(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+				bool read_only, long tcount, int expected_ret)
+{
+	int			ret = SPI_execute_with_args(sql, nargs, types, values, nulls,
+											read_only, tcount);
+
+	if (ret != expected_ret)
+		elog(ERROR, "unexpected SPI result %s, expected %s",
+			 SPI_result_code_string(ret), SPI_result_code_string(expected_ret));
+	return SPI_processed;
+}
+
 #if PG_VERSION_NUM < 150000
 /*
  * PostgreSQL 15's helper for a materialized set-returning function: checks
@@ -609,7 +648,6 @@ dlq_audit(const char *kind, const char *actor, const char *queue,
 {
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			ret;
 
 	if (audit_plan == NULL)
 	{
@@ -648,9 +686,7 @@ dlq_audit(const char *kind, const char *actor, const char *queue,
 	else
 		nulls[6] = 'n';
 
-	ret = SPI_execute_plan(audit_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "could not record dlq event: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(audit_plan, values, nulls, false, 0, SPI_OK_INSERT);
 }
 
 /* Add one id to a tally: the count always, the id while there is room. */
