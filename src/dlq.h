@@ -61,8 +61,8 @@
 #include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "utils/array.h"
-#include "utils/timestamp.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
 /* Longest queue, component and channel name, in bytes (NAMEDATALEN - 1). */
 #define DLQ_MAX_NAME_BYTES	63
