@@ -11,6 +11,54 @@
 
 /* ---- Code map: C entry points of etl_* carry the dlq_ prefix ---- */
 
+/*
+ * The C symbols of the etl_* functions are dlq_etl_* (src/status.c,
+ * src/stages.c), like every other symbol of the library; the SQL names stay.
+ * Only the symbol changes: signature, volatility, parallel safety and rows
+ * are those of dlq--1.0.sql, so CREATE OR REPLACE keeps comments and grants.
+ * The library still exports the 1.0 symbols for a database not yet updated.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.etl_status(queue text DEFAULT NULL)
+RETURNS TABLE (
+    kind                    text,
+    name                    text,
+    health                  text,
+    reason                  text,
+    lag                     bigint,
+    pending                 bigint,
+    replaying               bigint,
+    review                  bigint,
+    resolved                bigint,
+    expired                 bigint,
+    oldest_pending_at       timestamptz,
+    oldest_pending_age      interval,
+    last_failure_at         timestamptz,
+    last_replay_at          timestamptz,
+    replay_requests_in_flight bigint,
+    paused                  boolean,
+    watermark               bigint,
+    source_max              bigint,
+    watermark_at            timestamptz,
+    worker                  text,
+    worker_heartbeat        timestamptz)
+LANGUAGE c STABLE PARALLEL RESTRICTED ROWS 20
+AS 'MODULE_PATHNAME', 'dlq_etl_status';
+
+CREATE OR REPLACE FUNCTION @extschema@.etl_status_json()
+RETURNS jsonb
+LANGUAGE c STABLE PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'dlq_etl_status_json';
+
+CREATE OR REPLACE FUNCTION @extschema@.etl_register_stage(stage text, source regclass, key_column name)
+RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_etl_register_stage';
+
+CREATE OR REPLACE FUNCTION @extschema@.etl_watermark(stage text, "position" bigint)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_etl_watermark';
+
 
 
 /* ---- Trust: binding queues to tables, detach, capture (attach.c, capture.c) ---- */

@@ -143,19 +143,16 @@ attach_has_trigger(Oid relid, const char *tgname, Oid funcoid, bool own_only)
 {
 	Oid			types[3] = {OIDOID, NAMEOID, OIDOID};
 	Datum		values[3];
-	int			ret;
 
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetDatum(tgname);
 	values[2] = ObjectIdGetDatum(funcoid);
-	ret = SPI_execute_with_args(own_only ?
-								"SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2"
-								" AND tgfoid = $3 AND tgparentid = 0" :
-								"SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2"
-								" AND tgfoid = $3",
-								3, types, values, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "trigger lookup failed: %s", SPI_result_code_string(ret));
+	dlq_execute_sql(own_only ?
+					"SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2"
+					" AND tgfoid = $3 AND tgparentid = 0" :
+					"SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2"
+					" AND tgfoid = $3",
+					3, types, values, NULL, true, 1, SPI_OK_SELECT);
 	return SPI_processed > 0;
 }
 
@@ -195,22 +192,19 @@ attach_find_intake(Oid relid, Oid isolate_oid)
 	Datum		values[3];
 	List	   *candidates = NIL;
 	ListCell   *lc;
-	int			ret;
 
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetDatum(INTAKE_TRIGGER_NAME);
 	values[2] = ObjectIdGetDatum(isolate_oid);
-	ret = SPI_execute_with_args("SELECT DISTINCT t.tgrelid FROM pg_catalog.pg_trigger t"
-								" JOIN pg_catalog.pg_rewrite r ON r.ev_class = t.tgrelid"
-								" JOIN pg_catalog.pg_depend d ON d.objid = r.oid"
-								"  AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass"
-								" WHERE t.tgname = $2 AND t.tgfoid = $3"
-								"  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
-								"  AND d.refobjid = $1"
-								" ORDER BY 1",
-								3, types, values, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "intake view lookup failed: %s", SPI_result_code_string(ret));
+	dlq_execute_sql("SELECT DISTINCT t.tgrelid FROM pg_catalog.pg_trigger t"
+					" JOIN pg_catalog.pg_rewrite r ON r.ev_class = t.tgrelid"
+					" JOIN pg_catalog.pg_depend d ON d.objid = r.oid"
+					"  AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass"
+					" WHERE t.tgname = $2 AND t.tgfoid = $3"
+					"  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+					"  AND d.refobjid = $1"
+					" ORDER BY 1",
+					3, types, values, NULL, true, 0, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
@@ -254,14 +248,12 @@ attach_check_queue(const char *queue, Oid relid, Oid caller)
 	bool		creator_null;
 	Oid			target;
 	Oid			creator;
-	int			ret;
 
 	values[0] = CStringGetTextDatum(queue);
-	ret = SPI_execute_with_args("SELECT replay_target, created_by FROM dlq.queues"
-								" WHERE queue = $1 FOR UPDATE",
-								1, types, values, NULL, false, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read queue \"%s\": %s", queue, SPI_result_code_string(ret));
+	if (dlq_execute_sql("SELECT replay_target, created_by FROM dlq.queues"
+						" WHERE queue = $1 FOR UPDATE",
+						1, types, values, NULL, false, 1, SPI_OK_SELECT) != 1)
+		elog(ERROR, "could not read queue \"%s\"", queue);
 	target = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 											1, &target_null));
 	creator = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
@@ -399,7 +391,6 @@ dlq_attach(PG_FUNCTION_ARGS)
 	DlqOwnerContext owner;
 	Oid			types[3] = {REGCLASSOID, TEXTOID, REGROLEOID};
 	Datum		values[3];
-	int			ret;
 
 	/* created_by is a column of the 1.1 schema. */
 	dlq_require_current_schema();
@@ -444,12 +435,11 @@ dlq_attach(PG_FUNCTION_ARGS)
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetTextDatum(queue);
 	values[2] = ObjectIdGetDatum(owner.caller);
-	ret = SPI_execute_with_args("UPDATE dlq.queues SET replay_target = $1,"
-								" retry_role = CASE WHEN retry_role = $3 THEN retry_role END"
-								" WHERE queue = $2",
-								3, types, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-		elog(ERROR, "could not record the replay target: %s", SPI_result_code_string(ret));
+	if (dlq_execute_sql("UPDATE dlq.queues SET replay_target = $1,"
+						" retry_role = CASE WHEN retry_role = $3 THEN retry_role END"
+						" WHERE queue = $2",
+						3, types, values, NULL, false, 0, SPI_OK_UPDATE) != 1)
+		elog(ERROR, "could not record the replay target");
 	attach_audit(GetUserNameFromId(owner.caller, false), queue, "attached", relid, mode);
 	SPI_finish();
 	dlq_restore_caller(&owner);
@@ -478,7 +468,6 @@ dlq_detach(PG_FUNCTION_ARGS)
 	DlqCallerScope scope;
 	Oid			types[1] = {REGCLASSOID};
 	Datum		values[1];
-	int			ret;
 
 	dlq_check_not_null(fcinfo, 0, "target");
 	relid = PG_GETARG_OID(0);
@@ -525,11 +514,9 @@ dlq_detach(PG_FUNCTION_ARGS)
 	dlq_as_caller_end(&scope);
 
 	values[0] = ObjectIdGetDatum(relid);
-	ret = SPI_execute_with_args("UPDATE dlq.queues SET replay_target = NULL WHERE replay_target = $1"
-								" RETURNING queue",
-								1, types, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not clear the replay target: %s", SPI_result_code_string(ret));
+	dlq_execute_sql("UPDATE dlq.queues SET replay_target = NULL WHERE replay_target = $1"
+					" RETURNING queue",
+					1, types, values, NULL, false, 0, SPI_OK_UPDATE_RETURNING);
 	{
 		List	   *queues = NIL;
 		ListCell   *lc;

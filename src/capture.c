@@ -295,7 +295,6 @@ capture_store_rows(CaptureBuffered *rows, int n)
 {
 	Datum		values[CAPTURE_BATCH_NARGS];
 	SPIPlanPtr	plan;
-	int			ret;
 
 	capture_batch_arrays(rows, n, values);
 	plan = capture_batch_plan_get();
@@ -303,9 +302,8 @@ capture_store_rows(CaptureBuffered *rows, int n)
 	for (int i = 0; i < n; i++)
 		if (i == 0 || strcmp(rows[i].queue, rows[i - 1].queue) != 0)
 			dlq_ensure_queue(rows[i].queue, rows[i].created_by);
-	ret = SPI_execute_plan(plan, values, NULL, false, 0);
-	if (ret != SPI_OK_INSERT || SPI_processed != n)
-		elog(ERROR, "could not store %d captured rows: %s", n, SPI_result_code_string(ret));
+	if (dlq_execute_kept(plan, values, NULL, false, 0, SPI_OK_INSERT) != n)
+		elog(ERROR, "could not store %d captured rows", n);
 }
 
 /*
@@ -725,10 +723,8 @@ capture_isolate_insert(SPIPlanPtr plan, Jsonb *payload, MemoryContext oldcxt)
 	PG_TRY();
 	{
 		Datum		values[1] = {JsonbPGetDatum(payload)};
-		int			ret = SPI_execute_plan(plan, values, NULL, false, 0);
 
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "intake insert failed: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(plan, values, NULL, false, 0, SPI_OK_INSERT);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;

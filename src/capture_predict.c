@@ -679,7 +679,6 @@ predict_fk_parent_found(CaptureFk *fk, Datum *values, char *nulls)
 {
 	Oid			save_user;
 	int			save_sec;
-	int			ret;
 	bool		found;
 
 	if (OidIsValid(fk->pkindex))
@@ -690,9 +689,7 @@ predict_fk_parent_found(CaptureFk *fk, Datum *values, char *nulls)
 	SetUserIdAndSecContext(fk->pkowner,
 						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
 	SPI_connect();
-	ret = SPI_execute_plan(fk->plan, values, nulls, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "foreign key probe failed: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(fk->plan, values, nulls, false, 1, SPI_OK_SELECT);
 	found = SPI_processed > 0;
 	SPI_finish();
 	SetUserIdAndSecContext(save_user, save_sec);

@@ -37,7 +37,6 @@
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/resowner.h"
-#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "dlq.h"
@@ -65,7 +64,6 @@
 static SPIPlanPtr channel_plan = NULL;
 static SPIPlanPtr alive_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr queue_exists_plan = NULL;
 static SPIPlanPtr ack_plan = NULL;
 static SPIPlanPtr nack_lock_plan = NULL;
 static SPIPlanPtr nack_plan = NULL;
@@ -206,7 +204,6 @@ dlq_consumer_alive(const char *queue)
 {
 	Datum		values[4];
 	bool		isnull;
-	int			ret;
 
 	if (alive_plan == NULL)
 	{
@@ -223,34 +220,10 @@ dlq_consumer_alive(const char *queue)
 	values[1] = ObjectIdGetDatum((Oid) DLQ_CONSUMER_LOCK_KEY1);
 	values[2] = ObjectIdGetDatum((Oid) consumer_lock_key2(queue));
 	values[3] = Int16GetDatum(DLQ_CONSUMER_LOCK_FIELD4);
-	ret = SPI_execute_plan(alive_plan, values, NULL, true, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not look for consumers: %s", SPI_result_code_string(ret));
+	if (dlq_execute_kept(alive_plan, values, NULL, true, 1, SPI_OK_SELECT) != 1)
+		elog(ERROR, "could not look for consumers");
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-/* Raise 42704 unless the queue exists.  Inside SPI, as the owner. */
-void
-dlq_check_queue_exists(const char *queue)
-{
-	Datum		value = CStringGetTextDatum(queue);
-	int			ret;
-
-	if (queue_exists_plan == NULL)
-	{
-		Oid			types[1] = {TEXTOID};
-
-		queue_exists_plan = dlq_prepare_kept(
-											 "SELECT 1 FROM dlq.queues WHERE queue = $1", 1, types);
-	}
-	ret = SPI_execute_plan(queue_exists_plan, &value, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("queue \"%s\" does not exist", queue)));
 }
 
 PG_FUNCTION_INFO_V1(dlq_listen);
@@ -271,7 +244,6 @@ dlq_listen(PG_FUNCTION_ARGS)
 	Datum		value = CStringGetTextDatum(queue);
 	char	   *channel;
 	bool		isnull;
-	int			ret;
 
 	dlq_become_owner(&owner);
 	SPI_connect();
@@ -283,8 +255,7 @@ dlq_listen(PG_FUNCTION_ARGS)
 										1, types);
 	}
 	dlq_ensure_queue(queue, owner.caller);
-	ret = SPI_execute_plan(channel_plan, &value, NULL, false, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+	if (dlq_execute_kept(channel_plan, &value, NULL, false, 1, SPI_OK_SELECT) != 1)
 		elog(ERROR, "could not read the channel of queue \"%s\"", queue);
 	channel = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
 												SPI_tuptable->tupdesc, 1, &isnull));
@@ -296,6 +267,37 @@ dlq_listen(PG_FUNCTION_ARGS)
 	consumer_register(queue);
 
 	PG_RETURN_TEXT_P(cstring_to_text(channel));
+}
+
+/*
+ * Put the rows of the last SPI result, whose first column is message_id,
+ * into tupstore in message_id order.
+ */
+static void
+consumer_put_sorted(Tuplestorestate *tupstore)
+{
+	uint64		n = SPI_processed;
+	HeapTuple  *rows = SPI_tuptable->vals;
+	int64	   *ids = palloc(sizeof(int64) * n);
+	bool		isnull;
+
+	for (uint64 i = 0; i < n; i++)
+		ids[i] = DatumGetInt64(SPI_getbinval(rows[i], SPI_tuptable->tupdesc, 1, &isnull));
+	for (uint64 i = 1; i < n; i++)
+	{
+		for (uint64 j = i; j > 0 && ids[j - 1] > ids[j]; j--)
+		{
+			int64		t = ids[j];
+			HeapTuple	r = rows[j];
+
+			ids[j] = ids[j - 1];
+			rows[j] = rows[j - 1];
+			ids[j - 1] = t;
+			rows[j - 1] = r;
+		}
+	}
+	for (uint64 i = 0; i < n; i++)
+		tuplestore_puttuple(tupstore, rows[i]);
 }
 
 PG_FUNCTION_INFO_V1(dlq_claim);
@@ -317,7 +319,6 @@ dlq_claim(PG_FUNCTION_ARGS)
 	Tuplestorestate *tupstore;
 	TupleDesc	tupdesc;
 	DlqOwnerContext owner;
-	int			ret;
 
 	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
 	dlq_check_not_null(fcinfo, 1, "batch_size");
@@ -356,38 +357,13 @@ dlq_claim(PG_FUNCTION_ARGS)
 											 GetUserNameFromId(owner.caller, false),
 											 MyProcPid));
 	values[3] = IntervalPGetDatum(visibility);
-	ret = SPI_execute_plan(claim_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not claim messages: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(claim_plan, values, NULL, false, 0, SPI_OK_UPDATE_RETURNING);
 	if (SPI_tuptable->tupdesc->natts != tupdesc->natts)
 		elog(ERROR, "dlq.message does not match dlq.messages");
 
 	/* RETURNING comes back in no particular order: hand them out by id. */
 	if (SPI_processed > 0)
-	{
-		uint64		n = SPI_processed;
-		HeapTuple  *rows = SPI_tuptable->vals;
-		int64	   *ids = palloc(sizeof(int64) * n);
-		bool		isnull;
-
-		for (uint64 i = 0; i < n; i++)
-			ids[i] = DatumGetInt64(SPI_getbinval(rows[i], SPI_tuptable->tupdesc, 1, &isnull));
-		for (uint64 i = 1; i < n; i++)
-		{
-			for (uint64 j = i; j > 0 && ids[j - 1] > ids[j]; j--)
-			{
-				int64		t = ids[j];
-				HeapTuple	r = rows[j];
-
-				ids[j] = ids[j - 1];
-				rows[j] = rows[j - 1];
-				ids[j - 1] = t;
-				rows[j - 1] = r;
-			}
-		}
-		for (uint64 i = 0; i < n; i++)
-			tuplestore_puttuple(tupstore, rows[i]);
-	}
+		consumer_put_sorted(tupstore);
 	else
 		dlq_check_queue_exists(queue);
 	SPI_finish();
@@ -413,7 +389,6 @@ dlq_ack(PG_FUNCTION_ARGS)
 	DlqOwnerContext owner;
 	int64		acked = 0;
 	Datum		request_id = dlq_new_request_id();
-	int			ret;
 
 	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
 
@@ -444,9 +419,7 @@ dlq_ack(PG_FUNCTION_ARGS)
 		int			n = Min(DLQ_BATCH_IDS, nids - off);
 		Datum		arg = dlq_id_array_datum(ids + off, n);
 
-		ret = SPI_execute_plan(ack_plan, &arg, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not acknowledge messages: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(ack_plan, &arg, NULL, false, 0, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			HeapTuple	row = SPI_tuptable->vals[i];
@@ -481,18 +454,16 @@ dlq_ack(PG_FUNCTION_ARGS)
  * the caller must fold into that one.  Any other error is raised.
  */
 static bool
-nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char **status)
+consumer_nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char **status)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool reopened = false;
-	int			ret;
 	bool		isnull;
 
 	if (!has_dedup_key)
 	{
-		ret = SPI_execute_plan(nack_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+		if (dlq_execute_kept(nack_plan, values, nulls, false, 0, SPI_OK_UPDATE_RETURNING) != 1)
 			elog(ERROR, "could not nack message %lld",
 				 (long long) DatumGetInt64(values[0]));
 		*status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
@@ -504,8 +475,7 @@ nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char **status)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		ret = SPI_execute_plan(nack_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+		if (dlq_execute_kept(nack_plan, values, nulls, false, 0, SPI_OK_UPDATE_RETURNING) != 1)
 			elog(ERROR, "could not nack message %lld",
 				 (long long) DatumGetInt64(values[0]));
 		MemoryContextSwitchTo(cxt);
@@ -536,6 +506,182 @@ nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char **status)
 	return reopened;
 }
 
+/* The three plans of dlq_nack, prepared together. */
+static void
+consumer_nack_prepare(void)
+{
+	Oid			ltypes[1] = {INT8OID};
+	Oid			types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID, INT8OID};
+
+	if (nack_plan != NULL)
+		return;
+	nack_lock_plan = dlq_prepare_kept(
+									  "SELECT m.status::text, m.queue, m.dedup_key,"
+									  "  (SELECT o.message_id FROM dlq.messages o"
+									  "   WHERE o.queue = m.queue AND o.dedup_key = m.dedup_key"
+									  "   AND o.status IN ('pending', 'review') AND o.message_id <> m.message_id"
+									  "   FOR UPDATE)"
+									  " FROM dlq.messages m WHERE m.message_id = $1 FOR UPDATE OF m",
+									  1, ltypes);
+	nack_plan = dlq_prepare_kept(
+								 "UPDATE dlq.messages m SET"
+								 "  status = CASE WHEN m.attempts >= m.max_attempts"
+								 "   THEN 'review' ELSE 'pending' END::dlq.status,"
+								 "  error = $2, sqlstate = $3, error_class = $4,"
+								 "  error_detail = NULL, last_failed_at = now(),"
+								 "  claimed_by = NULL, claim_expires_at = NULL,"
+								 "  next_retry_at = CASE WHEN m.attempts >= m.max_attempts THEN NULL"
+								 "   WHEN $5 IS NOT NULL THEN now() + $5"
+								 "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q, m.attempts + 1)"
+								 "   END"
+								 " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
+								 " RETURNING m.status::text",
+								 6, types);
+	nack_fold_plan = dlq_prepare_kept(
+									  "WITH r AS (UPDATE dlq.messages SET status = 'resolved',"
+									  "  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
+									  "  error = $2, sqlstate = $3, error_class = $4, last_failed_at = now()"
+									  "  WHERE message_id = $1 RETURNING occurrences)"
+									  " UPDATE dlq.messages o SET occurrences = o.occurrences + r.occurrences,"
+									  "  error = $2, sqlstate = $3, error_class = $4, error_detail = NULL,"
+									  "  last_failed_at = now()"
+									  " FROM r WHERE o.message_id = $6",
+									  6, types);
+}
+
+/* The message dlq_nack works on, locked with what holds its dedup_key. */
+typedef struct ConsumerNackTarget
+{
+	char	   *queue;
+	bool		has_dedup_key;
+	int64		into;			/* open message holding the key, or 0 */
+} ConsumerNackTarget;
+
+/*
+ * Lock message id and the open message holding its dedup_key, if any
+ * (nack_lock_plan).  Raises 02000 for an unknown message and 55000 for one
+ * that is not being replayed.
+ */
+static void
+consumer_nack_lock(Datum *values, int64 id, ConsumerNackTarget *target)
+{
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *status;
+	Datum		d;
+
+	dlq_execute_kept(nack_lock_plan, values, NULL, false, 1, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA),
+				 errmsg("message %lld does not exist", (long long) id)));
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	status = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
+	target->queue = TextDatumGetCString(SPI_getbinval(row, desc, 2, &isnull));
+	(void) SPI_getbinval(row, desc, 3, &isnull);
+	target->has_dedup_key = !isnull;
+	d = SPI_getbinval(row, desc, 4, &isnull);
+	target->into = isnull ? 0 : DatumGetInt64(d);
+	if (strcmp(status, "replaying") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("message %lld is not being replayed", (long long) id),
+				 errdetail("Its status is \"%s\".", status)));
+}
+
+/*
+ * Fold message id into the open message holding its dedup_key: add its
+ * occurrences there and resolve it, with a "nacked" and a "merged" event.
+ */
+static void
+consumer_nack_fold(Datum *values, const char *nulls, int64 id, const char *error,
+				   const ConsumerNackTarget *target, const char *actor, Datum request_id)
+{
+	Jsonb	   *detail;
+
+	if (dlq_execute_kept(nack_fold_plan, values, nulls, false, 0, SPI_OK_UPDATE) != 1)
+		elog(ERROR, "could not fold message %lld into message %lld",
+			 (long long) id, (long long) target->into);
+	detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+																		  psprintf("{\"into\": %lld, \"error\": %s}", (long long) target->into,
+																				   dlq_json_quote(error)))));
+	dlq_audit("nacked", actor, target->queue, request_id, true, 1, &id, 1, detail);
+	dlq_audit("merged", actor, target->queue, request_id, true, 1, &id, 1, detail);
+}
+
+/* The error argument of dlq_nack: not NULL, not empty, not too large. */
+static char *
+consumer_nack_error_arg(FunctionCallInfo fcinfo)
+{
+	char	   *error;
+
+	dlq_check_not_null(fcinfo, 1, "error");
+	error = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (error[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("error must not be empty")));
+	if (strlen(error) > dlq_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("error text is too large"),
+				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
+						   (int) strlen(error), dlq_max_payload_bytes)));
+	return error;
+}
+
+/*
+ * The nack itself, as the owner inside SPI: lock, then fold or reopen,
+ * looking again when a concurrent commit took the dedup_key in between.
+ * values: the parameters of the nack plans ($6 is set here).  Returns the
+ * new status.
+ */
+static char *
+consumer_nack_run(Datum *values, const char *nulls, int64 id, const char *error,
+				  const char *actor)
+{
+	Datum		request_id = dlq_new_request_id();
+	ConsumerNackTarget target;
+	char	   *status;
+	Jsonb	   *detail;
+
+	for (int tries = 1;; tries++)
+	{
+		/* Lock the message and the open message holding its dedup_key. */
+		consumer_nack_lock(values, id, &target);
+		values[5] = Int64GetDatum(target.into);
+
+		if (target.has_dedup_key && target.into != 0)
+		{
+			consumer_nack_fold(values, nulls, id, error, &target, actor, request_id);
+			return "resolved";
+		}
+		if (consumer_nack_reopen(values, nulls, target.has_dedup_key, &status))
+			break;
+
+		/*
+		 * Another message with the key became open after the lock plan
+		 * looked (a dlq_store, a nack or the worker's recovery committed in
+		 * between): look again and fold into it.  A transaction snapshot
+		 * would never see it.
+		 */
+		if (IsolationUsesXactSnapshot() || tries >= DLQ_NACK_MAX_TRIES)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to a concurrent store of the same dedup_key"),
+					 errdetail("Message %lld could not go back to pending: another open message of queue \"%s\" took its dedup_key.",
+							   (long long) id, target.queue),
+					 errhint("Retry the transaction; the nack will then fold the message into that one.")));
+	}
+	detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+																		  psprintf("{\"status\": \"%s\", \"error\": %s}", status,
+																				   dlq_json_quote(error)))));
+	dlq_audit("nacked", actor, target.queue, request_id, true, 1, &id, 1, detail);
+	return status;
+}
+
 PG_FUNCTION_INFO_V1(dlq_nack);
 
 /*
@@ -557,77 +703,17 @@ dlq_nack(PG_FUNCTION_ARGS)
 	int64		id;
 	char	   *error;
 	const char *sqlstate;
-	Interval   *retry_in = NULL;
+	Interval   *retry_in;
 	DlqOwnerContext owner;
 	Datum		values[6];
 	char		nulls[6];
-	int			ret;
-	bool		isnull;
-	char	   *queue;
-	bool		has_dedup_key;
 	char	   *status;
-	int64		into;
-	const char *actor;
-	Datum		request_id = dlq_new_request_id();
 
 	dlq_check_not_null(fcinfo, 0, "message_id");
 	id = PG_GETARG_INT64(0);
-	dlq_check_not_null(fcinfo, 1, "error");
-	error = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	if (error[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("error must not be empty")));
-	if (strlen(error) > dlq_max_payload_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("error text is too large"),
-				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
-						   (int) strlen(error), dlq_max_payload_bytes)));
+	error = consumer_nack_error_arg(fcinfo);
 	sqlstate = dlq_check_sqlstate(PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2));
 	retry_in = dlq_check_interval(fcinfo, 3, "retry_in", true, DLQ_MAX_DELAY_YEARS);
-
-	dlq_become_owner(&owner);
-	actor = GetUserNameFromId(owner.caller, false);
-	SPI_connect();
-	if (nack_plan == NULL)
-	{
-		Oid			ltypes[1] = {INT8OID};
-		Oid			types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID, INT8OID};
-
-		nack_lock_plan = dlq_prepare_kept(
-										  "SELECT m.status::text, m.queue, m.dedup_key,"
-										  "  (SELECT o.message_id FROM dlq.messages o"
-										  "   WHERE o.queue = m.queue AND o.dedup_key = m.dedup_key"
-										  "   AND o.status IN ('pending', 'review') AND o.message_id <> m.message_id"
-										  "   FOR UPDATE)"
-										  " FROM dlq.messages m WHERE m.message_id = $1 FOR UPDATE OF m",
-										  1, ltypes);
-		nack_plan = dlq_prepare_kept(
-									 "UPDATE dlq.messages m SET"
-									 "  status = CASE WHEN m.attempts >= m.max_attempts"
-									 "   THEN 'review' ELSE 'pending' END::dlq.status,"
-									 "  error = $2, sqlstate = $3, error_class = $4,"
-									 "  error_detail = NULL, last_failed_at = now(),"
-									 "  claimed_by = NULL, claim_expires_at = NULL,"
-									 "  next_retry_at = CASE WHEN m.attempts >= m.max_attempts THEN NULL"
-									 "   WHEN $5 IS NOT NULL THEN now() + $5"
-									 "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q, m.attempts + 1)"
-									 "   END"
-									 " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
-									 " RETURNING m.status::text",
-									 6, types);
-		nack_fold_plan = dlq_prepare_kept(
-										  "WITH r AS (UPDATE dlq.messages SET status = 'resolved',"
-										  "  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
-										  "  error = $2, sqlstate = $3, error_class = $4, last_failed_at = now()"
-										  "  WHERE message_id = $1 RETURNING occurrences)"
-										  " UPDATE dlq.messages o SET occurrences = o.occurrences + r.occurrences,"
-										  "  error = $2, sqlstate = $3, error_class = $4, error_detail = NULL,"
-										  "  last_failed_at = now()"
-										  " FROM r WHERE o.message_id = $6",
-										  6, types);
-	}
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(id);
@@ -642,74 +728,11 @@ dlq_nack(PG_FUNCTION_ARGS)
 	else
 		nulls[4] = 'n';
 
-	for (int tries = 1;; tries++)
-	{
-		Jsonb	   *detail;
-
-		/* Lock the message and the open message holding its dedup_key. */
-		ret = SPI_execute_plan(nack_lock_plan, values, NULL, false, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not read message: %s", SPI_result_code_string(ret));
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_NO_DATA),
-					 errmsg("message %lld does not exist", (long long) id)));
-		status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-												   SPI_tuptable->tupdesc, 1, &isnull));
-		queue = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-												  SPI_tuptable->tupdesc, 2, &isnull));
-		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-		has_dedup_key = !isnull;
-		{
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
-
-			into = isnull ? 0 : DatumGetInt64(d);
-		}
-		if (strcmp(status, "replaying") != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("message %lld is not being replayed", (long long) id),
-					 errdetail("Its status is \"%s\".", status)));
-		values[5] = Int64GetDatum(into);
-
-		if (has_dedup_key && into != 0)
-		{
-			ret = SPI_execute_plan(nack_fold_plan, values, nulls, false, 0);
-			if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-				elog(ERROR, "could not fold message %lld into message %lld",
-					 (long long) id, (long long) into);
-			detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																				  psprintf("{\"into\": %lld, \"error\": %s}", (long long) into,
-																						   dlq_json_quote(error)))));
-			dlq_audit("nacked", actor, queue, request_id, true, 1, &id, 1, detail);
-			dlq_audit("merged", actor, queue, request_id, true, 1, &id, 1, detail);
-			status = "resolved";
-			break;
-		}
-
-		if (!nack_reopen(values, nulls, has_dedup_key, &status))
-		{
-			/*
-			 * Another message with the key became open after the lock plan
-			 * looked (a dlq_store, a nack or the worker's recovery committed
-			 * in between): look again and fold into it.  A transaction
-			 * snapshot would never see it.
-			 */
-			if (IsolationUsesXactSnapshot() || tries >= DLQ_NACK_MAX_TRIES)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access due to a concurrent store of the same dedup_key"),
-						 errdetail("Message %lld could not go back to pending: another open message of queue \"%s\" took its dedup_key.",
-								   (long long) id, queue),
-						 errhint("Retry the transaction; the nack will then fold the message into that one.")));
-			continue;
-		}
-		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																			  psprintf("{\"status\": \"%s\", \"error\": %s}", status,
-																					   dlq_json_quote(error)))));
-		dlq_audit("nacked", actor, queue, request_id, true, 1, &id, 1, detail);
-		break;
-	}
+	dlq_become_owner(&owner);
+	SPI_connect();
+	consumer_nack_prepare();
+	status = consumer_nack_run(values, nulls, id, error,
+							   GetUserNameFromId(owner.caller, false));
 	status = MemoryContextStrdup(TopTransactionContext, status);
 	SPI_finish();
 	dlq_restore_caller(&owner);

@@ -1,15 +1,56 @@
 /*-------------------------------------------------------------------------
  *
  * dlq.h
- *	  Declarations shared by the modules of the dlq extension.
+ *	  Declarations shared by the modules of the dlq extension, and the map
+ *	  of those modules.
  *
- * Each module owns one concern and its SQL functions:
- *	  dlq.c		module load: GUCs are defined, the worker and shared memory hooked
- *	  guc.c		GUC variables
- *	  util.c	argument validation, running as the extension owner, audit events
- *	  drop_guard.c	the event trigger that keeps DROP EXTENSION from deleting messages
- *	  store.c	dlq_store
- *	  list.c	dlq_list, dlq_list_page, dlq_get
+ * Module map: every C file, what it owns, and the SQL functions whose C
+ * entry points it holds (C symbol in brackets where it differs from the SQL
+ * name).  Arrows between files run one way: features call the entities
+ * (queue.c, store.c) and the helpers (util.c), never each other back.
+ *
+ *	  dlq.c			module load (_PG_init): GUCs defined, the counts
+ *					callbacks registered, shared memory and the launcher
+ *					hooked when preloaded
+ *	  guc.c			every dlq.* setting
+ *	  util.c		helpers: argument validation, running as the extension
+ *					owner and back as the caller, kept plans and checked SPI
+ *					calls, id arrays, JSON strings, request ids, default
+ *					channels, the audit trail (dlq.events) and tallies for it
+ *	  version.c		the library against an older schema (version.h)
+ *	  shmem.c		shared memory: the worker slots (shmem.h)
+ *	  drop_guard.c	dlq.drop_guard() [dlq_drop_guard], the event trigger that
+ *					keeps DROP EXTENSION from deleting messages
+ *	  store.c		dlq_store; storing a message (dlq_store_message) and
+ *					creating a queue (dlq_ensure_queue) for every module
+ *	  queue.c		dlq_configure, dlq_pause, dlq_resume; whether a queue
+ *					exists (dlq_check_queue_exists)
+ *	  list.c		dlq_list, dlq_list_page, dlq_get
+ *	  replay.c		dlq_reprocess, dlq_reprocess_all
+ *	  lifecycle.c	dlq_discard, dlq_discard_all, dlq_resolve
+ *	  consumer.c	dlq_listen, dlq_claim, dlq_ack, dlq_nack; the
+ *					live-consumer registry (dlq_consumer_alive)
+ *	  attach.c		dlq_attach, dlq_detach
+ *	  capture.c		dlq_capture, dlq_capture_isolate (trigger functions):
+ *					diverting failed rows, buffered and stored in batches
+ *	  capture_predict.c	constraint and foreign key prediction for capture
+ *	  reapply.c		re-applying a captured row to its table on replay
+ *					(dlq_reapply_row, capture.h); capture_int.h is the
+ *					private header of these three files
+ *	  counts.c		dlq.count_messages() [dlq_count_messages], the trigger
+ *					and transaction callbacks that keep dlq.counts
+ *	  status.c		etl_status [dlq_etl_status], etl_status_json
+ *					[dlq_etl_status_json], dlq.etl_worker_state()
+ *					[dlq_etl_worker_state]
+ *	  stages.c		etl_register_stage [dlq_etl_register_stage],
+ *					etl_watermark [dlq_etl_watermark]; a stage source's key
+ *					range for etl_status (dlq_stage_source_range)
+ *	  worker.c		the launcher and per-database background workers;
+ *					dlq.worker_status() [dlq_worker_status]
+ *
+ * SQL functions written in SQL or PL/pgSQL (dlq_history, dlq.recount,
+ * dlq.retry_delay, the worker steps dlq.worker_*, the dlq.metrics view) are
+ * in dlq--1.0.sql and dlq--1.0--1.1.sql.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,9 +59,10 @@
 
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "nodes/pg_list.h"
 #include "utils/array.h"
-#include "utils/timestamp.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
 /* Longest queue, component and channel name, in bytes (NAMEDATALEN - 1). */
 #define DLQ_MAX_NAME_BYTES	63
@@ -103,6 +145,13 @@ extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
 /* A plan prepared once and kept for the life of the backend (util.c). */
 extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
 
+/* Run a kept plan; anything but expected_ret is an internal error (util.c). */
+extern uint64 dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
+							   bool read_only, long tcount, int expected_ret);
+extern uint64 dlq_execute_sql(const char *sql, int nargs, Oid *types, Datum *values,
+							  const char *nulls, bool read_only, long tcount,
+							  int expected_ret);
+
 #if PG_VERSION_NUM < 150000
 /* PostgreSQL 15's helper for materialized set-returning functions (util.c). */
 extern void InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags);
@@ -159,16 +208,22 @@ extern int	dlq_syncing_window;
 extern char *dlq_status_now;
 extern int	dlq_status_worker;
 
-/* At module load: the transaction callbacks that write dlq.counts (status.c). */
+/* At module load: the transaction callbacks that write dlq.counts (counts.c). */
 extern void dlq_counts_init(void);
 
 /*
- * Replay lifecycle (replay.c, consumer.c, queue.c): helpers they share.
- * All must be called inside SPI; the SQL-running ones as the owner.
+ * A stage's source key range, read as the current user inside SPI
+ * (stages.c); false, with a reason in *problem, when the source is gone.
  */
-#include "executor/spi.h"
-#include "nodes/pg_list.h"
+extern bool dlq_stage_source_range(Oid relid, const char *column, bool want_min,
+								   bool *has_min, int64 *min, bool *has_max, int64 *max,
+								   char **problem);
 
+/*
+ * Id arrays, tallies for the audit trail and JSON strings (util.c), shared
+ * by replay, discard, resolve and the consumer functions.  All must be
+ * called inside SPI; the SQL-running ones as the owner.
+ */
 /* Ids per SPI statement in bulk calls. */
 #define DLQ_BATCH_IDS 1000
 
@@ -193,10 +248,12 @@ extern void dlq_tally_audit(const DlqIdTally *tally, const char *kind, const cha
 							const char *queue, Datum request_id, Jsonb *detail);
 extern DlqQueueTally *dlq_queue_tally(List **tallies, const char *queue);
 extern int64 dlq_queue_tally_rows(List **tallies);
-extern bool dlq_consumer_alive(const char *queue);
+
+/* Queues (queue.c): raise 42704 unless the queue exists. */
 extern void dlq_check_queue_exists(const char *queue);
 
-#endif							/* DLQ_H */
+/* The live-consumer registry (consumer.c), asked before a replay. */
+extern bool dlq_consumer_alive(const char *queue);
 
 /*
  * Background worker (worker.c): a launcher, registered when the library is
@@ -211,3 +268,5 @@ extern char *dlq_worker_role;
 
 extern void dlq_define_worker_gucs(void);
 extern void dlq_register_launcher(void);
+
+#endif							/* DLQ_H */

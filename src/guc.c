@@ -128,7 +128,7 @@ char	   *dlq_worker_role = NULL;
 
 /* dlq.databases must be a list of identifiers, as in other list settings. */
 static bool
-dlq_check_databases(char **newval, void **extra, GucSource source)
+guc_check_databases(char **newval, void **extra, GucSource source)
 {
 	char	   *rawstring = pstrdup(*newval);
 	List	   *names = NIL;
@@ -182,7 +182,7 @@ dlq_define_worker_gucs(void)
 							   &dlq_databases,
 							   "",
 							   PGC_SIGHUP, GUC_LIST_INPUT,
-							   dlq_check_databases, NULL, NULL);
+							   guc_check_databases, NULL, NULL);
 
 	DefineCustomStringVariable("dlq.worker_role",
 							   "Role as which the dlq background worker requests automatic retries.",

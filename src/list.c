@@ -221,7 +221,6 @@ list_run(ListArgs *a, int extra)
 	Datum		values[LIST_NARGS + 1];
 	char		nulls[LIST_NARGS + 1];
 	int			nest;
-	int			ret;
 
 	memcpy(values, a->values, sizeof(a->values));
 	memcpy(nulls, a->nulls, sizeof(a->nulls));
@@ -234,9 +233,7 @@ list_run(ListArgs *a, int extra)
 	for (int i = 0; i < lengthof(disabled); i++)
 		(void) set_config_option(disabled[i], "off", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
-	ret = SPI_execute_plan(list_get_plan(a->flags), values, nulls, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not list messages: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(list_get_plan(a->flags), values, nulls, true, 0, SPI_OK_SELECT);
 	AtEOXact_GUC(true, nest);
 }
 
@@ -380,7 +377,6 @@ dlq_get(PG_FUNCTION_ARGS)
 	HeapTuple	result;
 	MemoryContext callcontext = CurrentMemoryContext;
 	Datum		arg[1];
-	int			ret;
 
 	dlq_check_not_null(fcinfo, 0, "message_id");
 	id = PG_GETARG_INT64(0);
@@ -401,9 +397,7 @@ dlq_get(PG_FUNCTION_ARGS)
 									1, types);
 	}
 	arg[0] = Int64GetDatum(id);
-	ret = SPI_execute_plan(get_plan, arg, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read message: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(get_plan, arg, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA),

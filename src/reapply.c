@@ -209,7 +209,6 @@ reapply_to_slot(CaptureRel *entry, Relation rel, Jsonb *payload)
 	TupleDesc	tupdesc = RelationGetDescr(rel);
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsVirtual);
 	Datum		jvalue[1] = {JsonbPGetDatum(payload)};
-	int			ret;
 	int			k = 0;
 
 	ExecClearTuple(slot);
@@ -220,9 +219,8 @@ reapply_to_slot(CaptureRel *entry, Relation rel, Jsonb *payload)
 		return slot;
 	}
 
-	ret = SPI_execute_plan(entry->convert_plan, jvalue, NULL, true, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not convert the captured row: %s", SPI_result_code_string(ret));
+	if (dlq_execute_kept(entry->convert_plan, jvalue, NULL, true, 1, SPI_OK_SELECT) != 1)
+		elog(ERROR, "could not convert the captured row");
 	for (int i = 0; i < tupdesc->natts; i++)
 	{
 		if (TupleDescAttr(tupdesc, i)->attisdropped)
@@ -302,7 +300,6 @@ reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
 	Oid			save_validated = reapply_validated_relid;
 	CaptureViolation *save_violation = reapply_violation;
 	MemoryContext save_cxt = reapply_cxt;
-	int			ret;
 
 	for (int k = 0; k < entry->ninsert; k++)
 	{
@@ -321,9 +318,7 @@ reapply_insert(CaptureRel *entry, Oid target, TupleTableSlot *slot,
 	reapply_cxt = callercxt;
 	PG_TRY();
 	{
-		ret = SPI_execute_plan(entry->insert_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "could not re-apply the captured row: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(entry->insert_plan, values, nulls, false, 0, SPI_OK_INSERT);
 		*violation = reapply_violation;
 	}
 	PG_FINALLY();

@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * replay.c
- *	  The operator's side of the replay lifecycle: dlq_reprocess,
- *	  dlq_reprocess_all, dlq_discard, dlq_discard_all and dlq_resolve, and
- *	  the small helpers the other lifecycle modules share.
+ *	  Replaying messages: dlq_reprocess and dlq_reprocess_all.  The rest
+ *	  of the operator's side of the lifecycle (discard, resolve) is in
+ *	  lifecycle.c; the consumer's side in consumer.c.
  *
  *	  A replay takes ids in batches of DLQ_BATCH_IDS (the _all form finds
  *	  them with a keyset loop over the queue's index, so a million messages
@@ -40,10 +40,8 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "capture.h"
@@ -91,126 +89,6 @@ static SPIPlanPtr reapplied_plan = NULL;
 static SPIPlanPtr reapply_failed_plan = NULL;
 static SPIPlanPtr last_replay_plan = NULL;
 static SPIPlanPtr candidates_plan = NULL;
-static SPIPlanPtr count_plan = NULL;
-static SPIPlanPtr discard_plan = NULL;
-static SPIPlanPtr discard_all_plan = NULL;
-static SPIPlanPtr resolve_plan = NULL;
-
-/* A bigint[] datum of n ids. */
-Datum
-dlq_id_array_datum(const int64 *ids, int n)
-{
-	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
-
-	for (int i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(ids[i]);
-	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
-/* The elements of a bigint[] without NULLs. */
-int64 *
-dlq_id_array_values(ArrayType *array, int *n)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int64	   *ids;
-
-	deconstruct_array(array, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
-					  &elems, &nulls, n);
-	ids = palloc(sizeof(int64) * Max(*n, 1));
-	for (int i = 0; i < *n; i++)
-		ids[i] = DatumGetInt64(elems[i]);
-	return ids;
-}
-
-/* A string as a JSON string literal. */
-char *
-dlq_json_quote(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	escape_json(&buf, s);
-	return buf.data;
-}
-
-void
-dlq_tally_add(DlqIdTally *tally, int64 id)
-{
-	if (tally->count < DLQ_AUDIT_MAX_IDS)
-		tally->ids[tally->count] = id;
-	tally->count++;
-}
-
-/* One audit event for a tally, unless it is empty. */
-void
-dlq_tally_audit(const DlqIdTally *tally, const char *kind, const char *actor,
-				const char *queue, Datum request_id, Jsonb *detail)
-{
-	int64		sorted[DLQ_AUDIT_MAX_IDS];
-	int			n = tally->count <= DLQ_AUDIT_MAX_IDS ? (int) tally->count : 0;
-
-	if (tally->count == 0)
-		return;
-	/* RETURNING hands rows back in no particular order. */
-	memcpy(sorted, tally->ids, sizeof(int64) * n);
-	for (int i = 1; i < n; i++)
-		for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--)
-		{
-			int64		t = sorted[j];
-
-			sorted[j] = sorted[j - 1];
-			sorted[j - 1] = t;
-		}
-	dlq_audit(kind, actor, queue, request_id, true, tally->count, sorted, n, detail);
-}
-
-/*
- * Find or add the entry of a queue in a list of DlqQueueTally (for
- * discard, resolve and ack, which audit one event per queue).
- */
-DlqQueueTally *
-dlq_queue_tally(List **tallies, const char *queue)
-{
-	ListCell   *lc;
-	DlqQueueTally *t;
-
-	foreach(lc, *tallies)
-	{
-		t = (DlqQueueTally *) lfirst(lc);
-		if (strcmp(t->queue, queue) == 0)
-			return t;
-	}
-	t = palloc0(sizeof(DlqQueueTally));
-	t->queue = pstrdup(queue);
-	*tallies = lappend(*tallies, t);
-	return t;
-}
-
-/*
- * Add the rows of the last SPI result, (queue text, message_id bigint), to
- * per-queue tallies.
- */
-int64
-dlq_queue_tally_rows(List **tallies)
-{
-	DlqQueueTally *t = NULL;
-
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		bool		isnull;
-		char	   *queue = TextDatumGetCString(SPI_getbinval(row, SPI_tuptable->tupdesc, 1,
-															  &isnull));
-
-		if (t == NULL || strcmp(t->queue, queue) != 0)
-			t = dlq_queue_tally(tallies, queue);
-		dlq_tally_add(&t->tally,
-					  DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &isnull)));
-	}
-	return (int64) SPI_processed;
-}
 
 /* Raise 42501 unless the caller may write to a replay target. */
 static void
@@ -264,7 +142,6 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 		bool		paused;
 		bool		require_listener;
 		Datum		d;
-		int			ret;
 
 		if (settings_plan == NULL)
 		{
@@ -275,9 +152,7 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 											 " FROM dlq.queues WHERE queue = $1",
 											 1, types);
 		}
-		ret = SPI_execute_plan(settings_plan, &value, NULL, false, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not read queue: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(settings_plan, &value, NULL, false, 1, SPI_OK_SELECT);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -352,6 +227,117 @@ replay_refuse_foreign(Oid target, DlqReapplyResult *result)
 																 ObjectIdGetDatum(target))));
 }
 
+/* The plans of a replay batch, prepared together once per backend. */
+static void
+replay_prepare(void)
+{
+	Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
+	Oid			failed_types[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID,
+	BOOLOID, BOOLOID};
+	Oid			reapplied_types[2] = {INT8ARRAYOID, UUIDOID};
+
+	if (info_plan != NULL)
+		return;
+	info_plan = dlq_prepare_kept(
+								 "SELECT m.queue, count(*),"
+								 "  count(*) FILTER (WHERE m.status = 'pending'"
+								 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3)),"
+								 "  coalesce(bool_or(m.operation = 'UPDATE'), false)"
+								 " FROM dlq.messages m WHERE m.message_id = ANY ($1)"
+								 " GROUP BY m.queue ORDER BY m.queue",
+								 3, types);
+	hand_plan = dlq_prepare_kept(
+								 "WITH c AS (SELECT m.message_id, m.status AS old_status"
+								 "  FROM dlq.messages m JOIN dlq.queues q"
+								 "   ON q.queue = m.queue AND q.replay_target IS NULL"
+								 "  WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+								 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
+								 "  ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED)"
+								 " UPDATE dlq.messages m SET status = 'replaying',"
+								 "  attempts = CASE WHEN c.old_status = 'review' THEN 1 ELSE m.attempts + 1 END,"
+								 "  replay_request_id = $3, claimed_by = NULL, claim_expires_at = NULL,"
+								 "  next_retry_at = NULL"
+								 " FROM c WHERE m.message_id = c.message_id"
+								 " RETURNING m.queue, m.message_id, c.old_status = 'review'",
+								 3, types);
+	lock_target_plan = dlq_prepare_kept(
+										"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation,"
+										"  m.source_relation"
+										" FROM dlq.messages m JOIN dlq.queues q"
+										"  ON q.queue = m.queue AND q.replay_target IS NOT NULL"
+										" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+										"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
+										" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED",
+										3, types);
+	/* $8: straight to review, whatever attempts are left */
+	reapply_failed_plan = dlq_prepare_kept(
+										   "UPDATE dlq.messages m SET"
+										   "  attempts = CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END,"
+										   "  status = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
+										   "   >= m.max_attempts THEN 'review' ELSE 'pending' END::dlq.status,"
+										   "  error = $2, sqlstate = $3, error_class = $4, error_detail = $5,"
+										   "  last_failed_at = now(), replay_request_id = $6,"
+										   "  claimed_by = NULL, claim_expires_at = NULL,"
+										   "  next_retry_at = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
+										   "   >= m.max_attempts THEN NULL"
+										   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
+										   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
+										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
+										   8, failed_types);
+	reapplied_plan = dlq_prepare_kept(
+									  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
+									  "  attempts = CASE WHEN status = 'review' THEN 1 ELSE attempts + 1 END,"
+									  "  replay_request_id = $2, next_retry_at = NULL,"
+									  "  claimed_by = NULL, claim_expires_at = NULL"
+									  " WHERE message_id = ANY ($1)",
+									  2, reapplied_types);
+}
+
+/*
+ * Record a failed re-apply on its message: the new error, back to pending
+ * (review once max_attempts are used, or at once when refused), and in the
+ * call's tallies and failure list.
+ */
+static void
+replay_record_failure(ReplayState *st, ReplayQueue *rq, int64 id, bool was_review,
+					  bool refused, const DlqReapplyResult *result)
+{
+	Datum		values[8];
+	char		nulls[8];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(id);
+	values[1] = CStringGetTextDatum(result->error ? result->error : "replay failed");
+	if (result->sqlstate[0])
+		values[2] = CStringGetTextDatum(result->sqlstate);
+	else
+		nulls[2] = 'n';
+	values[3] = CStringGetTextDatum(dlq_error_class(result->sqlstate[0] ? result->sqlstate : NULL));
+	if (result->error_detail)
+		values[4] = JsonbPGetDatum(result->error_detail);
+	else
+		nulls[4] = 'n';
+	values[5] = st->request_id;
+	values[6] = BoolGetDatum(was_review);
+	values[7] = BoolGetDatum(refused);
+	if (dlq_execute_kept(reapply_failed_plan, values, nulls, false, 0, SPI_OK_UPDATE) != 1)
+		elog(ERROR, "could not record the failed replay of message " INT64_FORMAT, id);
+	dlq_tally_add(refused ? &rq->refused : &rq->failed, id);
+	replay_add_failure(st, id, result->sqlstate, result->error);
+}
+
+/* Resolve the messages whose rows were re-applied. */
+static void
+replay_resolve_reapplied(ReplayState *st, const int64 *ids, int n)
+{
+	Datum		values[2];
+
+	values[0] = dlq_id_array_datum(ids, n);
+	values[1] = st->request_id;
+	if (dlq_execute_kept(reapplied_plan, values, NULL, false, 0, SPI_OK_UPDATE) != n)
+		elog(ERROR, "could not resolve re-applied messages");
+}
+
 /*
  * Re-apply the locked rows of the last SPI result (message_id, queue,
  * was_review, payload, operation, source_relation) to their queue's replay
@@ -364,9 +350,6 @@ replay_reapply_rows(ReplayState *st)
 	SPITupleTable *tt = SPI_tuptable;
 	int64	   *ok_ids = palloc(sizeof(int64) * Max(n, 1));
 	int			nok = 0;
-	Datum		values[8];
-	char		nulls[8];
-	int			ret;
 
 	for (uint64 i = 0; i < n; i++)
 	{
@@ -402,73 +385,73 @@ replay_reapply_rows(ReplayState *st)
 		{
 			ok_ids[nok++] = id;
 			dlq_tally_add(&rq->reapplied, id);
-			continue;
 		}
-
-		if (reapply_failed_plan == NULL)
-		{
-			Oid			types[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID, BOOLOID,
-			BOOLOID};
-
-			/* $8: straight to review, whatever attempts are left */
-			reapply_failed_plan = dlq_prepare_kept(
-												   "UPDATE dlq.messages m SET"
-												   "  attempts = CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END,"
-												   "  status = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
-												   "   >= m.max_attempts THEN 'review' ELSE 'pending' END::dlq.status,"
-												   "  error = $2, sqlstate = $3, error_class = $4, error_detail = $5,"
-												   "  last_failed_at = now(), replay_request_id = $6,"
-												   "  claimed_by = NULL, claim_expires_at = NULL,"
-												   "  next_retry_at = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
-												   "   >= m.max_attempts THEN NULL"
-												   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
-												   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
-												   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
-												   8, types);
-		}
-		memset(nulls, ' ', sizeof(nulls));
-		values[0] = Int64GetDatum(id);
-		values[1] = CStringGetTextDatum(result.error ? result.error : "replay failed");
-		if (result.sqlstate[0])
-			values[2] = CStringGetTextDatum(result.sqlstate);
 		else
-			nulls[2] = 'n';
-		values[3] = CStringGetTextDatum(dlq_error_class(result.sqlstate[0] ? result.sqlstate : NULL));
-		if (result.error_detail)
-			values[4] = JsonbPGetDatum(result.error_detail);
-		else
-			nulls[4] = 'n';
-		values[5] = st->request_id;
-		values[6] = BoolGetDatum(was_review);
-		values[7] = BoolGetDatum(refused);
-		ret = SPI_execute_plan(reapply_failed_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-			elog(ERROR, "could not record the failed replay of message " INT64_FORMAT, id);
-		dlq_tally_add(refused ? &rq->refused : &rq->failed, id);
-		replay_add_failure(st, id, result.sqlstate, result.error);
+			replay_record_failure(st, rq, id, was_review, refused, &result);
 	}
 
 	if (nok > 0)
-	{
-		if (reapplied_plan == NULL)
-		{
-			Oid			types[2] = {INT8ARRAYOID, UUIDOID};
+		replay_resolve_reapplied(st, ok_ids, nok);
+	SPI_freetuptable(tt);
+}
 
-			reapplied_plan = dlq_prepare_kept(
-											  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
-											  "  attempts = CASE WHEN status = 'review' THEN 1 ELSE attempts + 1 END,"
-											  "  replay_request_id = $2, next_retry_at = NULL,"
-											  "  claimed_by = NULL, claim_expires_at = NULL"
-											  " WHERE message_id = ANY ($1)",
-											  2, types);
-		}
-		values[0] = dlq_id_array_datum(ok_ids, nok);
-		values[1] = st->request_id;
-		ret = SPI_execute_plan(reapplied_plan, values, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != nok)
-			elog(ERROR, "could not resolve re-applied messages");
+/*
+ * Count what exists of a batch, per queue, and check the queues of the
+ * eligible messages (replay_check_queue).  Says whether any eligible
+ * message is in a queue without a replay target (*any_handed) or with one
+ * (*any_target).
+ */
+static void
+replay_check_batch(ReplayState *st, Datum *values, bool *any_handed, bool *any_target)
+{
+	SPITupleTable *tt;
+
+	dlq_execute_kept(info_plan, values, NULL, false, 0, SPI_OK_SELECT);
+	tt = SPI_tuptable;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		char	   *queue = TextDatumGetCString(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		int64		found = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+		int64		eligible = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		bool		has_update = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
+		ReplayQueue *rq;
+
+		st->found += found;
+		if (eligible == 0)
+			continue;
+		rq = replay_queue(st, queue);
+		replay_check_queue(st, rq, true, has_update);
+		if (OidIsValid(rq->target))
+			*any_target = true;
+		else
+			*any_handed = true;
 	}
 	SPI_freetuptable(tt);
+}
+
+/* Queues without a target: pending (review with force) to replaying. */
+static void
+replay_hand(ReplayState *st, Datum *values)
+{
+	ReplayQueue *rq = NULL;
+
+	dlq_execute_kept(hand_plan, values, NULL, false, 0, SPI_OK_UPDATE_RETURNING);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
+		int64		id = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+
+		if (rq == NULL || strcmp(rq->queue, queue) != 0)
+			rq = replay_queue(st, queue);
+		dlq_tally_add(&rq->handed, id);
+		if (DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)))
+			dlq_tally_add(&rq->redriven, id);
+	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*
@@ -480,120 +463,21 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	Datum		values[3];
 	bool		any_handed = false;
 	bool		any_target = false;
-	int			ret;
 	MemoryContext old = MemoryContextSwitchTo(st->batch_cxt);
 
+	replay_prepare();
 	values[0] = dlq_id_array_datum(ids, n);
 	values[1] = BoolGetDatum(st->force);
 	values[2] = st->request_id;
 
-	/* What exists, per queue; check the queues of the eligible ones. */
-	if (info_plan == NULL)
-	{
-		Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
-
-		info_plan = dlq_prepare_kept(
-									 "SELECT m.queue, count(*),"
-									 "  count(*) FILTER (WHERE m.status = 'pending'"
-									 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3)),"
-									 "  coalesce(bool_or(m.operation = 'UPDATE'), false)"
-									 " FROM dlq.messages m WHERE m.message_id = ANY ($1)"
-									 " GROUP BY m.queue ORDER BY m.queue",
-									 3, types);
-	}
-	ret = SPI_execute_plan(info_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read messages: %s", SPI_result_code_string(ret));
-	{
-		SPITupleTable *tt = SPI_tuptable;
-		uint64		nq = SPI_processed;
-
-		for (uint64 i = 0; i < nq; i++)
-		{
-			bool		isnull;
-			char	   *queue = TextDatumGetCString(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-			int64		found = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
-			int64		eligible = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
-			bool		has_update = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
-			ReplayQueue *rq;
-
-			st->found += found;
-			if (eligible == 0)
-				continue;
-			rq = replay_queue(st, queue);
-			replay_check_queue(st, rq, true, has_update);
-			if (OidIsValid(rq->target))
-				any_target = true;
-			else
-				any_handed = true;
-		}
-		SPI_freetuptable(tt);
-	}
-
-	/* Queues without a target: pending (review with force) to replaying. */
+	replay_check_batch(st, values, &any_handed, &any_target);
 	if (any_handed)
-	{
-		ReplayQueue *rq = NULL;
-
-		if (hand_plan == NULL)
-		{
-			Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
-
-			hand_plan = dlq_prepare_kept(
-										 "WITH c AS (SELECT m.message_id, m.status AS old_status"
-										 "  FROM dlq.messages m JOIN dlq.queues q"
-										 "   ON q.queue = m.queue AND q.replay_target IS NULL"
-										 "  WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
-										 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
-										 "  ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED)"
-										 " UPDATE dlq.messages m SET status = 'replaying',"
-										 "  attempts = CASE WHEN c.old_status = 'review' THEN 1 ELSE m.attempts + 1 END,"
-										 "  replay_request_id = $3, claimed_by = NULL, claim_expires_at = NULL,"
-										 "  next_retry_at = NULL"
-										 " FROM c WHERE m.message_id = c.message_id"
-										 " RETURNING m.queue, m.message_id, c.old_status = 'review'",
-										 3, types);
-		}
-		ret = SPI_execute_plan(hand_plan, values, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not replay messages: %s", SPI_result_code_string(ret));
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	row = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
-			int64		id = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
-
-			if (rq == NULL || strcmp(rq->queue, queue) != 0)
-				rq = replay_queue(st, queue);
-			dlq_tally_add(&rq->handed, id);
-			if (DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)))
-				dlq_tally_add(&rq->redriven, id);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
+		replay_hand(st, values);
 
 	/* Queues with a target: lock, then re-apply row by row. */
 	if (any_target)
 	{
-		if (lock_target_plan == NULL)
-		{
-			Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
-
-			lock_target_plan = dlq_prepare_kept(
-												"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation,"
-												"  m.source_relation"
-												" FROM dlq.messages m JOIN dlq.queues q"
-												"  ON q.queue = m.queue AND q.replay_target IS NOT NULL"
-												" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
-												"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
-												" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED",
-												3, types);
-		}
-		ret = SPI_execute_plan(lock_target_plan, values, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not lock messages: %s", SPI_result_code_string(ret));
+		dlq_execute_kept(lock_target_plan, values, NULL, false, 0, SPI_OK_SELECT);
 		replay_reapply_rows(st);
 	}
 
@@ -685,8 +569,7 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 													"UPDATE dlq.queues SET last_replay_at = now() WHERE queue = $1",
 													1, types);
 			}
-			if (SPI_execute_plan(last_replay_plan, &value, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not record the replay of queue \"%s\"", rq->queue);
+			dlq_execute_kept(last_replay_plan, &value, NULL, false, 0, SPI_OK_UPDATE);
 		}
 		handed += rq->handed.count;
 		reapplied += rq->reapplied.count;
@@ -752,6 +635,68 @@ dlq_reprocess(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(summary);
 }
 
+/*
+ * One pass of dlq_reprocess_all: replay the queue's messages in one status
+ * (of one component, or all) in keyset batches, oldest first, until
+ * max_messages were requested in the whole call.  A message this call
+ * already replayed (now back in review) is not taken again.
+ */
+static void
+replay_all_pass(ReplayState *st, const char *queue, const char *component,
+				const char *status, int64 max_messages)
+{
+	int64	   *ids = palloc(sizeof(int64) * DLQ_BATCH_IDS);
+	int64		cursor = 0;
+
+	if (candidates_plan == NULL)
+	{
+		Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID, UUIDOID};
+
+		candidates_plan = dlq_prepare_kept(
+										   "SELECT message_id FROM dlq.messages"
+										   " WHERE queue = $1 AND status = $2::dlq.status"
+										   " AND ($3::text IS NULL OR component = $3)"
+										   " AND message_id > $4"
+										   " AND replay_request_id IS DISTINCT FROM $6"
+										   " ORDER BY message_id LIMIT $5",
+										   6, types);
+	}
+	while (st->requested < max_messages)
+	{
+		Datum		values[6];
+		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+		int			limit = (int) Min((int64) DLQ_BATCH_IDS, max_messages - st->requested);
+		int			n;
+
+		values[0] = CStringGetTextDatum(queue);
+		values[1] = CStringGetTextDatum(status);
+		if (component)
+			values[2] = CStringGetTextDatum(component);
+		else
+			nulls[2] = 'n';
+		values[3] = Int64GetDatum(cursor);
+		values[4] = Int32GetDatum(limit);
+		values[5] = st->request_id;
+		dlq_execute_kept(candidates_plan, values, nulls, false, 0, SPI_OK_SELECT);
+		n = (int) SPI_processed;
+		for (int i = 0; i < n; i++)
+		{
+			bool		isnull;
+
+			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		if (n == 0)
+			break;
+		cursor = ids[n - 1];
+		st->requested += n;
+		replay_batch(st, ids, n);
+		if (n < limit)
+			break;
+	}
+}
+
 PG_FUNCTION_INFO_V1(dlq_reprocess_all);
 
 /*
@@ -772,7 +717,6 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	Jsonb	   *summary;
 	ReplayQueue *rq;
-	int64	   *ids = palloc(sizeof(int64) * DLQ_BATCH_IDS);
 
 	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
 	component = dlq_check_name("component", PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1), true);
@@ -795,347 +739,13 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 	rq = replay_queue(&st, queue);
 	replay_check_queue(&st, rq, false, false);
 
-	if (candidates_plan == NULL)
-	{
-		Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID, UUIDOID};
-
-		candidates_plan = dlq_prepare_kept(
-										   "SELECT message_id FROM dlq.messages"
-										   " WHERE queue = $1 AND status = $2::dlq.status"
-										   " AND ($3::text IS NULL OR component = $3)"
-										   " AND message_id > $4"
-										   " AND replay_request_id IS DISTINCT FROM $6"
-										   " ORDER BY message_id LIMIT $5",
-										   6, types);
-	}
 	for (int pass = 0; pass < (force ? 2 : 1); pass++)
-	{
-		int64		cursor = 0;
-
-		while (st.requested < max_messages)
-		{
-			Datum		values[6];
-			char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-			int			limit = (int) Min((int64) DLQ_BATCH_IDS, max_messages - st.requested);
-			int			n;
-			int			ret;
-
-			values[0] = CStringGetTextDatum(queue);
-			values[1] = CStringGetTextDatum(pass == 0 ? "pending" : "review");
-			if (component)
-				values[2] = CStringGetTextDatum(component);
-			else
-				nulls[2] = 'n';
-			values[3] = Int64GetDatum(cursor);
-			values[4] = Int32GetDatum(limit);
-			values[5] = st.request_id;
-			ret = SPI_execute_plan(candidates_plan, values, nulls, false, 0);
-			if (ret != SPI_OK_SELECT)
-				elog(ERROR, "could not find messages: %s", SPI_result_code_string(ret));
-			n = (int) SPI_processed;
-			for (int i = 0; i < n; i++)
-			{
-				bool		isnull;
-
-				ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull));
-			}
-			SPI_freetuptable(SPI_tuptable);
-			if (n == 0)
-				break;
-			cursor = ids[n - 1];
-			st.requested += n;
-			replay_batch(&st, ids, n);
-			if (n < limit)
-				break;
-		}
-	}
+		replay_all_pass(&st, queue, component, pass == 0 ? "pending" : "review",
+						max_messages);
 
 	summary = replay_finish(&st, caller_cxt);
 	SPI_finish();
 	dlq_restore_caller(&owner);
 
 	PG_RETURN_JSONB_P(summary);
-}
-
-/* ---------------------------------------------------------------------
- * Discard and resolve
- * ---------------------------------------------------------------------
- */
-
-/* How many of a batch of ids exist.  Inside SPI, as the owner. */
-static int64
-lifecycle_count_existing(Datum ids)
-{
-	bool		isnull;
-	int64		n;
-
-	if (count_plan == NULL)
-	{
-		Oid			types[1] = {INT8ARRAYOID};
-
-		count_plan = dlq_prepare_kept(
-									  "SELECT count(*) FROM dlq.messages WHERE message_id = ANY ($1)",
-									  1, types);
-	}
-	if (SPI_execute_plan(count_plan, &ids, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not count messages");
-	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_freetuptable(SPI_tuptable);
-	return n;
-}
-
-/* One audit event per queue of the tallies. */
-static void
-lifecycle_audit(List *tallies, const char *kind, const char *actor, Datum request_id,
-				Jsonb *detail)
-{
-	ListCell   *lc;
-
-	foreach(lc, tallies)
-	{
-		DlqQueueTally *t = (DlqQueueTally *) lfirst(lc);
-
-		dlq_tally_audit(&t->tally, kind, actor, t->queue, request_id, detail);
-	}
-}
-
-static Jsonb *
-lifecycle_summary(MemoryContext cxt, const char *request_id, const char *verb,
-				  int64 done, int64 skipped, int64 not_found)
-{
-	char	   *s = psprintf("{\"request_id\": \"%s\", \"%s\": " INT64_FORMAT
-							 ", \"skipped\": " INT64_FORMAT ", \"not_found\": " INT64_FORMAT "}",
-							 request_id, verb, done, skipped, not_found);
-	MemoryContext old = MemoryContextSwitchTo(cxt);
-	Jsonb	   *j = DatumGetJsonbPCopy(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
-
-	MemoryContextSwitchTo(old);
-	return j;
-}
-
-/*
- * Run an id-batch plan ($1 ids) returning (queue, message_id)
- * of the messages it changed, over all ids; count what existed.
- */
-static void
-lifecycle_run(SPIPlanPtr plan, const int64 *ids, int nids,
-			  List **tallies, int64 *done, int64 *found)
-{
-	for (int off = 0; off < nids; off += DLQ_BATCH_IDS)
-	{
-		Datum		value = dlq_id_array_datum(ids + off, Min(DLQ_BATCH_IDS, nids - off));
-		int			ret;
-
-		*found += lifecycle_count_existing(value);
-		ret = SPI_execute_plan(plan, &value, NULL, false, 0);
-		if (ret != SPI_OK_DELETE_RETURNING && ret != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not change messages: %s", SPI_result_code_string(ret));
-		*done += dlq_queue_tally_rows(tallies);
-		SPI_freetuptable(SPI_tuptable);
-	}
-}
-
-/*
- * The body of dlq_discard and dlq_resolve: run sql (prepared once into
- * *plan; it takes a bigint[] and returns queue, message_id of the rows it
- * changed) over the ids in batches, audit one "verb" event per queue, and
- * return the summary.
- */
-static Jsonb *
-lifecycle_by_ids(const int64 *ids, int nids, SPIPlanPtr *plan, const char *sql,
-				 const char *verb, Jsonb *detail)
-{
-	DlqOwnerContext owner;
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	List	   *tallies = NIL;
-	int64		done = 0;
-	int64		found = 0;
-	Datum		request_id = dlq_new_request_id();
-	Jsonb	   *summary;
-
-	dlq_become_owner(&owner);
-	SPI_connect();
-	if (*plan == NULL)
-	{
-		Oid			types[1] = {INT8ARRAYOID};
-
-		*plan = dlq_prepare_kept(sql, 1, types);
-	}
-	lifecycle_run(*plan, ids, nids, &tallies, &done, &found);
-	lifecycle_audit(tallies, verb, GetUserNameFromId(owner.caller, false),
-					request_id, detail);
-	summary = lifecycle_summary(caller_cxt,
-								DatumGetCString(DirectFunctionCall1(uuid_out, request_id)),
-								verb, done, found - done, nids - found);
-	SPI_finish();
-	dlq_restore_caller(&owner);
-	return summary;
-}
-
-PG_FUNCTION_INFO_V1(dlq_discard);
-
-/*
- * dlq_discard(message_ids bigint[]) returns jsonb
- *
- * Delete messages for good.  Replaying messages are in a consumer's hands
- * and are skipped; so is nothing else.  Waits for concurrent changes to the
- * same messages and decides on their outcome.
- */
-Datum
-dlq_discard(PG_FUNCTION_ARGS)
-{
-	int			nids;
-	int64	   *ids;
-
-	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
-	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &discard_plan,
-									   "DELETE FROM dlq.messages WHERE message_id = ANY ($1)"
-									   " AND status <> 'replaying'"
-									   " RETURNING queue, message_id",
-									   "discarded", NULL));
-}
-
-PG_FUNCTION_INFO_V1(dlq_discard_all);
-
-/*
- * dlq_discard_all(queue, status, component, older_than) returns jsonb
- *
- * Delete every message of the queue in one status (not replaying),
- * optionally of one component and stored longer ago than older_than, in
- * keyset batches.  Messages locked by a concurrent call are left alone.
- */
-Datum
-dlq_discard_all(PG_FUNCTION_ARGS)
-{
-	char	   *queue;
-	const char *status;
-	char	   *component;
-	Interval   *older_than = NULL;
-	DlqOwnerContext owner;
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	List	   *tallies = NIL;
-	int64		done = 0;
-	int64		cursor = 0;
-	Datum		request_id = dlq_new_request_id();
-	Jsonb	   *summary;
-
-	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
-	status = dlq_check_status(PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1), false);
-	if (strcmp(status, "replaying") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("cannot discard replaying messages"),
-				 errdetail("Replaying messages are in the hands of consumers."),
-				 errhint("Wait for them to be acknowledged or to time out, or resolve them with dlq_resolve.")));
-	component = dlq_check_name("component", PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2), true);
-	older_than = dlq_check_interval(fcinfo, 3, "older_than", true, DLQ_MAX_AGE_YEARS);
-
-	dlq_become_owner(&owner);
-	SPI_connect();
-	dlq_check_queue_exists(queue);
-	if (discard_all_plan == NULL)
-	{
-		Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, INT8OID};
-
-		discard_all_plan = dlq_prepare_kept(
-											"WITH c AS (SELECT message_id FROM dlq.messages"
-											"  WHERE queue = $1 AND status = $2::dlq.status"
-											"  AND ($3::text IS NULL OR component = $3)"
-											"  AND ($4::interval IS NULL OR stored_at < now() - $4)"
-											"  AND message_id > $5"
-											"  ORDER BY message_id LIMIT 1000 FOR UPDATE SKIP LOCKED),"
-											" d AS (DELETE FROM dlq.messages m USING c"
-											"  WHERE m.message_id = c.message_id RETURNING m.message_id)"
-											" SELECT (SELECT max(message_id) FROM c), (SELECT count(*) FROM d),"
-											"  (SELECT array_agg(message_id) FROM"
-											"   (SELECT message_id FROM d ORDER BY 1 LIMIT 101) x)",
-											5, types);
-	}
-	for (;;)
-	{
-		Datum		values[5];
-		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-		bool		isnull;
-		Datum		d;
-		DlqQueueTally *t;
-		int			ret;
-
-		values[0] = CStringGetTextDatum(queue);
-		values[1] = CStringGetTextDatum(status);
-		if (component)
-			values[2] = CStringGetTextDatum(component);
-		else
-			nulls[2] = 'n';
-		if (older_than)
-			values[3] = IntervalPGetDatum(older_than);
-		else
-			nulls[3] = 'n';
-		values[4] = Int64GetDatum(cursor);
-		ret = SPI_execute_plan(discard_all_plan, values, nulls, false, 0);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not discard messages: %s", SPI_result_code_string(ret));
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (isnull)
-			break;
-		cursor = DatumGetInt64(d);
-		t = dlq_queue_tally(&tallies, queue);
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-		if (!isnull)
-		{
-			int			n;
-			int64	   *got = dlq_id_array_values(DatumGetArrayTypeP(d), &n);
-
-			for (int i = 0; i < n; i++)
-				dlq_tally_add(&t->tally, got[i]);
-			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-			/* the ids beyond the first 101 only count */
-			t->tally.count += DatumGetInt64(d) - n;
-			done += DatumGetInt64(d);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	lifecycle_audit(tallies, "discarded", GetUserNameFromId(owner.caller, false),
-					request_id, NULL);
-	summary = lifecycle_summary(caller_cxt,
-								DatumGetCString(DirectFunctionCall1(uuid_out, request_id)),
-								"discarded", done, 0, 0);
-	SPI_finish();
-	dlq_restore_caller(&owner);
-
-	PG_RETURN_JSONB_P(summary);
-}
-
-PG_FUNCTION_INFO_V1(dlq_resolve);
-
-/*
- * dlq_resolve(message_ids bigint[], note text) returns jsonb
- *
- * Close open messages (pending, replaying, review) without replay.
- */
-Datum
-dlq_resolve(PG_FUNCTION_ARGS)
-{
-	int			nids;
-	int64	   *ids;
-	Jsonb	   *detail = NULL;
-	char	   *note = NULL;
-
-	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
-	if (!PG_ARGISNULL(1))
-	{
-		dlq_check_size("note", (struct varlena *) PG_GETARG_TEXT_PP(1));
-		note = text_to_cstring(PG_GETARG_TEXT_PP(1));
-		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																			  psprintf("{\"note\": %s}", dlq_json_quote(note)))));
-	}
-
-	/* status as text: driven by the primary key, see dlq_ack */
-	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &resolve_plan,
-									   "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
-									   "  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL"
-									   " WHERE message_id = ANY ($1)"
-									   " AND status::text IN ('pending', 'replaying', 'review')"
-									   " RETURNING queue, message_id",
-									   "resolved", detail));
 }

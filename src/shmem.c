@@ -24,7 +24,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 
 static void
-dlq_shmem_request_space(void)
+shmem_request_space(void)
 {
 #if PG_VERSION_NUM >= 150000
 	if (prev_shmem_request_hook)
@@ -35,7 +35,7 @@ dlq_shmem_request_space(void)
 }
 
 static void
-dlq_shmem_startup(void)
+shmem_startup(void)
 {
 	bool		found;
 
@@ -58,12 +58,12 @@ dlq_shmem_request(void)
 {
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = dlq_shmem_request_space;
+	shmem_request_hook = shmem_request_space;
 #else
-	dlq_shmem_request_space();
+	shmem_request_space();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = dlq_shmem_startup;
+	shmem_startup_hook = shmem_startup;
 }
 
 DlqWorkerSlot *

@@ -52,7 +52,6 @@ dlq_ensure_queue(const char *queue, Oid created_by)
 {
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
-	int			ret;
 
 	/* created_by is a column of the 1.1 schema. */
 	dlq_require_current_schema();
@@ -70,9 +69,7 @@ dlq_ensure_queue(const char *queue, Oid created_by)
 	values[2] = ObjectIdGetDatum(created_by);
 	if (!OidIsValid(created_by))
 		nulls[2] = 'n';
-	ret = SPI_execute_plan(ensure_queue_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "could not create queue: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(ensure_queue_plan, values, nulls, false, 0, SPI_OK_INSERT);
 }
 
 /*
@@ -84,11 +81,8 @@ static bool
 store_run(SPIPlanPtr plan, Datum *values, char *nulls, int64 *id, bool *maybe_retry)
 {
 	bool		isnull;
-	int			ret = SPI_execute_plan(plan, values, nulls, false, 0);
 
-	if (ret != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not store message: %s", SPI_result_code_string(ret));
-	if (SPI_processed != 1)
+	if (dlq_execute_kept(plan, values, nulls, false, 0, SPI_OK_INSERT_RETURNING) != 1)
 		return false;
 	*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
@@ -96,6 +90,55 @@ store_run(SPIPlanPtr plan, Datum *values, char *nulls, int64 *id, bool *maybe_re
 		*maybe_retry = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											   SPI_tuptable->tupdesc, 2, &isnull));
 	return true;
+}
+
+/*
+ * The four INSERT plans of dlq_store_message: with or without dedup_key,
+ * and for a queue without auto_retry (no next_retry_at to compute) or any.
+ */
+static void
+store_prepare(void)
+{
+	Oid			types[STORE_NARGS] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
+		TEXTOID, JSONBOID, JSONBOID, TEXTOID, REGCLASSOID, TEXTOID};
+	const char *insert =
+		"INSERT INTO dlq.messages AS m"
+		" (queue, component, payload, error, sqlstate, error_class,"
+		"  error_detail, metadata, dedup_key, source_relation, operation,"
+		"  max_attempts, expires_at, next_retry_at)"
+		" SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+		"  q.max_attempts, now() + q.retention, %s"
+		" FROM dlq.queues q WHERE q.queue = $1%s";
+	const char *dedup =
+		" ON CONFLICT (queue, dedup_key)"
+		" WHERE dedup_key IS NOT NULL AND status IN ('pending', 'review')"
+		" DO UPDATE SET occurrences = m.occurrences + 1,"
+		"  error = excluded.error, sqlstate = excluded.sqlstate,"
+		"  error_class = excluded.error_class,"
+		"  error_detail = excluded.error_detail,"
+		"  last_failed_at = now()";
+	const char *fast_retry = "NULL::timestamptz";
+	const char *full_retry =
+		"CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END";
+
+	if (store_plans[0][0] != NULL)
+		return;
+	for (int d = 0; d < 2; d++)
+		for (int full = 0; full < 2; full++)
+		{
+			char	   *sql = psprintf(insert, full ? full_retry : fast_retry,
+									   full ? "" : " AND NOT q.auto_retry");
+
+			/*
+			 * The second column is false only for a message inserted
+			 * without next_retry_at: its queue has no auto_retry (now).
+			 */
+			store_plans[d][full] =
+				dlq_prepare_kept(psprintf("%s%s RETURNING m.message_id,"
+									   " m.occurrences > 1 OR m.next_retry_at IS NOT NULL",
+									   sql, d ? dedup : ""),
+							  STORE_NARGS, types);
+		}
 }
 
 /*
@@ -111,47 +154,7 @@ dlq_store_message(const DlqStoreArgs *args)
 	bool		maybe_retry;
 	int64		id;
 
-	if (store_plans[0][0] == NULL)
-	{
-		Oid			types[STORE_NARGS] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
-			TEXTOID, JSONBOID, JSONBOID, TEXTOID, REGCLASSOID, TEXTOID};
-		const char *insert =
-			"INSERT INTO dlq.messages AS m"
-			" (queue, component, payload, error, sqlstate, error_class,"
-			"  error_detail, metadata, dedup_key, source_relation, operation,"
-			"  max_attempts, expires_at, next_retry_at)"
-			" SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
-			"  q.max_attempts, now() + q.retention, %s"
-			" FROM dlq.queues q WHERE q.queue = $1%s";
-		const char *dedup =
-			" ON CONFLICT (queue, dedup_key)"
-			" WHERE dedup_key IS NOT NULL AND status IN ('pending', 'review')"
-			" DO UPDATE SET occurrences = m.occurrences + 1,"
-			"  error = excluded.error, sqlstate = excluded.sqlstate,"
-			"  error_class = excluded.error_class,"
-			"  error_detail = excluded.error_detail,"
-			"  last_failed_at = now()";
-		const char *fast_retry = "NULL::timestamptz";
-		const char *full_retry =
-			"CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END";
-
-		for (int d = 0; d < 2; d++)
-			for (int full = 0; full < 2; full++)
-			{
-				char	   *sql = psprintf(insert, full ? full_retry : fast_retry,
-										   full ? "" : " AND NOT q.auto_retry");
-
-				/*
-				 * The second column is false only for a message inserted
-				 * without next_retry_at: its queue has no auto_retry (now).
-				 */
-				store_plans[d][full] =
-					dlq_prepare_kept(psprintf("%s%s RETURNING m.message_id,"
-										   " m.occurrences > 1 OR m.next_retry_at IS NOT NULL",
-										   sql, d ? dedup : ""),
-								  STORE_NARGS, types);
-			}
-	}
+	store_prepare();
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(args->queue);

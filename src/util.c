@@ -3,7 +3,11 @@
  * util.c
  *	  Helpers every module of dlq shares: argument validation with
  *	  deliberate SQLSTATEs, running as the extension owner with a pinned
- *	  search_path, and writing the audit trail.
+ *	  search_path and back as the caller, plans kept for the backend's life
+ *	  and SPI calls whose result code is checked (dlq_execute_kept,
+ *	  dlq_execute_sql), bigint[] id arrays, JSON string literals, request
+ *	  ids, default channel names, and the audit trail (dlq_audit) with the
+ *	  per-queue tallies that feed it.  Nothing here calls another module.
  *
  *-------------------------------------------------------------------------
  */
@@ -24,6 +28,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -40,7 +45,7 @@ static bool callback_registered = false;
 static SPIPlanPtr audit_plan = NULL;
 
 static void
-dlq_relcache_callback(Datum arg, Oid relid)
+util_relcache_callback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == cached_messages_relid)
 	{
@@ -71,7 +76,7 @@ dlq_messages_relid(void)
 
 		if (!callback_registered)
 		{
-			CacheRegisterRelcacheCallback(dlq_relcache_callback, (Datum) 0);
+			CacheRegisterRelcacheCallback(util_relcache_callback, (Datum) 0);
 			callback_registered = true;
 		}
 		{
@@ -419,7 +424,7 @@ dlq_check_status(text *value, bool allow_any)
 }
 
 static int
-dlq_cmp_int64(const void *a, const void *b)
+util_cmp_int64(const void *a, const void *b)
 {
 	int64		x = *(const int64 *) a;
 	int64		y = *(const int64 *) b;
@@ -471,12 +476,51 @@ dlq_check_id_array(ArrayType *ids, int *nids)
 	result = palloc(sizeof(int64) * n);
 	for (int i = 0; i < n; i++)
 		result[i] = DatumGetInt64(elems[i]);
-	qsort(result, n, sizeof(int64), dlq_cmp_int64);
+	qsort(result, n, sizeof(int64), util_cmp_int64);
 	for (int i = 0; i < n; i++)
 		if (nunique == 0 || result[nunique - 1] != result[i])
 			result[nunique++] = result[i];
 	*nids = nunique;
 	return result;
+}
+
+/* A bigint[] datum of n ids. */
+Datum
+dlq_id_array_datum(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* The elements of a bigint[] without NULLs. */
+int64 *
+dlq_id_array_values(ArrayType *array, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int64	   *ids;
+
+	deconstruct_array(array, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, n);
+	ids = palloc(sizeof(int64) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		ids[i] = DatumGetInt64(elems[i]);
+	return ids;
+}
+
+/* A string as a JSON string literal. */
+char *
+dlq_json_quote(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	escape_json(&buf, s);
+	return buf.data;
 }
 
 /*
@@ -531,6 +575,41 @@ dlq_prepare_kept(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
+/*
+ * Run a kept plan and check its result code: any other code than
+ * expected_ret is a bug (a statement of another kind), never a user's
+ * error, and raises an internal error.  Errors of the statement itself are
+ * raised by SPI as they are.  Returns the number of rows processed.
+ */
+uint64
+dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
+				 bool read_only, long tcount, int expected_ret)
+{
+	int			ret = SPI_execute_plan(plan, values, nulls, read_only, tcount);
+
+	if (ret != expected_ret)
+		elog(ERROR, "unexpected SPI result %s, expected %s",
+			 SPI_result_code_string(ret), SPI_result_code_string(expected_ret));
+	return SPI_processed;
+}
+
+/*
+ * The same for a statement run once (SPI_execute_with_args): cold paths
+ * whose plan is not worth keeping.
+ */
+uint64
+dlq_execute_sql(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+				bool read_only, long tcount, int expected_ret)
+{
+	int			ret = SPI_execute_with_args(sql, nargs, types, values, nulls,
+											read_only, tcount);
+
+	if (ret != expected_ret)
+		elog(ERROR, "unexpected SPI result %s, expected %s",
+			 SPI_result_code_string(ret), SPI_result_code_string(expected_ret));
+	return SPI_processed;
+}
+
 #if PG_VERSION_NUM < 150000
 /*
  * PostgreSQL 15's helper for a materialized set-returning function: checks
@@ -569,7 +648,6 @@ dlq_audit(const char *kind, const char *actor, const char *queue,
 {
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			ret;
 
 	if (audit_plan == NULL)
 	{
@@ -608,7 +686,83 @@ dlq_audit(const char *kind, const char *actor, const char *queue,
 	else
 		nulls[6] = 'n';
 
-	ret = SPI_execute_plan(audit_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "could not record dlq event: %s", SPI_result_code_string(ret));
+	dlq_execute_kept(audit_plan, values, nulls, false, 0, SPI_OK_INSERT);
+}
+
+/* Add one id to a tally: the count always, the id while there is room. */
+void
+dlq_tally_add(DlqIdTally *tally, int64 id)
+{
+	if (tally->count < DLQ_AUDIT_MAX_IDS)
+		tally->ids[tally->count] = id;
+	tally->count++;
+}
+
+/* One audit event for a tally, unless it is empty. */
+void
+dlq_tally_audit(const DlqIdTally *tally, const char *kind, const char *actor,
+				const char *queue, Datum request_id, Jsonb *detail)
+{
+	int64		sorted[DLQ_AUDIT_MAX_IDS];
+	int			n = tally->count <= DLQ_AUDIT_MAX_IDS ? (int) tally->count : 0;
+
+	if (tally->count == 0)
+		return;
+	/* RETURNING hands rows back in no particular order. */
+	memcpy(sorted, tally->ids, sizeof(int64) * n);
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--)
+		{
+			int64		t = sorted[j];
+
+			sorted[j] = sorted[j - 1];
+			sorted[j - 1] = t;
+		}
+	dlq_audit(kind, actor, queue, request_id, true, tally->count, sorted, n, detail);
+}
+
+/*
+ * Find or add the entry of a queue in a list of DlqQueueTally (for
+ * discard, resolve and ack, which audit one event per queue).
+ */
+DlqQueueTally *
+dlq_queue_tally(List **tallies, const char *queue)
+{
+	ListCell   *lc;
+	DlqQueueTally *t;
+
+	foreach(lc, *tallies)
+	{
+		t = (DlqQueueTally *) lfirst(lc);
+		if (strcmp(t->queue, queue) == 0)
+			return t;
+	}
+	t = palloc0(sizeof(DlqQueueTally));
+	t->queue = pstrdup(queue);
+	*tallies = lappend(*tallies, t);
+	return t;
+}
+
+/*
+ * Add the rows of the last SPI result, (queue text, message_id bigint), to
+ * per-queue tallies.
+ */
+int64
+dlq_queue_tally_rows(List **tallies)
+{
+	DlqQueueTally *t = NULL;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		bool		isnull;
+		char	   *queue = TextDatumGetCString(SPI_getbinval(row, SPI_tuptable->tupdesc, 1,
+															  &isnull));
+
+		if (t == NULL || strcmp(t->queue, queue) != 0)
+			t = dlq_queue_tally(tallies, queue);
+		dlq_tally_add(&t->tally,
+					  DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+	return (int64) SPI_processed;
 }

@@ -96,7 +96,7 @@ static uint32 dlq_wait_event = 0;
  * where the server supports it (PostgreSQL 17), else "Extension".
  */
 static uint32
-dlq_get_wait_event(const char *name)
+worker_get_wait_event(const char *name)
 {
 	if (dlq_wait_event == 0)
 	{
@@ -110,7 +110,7 @@ dlq_get_wait_event(const char *name)
 }
 
 static void
-dlq_fill_worker(BackgroundWorker *worker, const char *function, const char *type)
+worker_fill_worker(BackgroundWorker *worker, const char *function, const char *type)
 {
 	memset(worker, 0, sizeof(BackgroundWorker));
 	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -126,7 +126,7 @@ dlq_register_launcher(void)
 {
 	BackgroundWorker worker;
 
-	dlq_fill_worker(&worker, "dlq_launcher_main", "dlq launcher");
+	worker_fill_worker(&worker, "dlq_launcher_main", "dlq launcher");
 	strlcpy(worker.bgw_name, "dlq launcher", BGW_MAXLEN);
 	worker.bgw_restart_time = DLQ_LAUNCHER_RESTART_SECS;
 	RegisterBackgroundWorker(&worker);
@@ -134,7 +134,7 @@ dlq_register_launcher(void)
 
 /* Is the process that holds this slot alive? Caller holds dlq_shared->lock. */
 static bool
-dlq_slot_alive(DlqWorkerSlot *slot)
+worker_slot_alive(DlqWorkerSlot *slot)
 {
 	return slot->pid != 0 && BackendPidGetProc(slot->pid) != NULL;
 }
@@ -158,7 +158,7 @@ static HTAB *launcher_databases = NULL;
 static MemoryContext launcher_round_cxt = NULL;
 
 static void
-dlq_launcher_detach(int code, Datum arg)
+launcher_detach(int code, Datum arg)
 {
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	if (dlq_shared->launcher_pid == MyProcPid)
@@ -168,7 +168,7 @@ dlq_launcher_detach(int code, Datum arg)
 
 /* Is this database named in dlq.databases (or is the list empty)? */
 static bool
-dlq_database_wanted(List *wanted, const char *name)
+worker_database_wanted(List *wanted, const char *name)
 {
 	ListCell   *lc;
 
@@ -187,7 +187,7 @@ dlq_database_wanted(List *wanted, const char *name)
  * autovacuum launcher does.
  */
 static List *
-dlq_launcher_scan(void)
+launcher_scan(void)
 {
 	List	   *result = NIL;
 	List	   *wanted = NIL;
@@ -219,7 +219,7 @@ dlq_launcher_scan(void)
 		if (database_is_invalid_form(db))
 			continue;
 #endif
-		if (!dlq_database_wanted(wanted, NameStr(db->datname)))
+		if (!worker_database_wanted(wanted, NameStr(db->datname)))
 			continue;
 
 		oldcxt = MemoryContextSwitchTo(launcher_round_cxt);
@@ -237,13 +237,13 @@ dlq_launcher_scan(void)
 }
 
 static void
-dlq_launcher_start(DlqDatabase *db, TimestampTz now)
+launcher_start(DlqDatabase *db, TimestampTz now)
 {
 	BackgroundWorker worker;
 	MemoryContext oldcxt;
 	bool		started;
 
-	dlq_fill_worker(&worker, "dlq_worker_main", "dlq worker");
+	worker_fill_worker(&worker, "dlq_worker_main", "dlq worker");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "dlq worker for database %s", db->name);
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	worker.bgw_main_arg = ObjectIdGetDatum(db->dboid);
@@ -270,7 +270,7 @@ dlq_launcher_start(DlqDatabase *db, TimestampTz now)
 
 /* Start, restart or leave alone the worker of one wanted database. */
 static void
-dlq_launcher_tend(DlqDatabase *db, TimestampTz now)
+launcher_tend(DlqDatabase *db, TimestampTz now)
 {
 	DlqWorkerSlot *slot;
 	bool		alive;
@@ -303,12 +303,12 @@ dlq_launcher_tend(DlqDatabase *db, TimestampTz now)
 	/* A worker an earlier launcher started is still at work: leave it be. */
 	LWLockAcquire(dlq_shared->lock, LW_SHARED);
 	slot = dlq_worker_slot_locked(db->dboid, false);
-	alive = slot != NULL && dlq_slot_alive(slot);
+	alive = slot != NULL && worker_slot_alive(slot);
 	LWLockRelease(dlq_shared->lock);
 	if (alive)
 		return;
 
-	dlq_launcher_start(db, now);
+	launcher_start(db, now);
 }
 
 /*
@@ -317,7 +317,7 @@ dlq_launcher_tend(DlqDatabase *db, TimestampTz now)
  * free slots nobody will come back to.
  */
 static void
-dlq_launcher_round(void)
+launcher_round(void)
 {
 	List	   *wanted;
 	ListCell   *lc;
@@ -326,7 +326,7 @@ dlq_launcher_round(void)
 	TimestampTz now;
 
 	MemoryContextReset(launcher_round_cxt);
-	wanted = dlq_launcher_scan();
+	wanted = launcher_scan();
 	now = GetCurrentTimestamp();
 
 	hash_seq_init(&seq, launcher_databases);
@@ -347,7 +347,7 @@ dlq_launcher_round(void)
 		}
 		strlcpy(db->name, w->name, NAMEDATALEN);
 		db->seen = true;
-		dlq_launcher_tend(db, now);
+		launcher_tend(db, now);
 	}
 
 	hash_seq_init(&seq, launcher_databases);
@@ -370,7 +370,7 @@ dlq_launcher_round(void)
 
 		if (slot->dboid != InvalidOid &&
 			hash_search(launcher_databases, &slot->dboid, HASH_FIND, NULL) == NULL &&
-			!dlq_slot_alive(slot))
+			!worker_slot_alive(slot))
 			memset(slot, 0, sizeof(DlqWorkerSlot));
 	}
 	LWLockRelease(dlq_shared->lock);
@@ -391,7 +391,7 @@ dlq_launcher_main(Datum main_arg)
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	dlq_shared->launcher_pid = MyProcPid;
 	LWLockRelease(dlq_shared->lock);
-	before_shmem_exit(dlq_launcher_detach, (Datum) 0);
+	before_shmem_exit(launcher_detach, (Datum) 0);
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(Oid);
@@ -413,11 +413,11 @@ dlq_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		dlq_launcher_round();
+		launcher_round();
 
 		/* A worker that starts or stops sets our latch (bgw_notify_pid). */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 dlq_naptime, dlq_get_wait_event("DlqLauncherMain"));
+						 dlq_naptime, worker_get_wait_event("DlqLauncherMain"));
 		ResetLatch(MyLatch);
 	}
 }
@@ -542,7 +542,7 @@ static List *step_queues = NIL; /* result of DLQ_PLAN_STEP_QUEUES */
 static TimestampTz last_unclaimed_check = 0;
 
 static void
-dlq_worker_detach(int code, Datum arg)
+worker_detach(int code, Datum arg)
 {
 	if (worker_slot == NULL)
 		return;
@@ -559,7 +559,7 @@ dlq_worker_detach(int code, Datum arg)
 
 /* Leave without an error: the launcher sees the freed slot and looks again later. */
 static void
-dlq_worker_leave(const char *why)
+worker_leave(const char *why)
 {
 	if (worker_slot != NULL)
 		ereport(LOG,
@@ -573,7 +573,7 @@ dlq_worker_leave(const char *why)
 }
 
 static void
-dlq_worker_record_error(const char *what, const char *message)
+worker_record_error(const char *what, const char *message)
 {
 	if (worker_slot == NULL)
 		return;
@@ -585,7 +585,7 @@ dlq_worker_record_error(const char *what, const char *message)
 }
 
 static SPIPlanPtr
-dlq_worker_plan(DlqPlanId id)
+worker_plan(DlqPlanId id)
 {
 	if (dlq_plans[id] == NULL)
 	{
@@ -613,7 +613,7 @@ dlq_worker_plan(DlqPlanId id)
 
 /* Keep the rows of DLQ_PLAN_RETRY_DUE for the round. */
 static void
-dlq_worker_keep_retry_groups(void)
+worker_keep_retry_groups(void)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(round_cxt);
 
@@ -634,7 +634,7 @@ dlq_worker_keep_retry_groups(void)
 
 /* Keep the rows of DLQ_PLAN_STEP_QUEUES for the round. */
 static void
-dlq_worker_keep_step_queues(void)
+worker_keep_step_queues(void)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(round_cxt);
 
@@ -647,7 +647,7 @@ dlq_worker_keep_step_queues(void)
 
 /* Keep what DLQ_PLAN_CHECK found. */
 static void
-dlq_worker_keep_check(void)
+worker_keep_check(void)
 {
 	bool		isnull;
 	char	   *schema;
@@ -705,7 +705,7 @@ dlq_worker_keep_check(void)
  * transaction; the lock, if we get it, goes with it.
  */
 static bool
-dlq_database_claimed(void)
+worker_database_claimed(void)
 {
 	LOCKTAG		tag;
 
@@ -720,7 +720,7 @@ dlq_database_claimed(void)
  * the slot, and the transaction aborted; the worker goes on.
  */
 static bool
-dlq_worker_txn(const char *what, const char *queue, void (*body) (void *), void *arg)
+worker_txn(const char *what, const char *queue, void (*body) (void *), void *arg)
 {
 	volatile bool ok = true;
 
@@ -747,7 +747,7 @@ dlq_worker_txn(const char *what, const char *queue, void (*body) (void *), void 
 		FlushErrorState();
 		AbortCurrentTransaction();
 		if (queue == NULL)
-			dlq_worker_record_error(what, edata->message);
+			worker_record_error(what, edata->message);
 		else
 		{
 			char		label[DLQ_LAST_ERROR_LEN];
@@ -758,7 +758,7 @@ dlq_worker_txn(const char *what, const char *queue, void (*body) (void *), void 
 					 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
 					 errhint("The worker goes on with the other queues and tries this one again next round.")));
 			snprintf(label, sizeof(label), "%s for queue \"%s\"", what, queue);
-			dlq_worker_record_error(label, edata->message);
+			worker_record_error(label, edata->message);
 		}
 		FreeErrorData(edata);
 		ok = false;
@@ -772,11 +772,11 @@ dlq_worker_txn(const char *what, const char *queue, void (*body) (void *), void 
 }
 
 /*
- * Execute one of the worker's plans inside dlq_worker_txn, as role
+ * Execute one of the worker's plans inside worker_txn, as role
  * (InvalidOid: as we are); the rows are in SPI_tuptable.
  */
 static void
-dlq_worker_exec(DlqPlanId id, Oid role, Datum *values, const char *nulls)
+worker_exec(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 {
 	Oid			save_user;
 	int			save_sec;
@@ -785,13 +785,13 @@ dlq_worker_exec(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	if (OidIsValid(role))
 		SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-	ret = SPI_execute_plan(dlq_worker_plan(id), values, nulls, false, 0);
+	ret = SPI_execute_plan(worker_plan(id), values, nulls, false, 0);
 	SetUserIdAndSecContext(save_user, save_sec);
 	if (ret != SPI_OK_SELECT && ret != SPI_OK_INSERT)
 		elog(ERROR, "%s failed: %s", dlq_plan_defs[id].what, SPI_result_code_string(ret));
 }
 
-/* One statement of the worker in a transaction of its own (dlq_worker_run). */
+/* One statement of the worker in a transaction of its own (worker_run). */
 typedef struct DlqRun
 {
 	DlqPlanId	id;
@@ -803,27 +803,27 @@ typedef struct DlqRun
 } DlqRun;
 
 static void
-dlq_worker_run_body(void *arg)
+worker_run_body(void *arg)
 {
 	DlqRun	   *run = (DlqRun *) arg;
 
-	if (run->id == DLQ_PLAN_CHECK && dlq_database_claimed())
+	if (run->id == DLQ_PLAN_CHECK && worker_database_claimed())
 	{
 		run->leave = "the database is being dropped or changed";
 		return;
 	}
-	dlq_worker_exec(run->id, run->role, run->values, run->nulls);
+	worker_exec(run->id, run->role, run->values, run->nulls);
 	if (run->id == DLQ_PLAN_CHECK)
 	{
 		if (SPI_processed == 0)
 			run->leave = "extension \"dlq\" is not installed";
 		else
-			dlq_worker_keep_check();
+			worker_keep_check();
 	}
 	else if (run->id == DLQ_PLAN_RETRY_DUE)
-		dlq_worker_keep_retry_groups();
+		worker_keep_retry_groups();
 	else if (run->id == DLQ_PLAN_STEP_QUEUES)
-		dlq_worker_keep_step_queues();
+		worker_keep_step_queues();
 	else if (SPI_processed > 0)
 	{
 		bool		isnull;
@@ -836,25 +836,25 @@ dlq_worker_run_body(void *arg)
 /*
  * Run one statement in a transaction of its own, as role, and return the
  * bigint in its first column (0 without a row), or -1 when it failed (see
- * dlq_worker_txn; queue names the queue it was for, or is NULL).
+ * worker_txn; queue names the queue it was for, or is NULL).
  * DLQ_PLAN_CHECK, DLQ_PLAN_RETRY_DUE and DLQ_PLAN_STEP_QUEUES keep their
  * rows instead.
  */
 static int64
-dlq_worker_run(DlqPlanId id, Oid role, Datum *values, const char *nulls, const char *queue)
+worker_run(DlqPlanId id, Oid role, Datum *values, const char *nulls, const char *queue)
 {
 	DlqRun		run = {id, role, values, nulls, 0, NULL};
 	bool		ok;
 
-	ok = dlq_worker_txn(dlq_plan_defs[id].what, queue, dlq_worker_run_body, &run);
+	ok = worker_txn(dlq_plan_defs[id].what, queue, worker_run_body, &run);
 	if (run.leave != NULL)
-		dlq_worker_leave(run.leave);
+		worker_leave(run.leave);
 	return ok ? run.result : -1;
 }
 
 /* Between batches: stop promptly on SIGTERM, and take in a reload. */
 static void
-dlq_worker_interrupts(void)
+worker_interrupts(void)
 {
 	CHECK_FOR_INTERRUPTS();
 	if (ConfigReloadPending)
@@ -869,8 +869,8 @@ dlq_worker_interrupts(void)
  * messages it handled, and sets *failed when a batch failed.
  */
 static int64
-dlq_worker_batches(DlqPlanId id, Datum *values, const char *nulls, const char *queue,
-				   bool *failed)
+worker_batches(DlqPlanId id, Datum *values, const char *nulls, const char *queue,
+			   bool *failed)
 {
 	int64		total = 0;
 
@@ -880,7 +880,7 @@ dlq_worker_batches(DlqPlanId id, Datum *values, const char *nulls, const char *q
 		int64		n;
 
 		values[0] = Int32GetDatum(dlq_batch_size);
-		n = dlq_worker_run(id, worker_state.owner, values, nulls, queue);
+		n = worker_run(id, worker_state.owner, values, nulls, queue);
 		if (n < 0)
 		{
 			*failed = true;
@@ -893,7 +893,7 @@ dlq_worker_batches(DlqPlanId id, Datum *values, const char *nulls, const char *q
 		LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 		worker_slot->last_heartbeat = GetCurrentTimestamp();
 		LWLockRelease(dlq_shared->lock);
-		dlq_worker_interrupts();
+		worker_interrupts();
 	}
 	return total;
 }
@@ -906,7 +906,7 @@ dlq_worker_batches(DlqPlanId id, Datum *values, const char *nulls, const char *q
  * held back, with a warning naming it.
  */
 static int64
-dlq_worker_repeat(DlqPlanId id, Datum *values)
+worker_repeat(DlqPlanId id, Datum *values)
 {
 	const DlqPlanDef *def = &dlq_plan_defs[id];
 	char		nulls[lengthof(def->argtypes)];
@@ -918,14 +918,14 @@ dlq_worker_repeat(DlqPlanId id, Datum *values)
 	memset(nulls, ' ', sizeof(nulls));
 	if (def->statuses != NULL)
 		nulls[queue_arg] = 'n';
-	total = dlq_worker_batches(id, values, nulls, NULL, &failed);
+	total = worker_batches(id, values, nulls, NULL, &failed);
 	if (!failed || def->statuses == NULL)
 		return total;
 
 	{
 		Datum		statuses = CStringGetTextDatum(def->statuses);
 
-		if (dlq_worker_run(DLQ_PLAN_STEP_QUEUES, worker_state.owner, &statuses, NULL, NULL) < 0)
+		if (worker_run(DLQ_PLAN_STEP_QUEUES, worker_state.owner, &statuses, NULL, NULL) < 0)
 			return total;
 	}
 	foreach(lc, step_queues)
@@ -934,8 +934,8 @@ dlq_worker_repeat(DlqPlanId id, Datum *values)
 
 		values[queue_arg] = CStringGetTextDatum(queue);
 		nulls[queue_arg] = ' ';
-		total += dlq_worker_batches(id, values, nulls, queue, &failed);
-		dlq_worker_interrupts();
+		total += worker_batches(id, values, nulls, queue, &failed);
+		worker_interrupts();
 	}
 	return total;
 }
@@ -947,7 +947,7 @@ dlq_worker_repeat(DlqPlanId id, Datum *values)
  * target.  Logging in is not needed.
  */
 static const char *
-dlq_worker_retry_refusal(Oid role, Oid target)
+worker_retry_refusal(Oid role, Oid target)
 {
 	Oid			operator_role;
 
@@ -966,7 +966,7 @@ dlq_worker_retry_refusal(Oid role, Oid target)
 	return NULL;
 }
 
-/* The automatic retries of one queue (dlq_worker_retry). */
+/* The automatic retries of one queue (worker_retry). */
 typedef struct DlqRetryRun
 {
 	DlqRetryGroup *group;
@@ -982,7 +982,7 @@ typedef struct DlqRetryRun
  * backoff step, with a warning.
  */
 static void
-dlq_worker_retry_body(void *arg)
+worker_retry_body(void *arg)
 {
 	DlqRetryRun *run = (DlqRetryRun *) arg;
 	DlqRetryGroup *g = run->group;
@@ -996,7 +996,7 @@ dlq_worker_retry_body(void *arg)
 	int			save_sec;
 
 	values[0] = CStringGetTextDatum(g->queue);
-	dlq_worker_exec(DLQ_PLAN_RETRY_QUEUE, worker_state.owner, values, NULL);
+	worker_exec(DLQ_PLAN_RETRY_QUEUE, worker_state.owner, values, NULL);
 	if (SPI_processed == 0)
 		return;					/* auto_retry turned off, or paused, meanwhile */
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -1005,7 +1005,7 @@ dlq_worker_retry_body(void *arg)
 	target = isnull ? InvalidOid : DatumGetObjectId(d);
 
 	values[0] = g->ids;
-	why = dlq_worker_retry_refusal(role, target);
+	why = worker_retry_refusal(role, target);
 	if (why != NULL)
 	{
 		char		label[DLQ_LAST_ERROR_LEN];
@@ -1017,8 +1017,8 @@ dlq_worker_retry_body(void *arg)
 				 errhint("An operator turns them on again with dlq_configure('%s', auto_retry => true).",
 						 g->queue)));
 		snprintf(label, sizeof(label), "automatic retries of queue \"%s\" skipped", g->queue);
-		dlq_worker_record_error(label, why);
-		dlq_worker_exec(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values, NULL);
+		worker_record_error(label, why);
+		worker_exec(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values, NULL);
 		return;
 	}
 
@@ -1027,7 +1027,7 @@ dlq_worker_retry_body(void *arg)
 						   SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
-		dlq_worker_exec(DLQ_PLAN_RETRY, InvalidOid, values, NULL);
+		worker_exec(DLQ_PLAN_RETRY, InvalidOid, values, NULL);
 	}
 	PG_FINALLY();
 	{
@@ -1039,7 +1039,7 @@ dlq_worker_retry_body(void *arg)
 	values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	values[1] = CStringGetTextDatum(g->queue);
 	values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
-	dlq_worker_exec(DLQ_PLAN_RETRY_AUDIT, worker_state.owner, values, NULL);
+	worker_exec(DLQ_PLAN_RETRY_AUDIT, worker_state.owner, values, NULL);
 	run->retried = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(g->ids)),
 								  ARR_DIMS(DatumGetArrayTypeP(g->ids)));
 }
@@ -1051,7 +1051,7 @@ dlq_worker_retry_body(void *arg)
  * puts those messages off by one backoff step; the other queues go on.
  */
 static int64
-dlq_worker_retry(void)
+worker_retry(void)
 {
 	int64		total = 0;
 	ListCell   *lc;
@@ -1061,7 +1061,7 @@ dlq_worker_retry(void)
 		return 0;
 
 	values[0] = Int32GetDatum(dlq_batch_size);
-	if (dlq_worker_run(DLQ_PLAN_RETRY_DUE, worker_state.owner, values, NULL, NULL) < 0)
+	if (worker_run(DLQ_PLAN_RETRY_DUE, worker_state.owner, values, NULL, NULL) < 0)
 		return 0;
 
 	foreach(lc, retry_groups)
@@ -1069,29 +1069,29 @@ dlq_worker_retry(void)
 		DlqRetryGroup *g = (DlqRetryGroup *) lfirst(lc);
 		DlqRetryRun run = {g, 0};
 
-		if (dlq_worker_txn(dlq_plan_defs[DLQ_PLAN_RETRY].what, g->queue,
-						   dlq_worker_retry_body, &run))
+		if (worker_txn(dlq_plan_defs[DLQ_PLAN_RETRY].what, g->queue,
+					   worker_retry_body, &run))
 			total += run.retried;
 		else
 		{
 			values[0] = g->ids;
-			(void) dlq_worker_run(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values, NULL,
-								  g->queue);
+			(void) worker_run(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values, NULL,
+							  g->queue);
 		}
-		dlq_worker_interrupts();
+		worker_interrupts();
 	}
 	return total;
 }
 
 /* Claim this database's slot in shared memory for our heartbeat. */
 static void
-dlq_worker_attach(void)
+worker_attach(void)
 {
 	DlqWorkerSlot *slot;
 
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	slot = dlq_worker_slot_locked(MyDatabaseId, true);
-	if (slot != NULL && slot->pid != MyProcPid && dlq_slot_alive(slot))
+	if (slot != NULL && slot->pid != MyProcPid && worker_slot_alive(slot))
 	{
 		/* Another worker already looks after this database. */
 		LWLockRelease(dlq_shared->lock);
@@ -1119,7 +1119,7 @@ dlq_worker_attach(void)
 }
 
 static void
-dlq_worker_round(void)
+worker_round(void)
 {
 	Datum		values[5];
 	int64		recovered,
@@ -1135,10 +1135,10 @@ dlq_worker_round(void)
 	retry_groups = NIL;
 	step_queues = NIL;
 
-	if (dlq_worker_run(DLQ_PLAN_CHECK, InvalidOid, NULL, NULL, NULL) < 0)
+	if (worker_run(DLQ_PLAN_CHECK, InvalidOid, NULL, NULL, NULL) < 0)
 		return;
 	if (worker_slot == NULL)
-		dlq_worker_attach();
+		worker_attach();
 
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	worker_slot->last_round_start = start;
@@ -1148,8 +1148,8 @@ dlq_worker_round(void)
 		worker_slot->rounds++;
 		worker_slot->last_heartbeat = GetCurrentTimestamp();
 		LWLockRelease(dlq_shared->lock);
-		dlq_worker_record_error("checking the extension",
-								"waiting for ALTER EXTENSION dlq UPDATE");
+		worker_record_error("checking the extension",
+							"waiting for ALTER EXTENSION dlq UPDATE");
 		return;
 	}
 	LWLockRelease(dlq_shared->lock);
@@ -1164,24 +1164,24 @@ dlq_worker_round(void)
 																  dlq_replay_timeout * 250L));
 	if (DatumGetBool(values[3]))
 		last_unclaimed_check = start;
-	recovered = dlq_worker_repeat(DLQ_PLAN_RECOVER, values);
+	recovered = worker_repeat(DLQ_PLAN_RECOVER, values);
 
 	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
-	expired = dlq_worker_repeat(DLQ_PLAN_EXPIRE, values);
+	expired = worker_repeat(DLQ_PLAN_EXPIRE, values);
 
-	retried = dlq_worker_retry();
+	retried = worker_retry();
 
 	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
-	purged = dlq_worker_repeat(DLQ_PLAN_PURGE, values);
+	purged = worker_repeat(DLQ_PLAN_PURGE, values);
 
 	if (dlq_events_retention > 0)
 	{
 		values[1] = Float8GetDatum((double) dlq_events_retention);
 		values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
-		events_purged = dlq_worker_repeat(DLQ_PLAN_PURGE_EVENTS, values);
+		events_purged = worker_repeat(DLQ_PLAN_PURGE_EVENTS, values);
 	}
 
-	alerts = dlq_worker_run(DLQ_PLAN_ALERT, worker_state.owner, NULL, NULL, NULL);
+	alerts = worker_run(DLQ_PLAN_ALERT, worker_state.owner, NULL, NULL, NULL);
 
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	worker_slot->last_recovered = recovered;
@@ -1200,7 +1200,7 @@ dlq_worker_round(void)
  * whether a DROP DATABASE waits for us.
  */
 static void
-dlq_worker_sleep(TimestampTz round_start)
+worker_sleep(TimestampTz round_start)
 {
 	for (;;)
 	{
@@ -1211,19 +1211,19 @@ dlq_worker_sleep(TimestampTz round_start)
 			return;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Min(left, DLQ_MAX_SLEEP_MS),
-						 dlq_get_wait_event("DlqWorkerMain"));
+						 worker_get_wait_event("DlqWorkerMain"));
 		ResetLatch(MyLatch);
-		dlq_worker_interrupts();
+		worker_interrupts();
 
 		if (left > DLQ_MAX_SLEEP_MS)
 		{
 			bool		claimed;
 
 			StartTransactionCommand();
-			claimed = dlq_database_claimed();
+			claimed = worker_database_claimed();
 			CommitTransactionCommand();
 			if (claimed)
-				dlq_worker_leave("the database is being dropped or changed");
+				worker_leave("the database is being dropped or changed");
 		}
 	}
 }
@@ -1242,7 +1242,7 @@ dlq_worker_main(Datum main_arg)
 	 * extension owner, or as a queue's retry_role for its retries.
 	 */
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	before_shmem_exit(dlq_worker_detach, (Datum) 0);
+	before_shmem_exit(worker_detach, (Datum) 0);
 
 	StartTransactionCommand();
 	worker_dbname = MemoryContextStrdup(TopMemoryContext,
@@ -1263,9 +1263,9 @@ dlq_worker_main(Datum main_arg)
 	{
 		TimestampTz start = GetCurrentTimestamp();
 
-		dlq_worker_interrupts();
-		dlq_worker_round();
-		dlq_worker_sleep(start);
+		worker_interrupts();
+		worker_round();
+		worker_sleep(start);
 	}
 }
 
