@@ -112,9 +112,10 @@ RESET ROLE;
 SELECT count(*) AS messages FROM dlq.messages WHERE queue = 'atk_loss_a';
 SELECT kind FROM dlq.events WHERE queue = 'atk_loss_a' ORDER BY event_id;
 
--- FINDING D: etl_status reads each stage source's max key as the caller,
--- so a row-level security policy of the source's owner runs as every
--- reader or operator that looks at the dashboard.
+-- FIXED D: etl_status read each stage source's max key as the caller, so a
+-- row-level security policy of the source's owner ran as every reader or
+-- operator that looked at the dashboard.  It now reads as the source's
+-- owner in a security-restricted operation, after checking the caller.
 SET ROLE sec_atk_w;
 CREATE TABLE atk_stage_log (who text);
 GRANT INSERT ON atk_stage_log TO PUBLIC;

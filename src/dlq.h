@@ -125,6 +125,8 @@ typedef struct DlqCallerScope
 
 extern void dlq_as_caller_begin(const DlqOwnerContext *ctx, DlqCallerScope *scope);
 extern void dlq_as_caller_end(DlqCallerScope *scope);
+extern void dlq_as_relowner_begin(Oid relowner, DlqCallerScope *scope);
+extern void dlq_as_relowner_end(DlqCallerScope *scope);
 extern Oid	dlq_messages_relid(void);
 
 /* Argument validation (util.c); each raises a clear error or returns. */

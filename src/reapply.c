@@ -382,9 +382,7 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 	CaptureViolation v;
 	CaptureViolation *violation = NULL;
 	volatile bool ok = false;
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
+	DlqCallerScope owner_scope;
 
 	memset(result, 0, sizeof(DlqReapplyResult));
 
@@ -403,22 +401,14 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 	 * runs as the owner, in a security-restricted operation, with a search
 	 * path the caller does not choose; never with the caller's privileges.
 	 */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(rel->rd_rel->relowner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
+	dlq_as_relowner_begin(rel->rd_rel->relowner, &owner_scope);
 	PG_TRY();
 	{
-		(void) set_config_option("search_path", "pg_catalog, pg_temp",
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-								 true, 0, false);
 		ok = reapply_as_owner(rel, payload, callercxt, &v, &violation);
 	}
 	PG_FINALLY();
 	{
-		AtEOXact_GUC(false, save_nestlevel);
-		SetUserIdAndSecContext(save_userid, save_sec_context);
+		dlq_as_relowner_end(&owner_scope);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(callercxt);

@@ -45,10 +45,28 @@ stages_can_select_column(Oid relid, AttrNumber attnum)
 		pg_attribute_aclcheck(relid, attnum, GetUserId(), ACL_SELECT) == ACLCHECK_OK;
 }
 
+/* The owner of a relation known to exist. */
+static Oid
+stages_rel_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
 /*
- * The source's max (and min, when the watermark is unset) key, read with the
- * caller's privileges, for etl_status (status.c); inside SPI.  Returns false, with a reason, when the source or its
- * key column is gone.
+ * The source's max (and min, when the watermark is unset) key, for
+ * etl_status (status.c); inside SPI.  The caller must be allowed to read the
+ * key column; the query itself runs as the source's owner, in a
+ * security-restricted operation, so that code the owner wrote (row-level
+ * security policies) never runs with the privileges of whoever polls
+ * etl_status.  Returns false, with a reason, when the source or its key
+ * column is gone.
  */
 bool
 dlq_stage_source_range(Oid relid, const char *column, bool want_min,
@@ -60,6 +78,7 @@ dlq_stage_source_range(Oid relid, const char *column, bool want_min,
 	char	   *sql;
 	Datum		value;
 	bool		isnull;
+	DlqCallerScope owner_scope;
 
 	if (relname == NULL)
 	{
@@ -76,14 +95,23 @@ dlq_stage_source_range(Oid relid, const char *column, bool want_min,
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to read the key column \"%s\" of %s", column, relname),
-				 errhint("etl_status reads the max key of each registered stage's source with the caller's privileges; grant SELECT on it.")));
+				 errhint("etl_status reads the max key of each registered stage's source only for roles that may; grant SELECT on it.")));
 
 	sql = psprintf("SELECT %s pg_catalog.max(%s)::pg_catalog.int8 FROM %s",
 				   want_min ? psprintf("pg_catalog.min(%s)::pg_catalog.int8,", quote_identifier(column)) : "",
 				   quote_identifier(column),
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), relname));
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the max key of %s", relname);
+	dlq_as_relowner_begin(stages_rel_owner(relid), &owner_scope);
+	PG_TRY();
+	{
+		if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not read the max key of %s", relname);
+	}
+	PG_FINALLY();
+	{
+		dlq_as_relowner_end(&owner_scope);
+	}
+	PG_END_TRY();
 	*has_min = false;
 	if (want_min)
 	{

@@ -145,6 +145,34 @@ dlq_as_caller_end(DlqCallerScope *scope)
 }
 
 /*
+ * Act as the owner of a relation for work that runs code its owner wrote
+ * (a replay target's triggers, CHECK and default expressions; a stage
+ * source's row-level security policies), the way PostgreSQL runs ANALYZE:
+ * in a security-restricted operation, with a search_path the caller does
+ * not choose.  The caller's own right to the work is checked before.  End
+ * with dlq_as_relowner_end on every path (PG_FINALLY).
+ */
+void
+dlq_as_relowner_begin(Oid relowner, DlqCallerScope *scope)
+{
+	GetUserIdAndSecContext(&scope->userid, &scope->sec_context);
+	SetUserIdAndSecContext(relowner, scope->sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	scope->guc_nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+void
+dlq_as_relowner_end(DlqCallerScope *scope)
+{
+	/* Also on the error path, as PostgreSQL's own maintenance commands do. */
+	AtEOXact_GUC(false, scope->guc_nest_level);
+	SetUserIdAndSecContext(scope->userid, scope->sec_context);
+}
+
+/*
  * Raise 22004 if argument argno is NULL.  "what" names the argument as the
  * user wrote it.
  */

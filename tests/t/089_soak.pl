@@ -307,6 +307,14 @@ for my $kind (sort keys %$p2)
 			$kind, $tx // '?', $failed // '?', $retried // '0'));
 }
 
+# A lease abandoned for sure: how many clients died holding one depends on
+# the timing of the kill, so one more consumer claims and walks away; the
+# worker must time these out while it finishes the rest.
+$node->safe_psql('postgres', q{
+    SELECT dlq_reprocess_all('soak_a', max_messages => 3);
+    SELECT count(*) FROM dlq_claim('soak_a', 3, visibility => '1 second');
+}, extra_params => [ '-U', 'soak_op' ]);
+
 # --- quiesce -----------------------------------------------------------------------
 # Without automatic retries no new replay starts, so every replaying message
 # must come back within visibility + replay_timeout + a few naptimes.
