@@ -102,19 +102,6 @@ attach_check_bindable(Oid relid)
 	dlq_check_bindable_relation(relid, GetUserId());
 }
 
-static Oid
-attach_rel_owner(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
 /* Run one utility or DML statement built from quoted identifiers. */
 static void
 attach_exec(const char *sql, int expected)
@@ -495,7 +482,7 @@ dlq_detach(PG_FUNCTION_ARGS)
 					 errmsg("must be owner of view %s", get_rel_name(viewid)),
 					 errdetail("dlq_detach drops the intake view of table \"%s\" as its owner, role \"%s\".",
 							   get_rel_name(relid),
-							   GetUserNameFromId(attach_rel_owner(viewid), false))));
+							   GetUserNameFromId(dlq_rel_owner(viewid), false))));
 		LockRelationOid(viewid, AccessExclusiveLock);
 	}
 

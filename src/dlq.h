@@ -125,6 +125,7 @@ typedef struct DlqCallerScope
 
 extern void dlq_as_caller_begin(const DlqOwnerContext *ctx, DlqCallerScope *scope);
 extern void dlq_as_caller_end(DlqCallerScope *scope);
+extern Oid	dlq_rel_owner(Oid relid);
 extern void dlq_as_relowner_begin(Oid relowner, DlqCallerScope *scope);
 extern void dlq_as_relowner_end(DlqCallerScope *scope);
 extern Oid	dlq_messages_relid(void);

@@ -45,20 +45,6 @@ stages_can_select_column(Oid relid, AttrNumber attnum)
 		pg_attribute_aclcheck(relid, attnum, GetUserId(), ACL_SELECT) == ACLCHECK_OK;
 }
 
-/* The owner of a relation known to exist. */
-static Oid
-stages_rel_owner(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
 /*
  * The source's max (and min, when the watermark is unset) key, for
  * etl_status (status.c); inside SPI.  The caller must be allowed to read the
@@ -101,7 +87,7 @@ dlq_stage_source_range(Oid relid, const char *column, bool want_min,
 				   want_min ? psprintf("pg_catalog.min(%s)::pg_catalog.int8,", quote_identifier(column)) : "",
 				   quote_identifier(column),
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), relname));
-	dlq_as_relowner_begin(stages_rel_owner(relid), &owner_scope);
+	dlq_as_relowner_begin(dlq_rel_owner(relid), &owner_scope);
 	PG_TRY();
 	{
 		if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)

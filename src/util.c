@@ -144,6 +144,20 @@ dlq_as_caller_end(DlqCallerScope *scope)
 	SetUserIdAndSecContext(scope->userid, scope->sec_context);
 }
 
+/* The owner of a relation that exists. */
+Oid
+dlq_rel_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
 /*
  * Act as the owner of a relation for work that runs code its owner wrote
  * (a replay target's triggers, CHECK and default expressions; a stage
