@@ -288,7 +288,7 @@ attach_audit(const char *actor, const char *queue, const char *what, Oid relid,
 	appendStringInfoChar(&buf, '}');
 	dlq_audit("configured", actor, queue,
 			  (Datum) 0, false, 0, NULL, 0,
-			  DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data))));
+			  dlq_jsonb(buf.data));
 }
 
 /* isolate mode: the intake view (as the caller) and its trigger (as the owner). */

@@ -66,8 +66,7 @@ capture_row_to_jsonb(Datum composite)
 {
 	Datum		json = DirectFunctionCall1(row_to_json, composite);
 
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-											  CStringGetDatum(text_to_cstring(DatumGetTextPP(json)))));
+	return dlq_jsonb(text_to_cstring(DatumGetTextPP(json)));
 }
 
 /* A row too large for a message raises the error instead of vanishing. */

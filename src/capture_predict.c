@@ -911,7 +911,7 @@ dlq_error_detail_json(const char *detail, const char *schema, const char *table,
 			appendStringInfoString(&buf, "null");
 	}
 	appendStringInfoChar(&buf, '}');
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	return dlq_jsonb(buf.data);
 }
 
 Jsonb *

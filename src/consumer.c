@@ -604,9 +604,8 @@ consumer_nack_fold(Datum *values, const char *nulls, int64 id, const char *error
 	if (dlq_execute_kept(nack_fold_plan, values, nulls, false, 0, SPI_OK_UPDATE) != 1)
 		elog(ERROR, "could not fold message %lld into message %lld",
 			 (long long) id, (long long) target->into);
-	detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																		  psprintf("{\"into\": %lld, \"error\": %s}", (long long) target->into,
-																				   dlq_json_quote(error)))));
+	detail = dlq_jsonb(psprintf("{\"into\": %lld, \"error\": %s}",
+								(long long) target->into, dlq_json_quote(error)));
 	dlq_audit("nacked", actor, target->queue, request_id, true, 1, &id, 1, detail);
 	dlq_audit("merged", actor, target->queue, request_id, true, 1, &id, 1, detail);
 }
@@ -675,9 +674,8 @@ consumer_nack_run(Datum *values, const char *nulls, int64 id, const char *error,
 							   (long long) id, target.queue),
 					 errhint("Retry the transaction; the nack will then fold the message into that one.")));
 	}
-	detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																		  psprintf("{\"status\": \"%s\", \"error\": %s}", status,
-																				   dlq_json_quote(error)))));
+	detail = dlq_jsonb(psprintf("{\"status\": \"%s\", \"error\": %s}",
+								status, dlq_json_quote(error)));
 	dlq_audit("nacked", actor, target.queue, request_id, true, 1, &id, 1, detail);
 	return status;
 }

@@ -246,6 +246,7 @@ typedef struct DlqQueueTally
 extern Datum dlq_id_array_datum(const int64 *ids, int n);
 extern int64 *dlq_id_array_values(ArrayType *array, int *n);
 extern char *dlq_json_quote(const char *s);
+extern Jsonb *dlq_jsonb(const char *json);
 extern void dlq_tally_add(DlqIdTally *tally, int64 id);
 extern void dlq_tally_audit(const DlqIdTally *tally, const char *kind, const char *actor,
 							const char *queue, Datum request_id, Jsonb *detail);

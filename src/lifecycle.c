@@ -73,7 +73,7 @@ lifecycle_summary(MemoryContext cxt, const char *request_id, const char *verb,
 							 ", \"skipped\": " INT64_FORMAT ", \"not_found\": " INT64_FORMAT "}",
 							 request_id, verb, done, skipped, not_found);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
-	Jsonb	   *j = DatumGetJsonbPCopy(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+	Jsonb	   *j = dlq_jsonb(s);
 
 	MemoryContextSwitchTo(old);
 	return j;
@@ -305,8 +305,7 @@ dlq_resolve(PG_FUNCTION_ARGS)
 	{
 		dlq_check_size("note", (struct varlena *) PG_GETARG_TEXT_PP(1));
 		note = text_to_cstring(PG_GETARG_TEXT_PP(1));
-		detail = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																			  psprintf("{\"note\": %s}", dlq_json_quote(note)))));
+		detail = dlq_jsonb(psprintf("{\"note\": %s}", dlq_json_quote(note)));
 	}
 
 	/* status as text: driven by the primary key, see dlq_ack */

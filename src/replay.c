@@ -504,7 +504,7 @@ replay_refused_detail(Oid target)
 								dlq_json_quote(DatumGetCString(DirectFunctionCall1(regclassout,
 																				   ObjectIdGetDatum(target)))));
 
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+	return dlq_jsonb(json);
 }
 
 static int
@@ -588,7 +588,7 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 					 st->found - handed - reapplied - failed,
 					 st->requested - st->found, st->failures.data);
 	old = MemoryContextSwitchTo(result_cxt);
-	summary = DatumGetJsonbPCopy(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	summary = dlq_jsonb(buf.data);
 	MemoryContextSwitchTo(old);
 	return summary;
 }

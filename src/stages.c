@@ -283,7 +283,7 @@ dlq_etl_register_stage(PG_FUNCTION_ARGS)
 	appendStringInfoChar(&detail, '}');
 	dlq_audit("configured", GetUserNameFromId(owner.caller, false), NULL, (Datum) 0, false,
 			  0, NULL, 0,
-			  DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
+			  dlq_jsonb(detail.data));
 	SPI_finish();
 	dlq_restore_caller(&owner);
 	PG_RETURN_VOID();

@@ -678,7 +678,7 @@ dlq_etl_status_json(PG_FUNCTION_ARGS)
 	}
 	appendStringInfoChar(&buf, '}');
 
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	PG_RETURN_JSONB_P(dlq_jsonb(buf.data));
 }
 
 PG_FUNCTION_INFO_V1(dlq_etl_worker_state);

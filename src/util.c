@@ -554,6 +554,16 @@ dlq_id_array_values(ArrayType *array, int *n)
 	return ids;
 }
 
+/*
+ * The one way dlq builds JSON: text written with escape_json (or
+ * dlq_json_quote for one string), parsed once into jsonb here.
+ */
+Jsonb *
+dlq_jsonb(const char *json)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+}
+
 /* A string as a JSON string literal. */
 char *
 dlq_json_quote(const char *s)
