@@ -214,5 +214,6 @@ SELECT * FROM sx_a ORDER BY id;
 SELECT dlq_detach('sx_a');
 SELECT dlq_detach('sx_b');
 DELETE FROM dlq.messages WHERE queue LIKE 'sx\_%';
+DELETE FROM dlq.queues WHERE queue LIKE 'sx\_%';
 DROP TABLE sx_a, sx_b, sx_m, sx_n, sx_batches;
 DROP SCHEMA sx CASCADE;
