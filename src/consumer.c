@@ -622,12 +622,7 @@ consumer_nack_error_arg(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("error must not be empty")));
-	if (strlen(error) > dlq_max_payload_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("error text is too large"),
-				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
-						   (int) strlen(error), dlq_max_payload_bytes)));
+	dlq_check_payload_size("error text", strlen(error));
 	return error;
 }
 

@@ -134,6 +134,7 @@ extern Oid	dlq_messages_relid(void);
 extern char *dlq_check_name(const char *what, text *value, bool allow_null);
 extern char *dlq_check_channel(text *value);
 extern void dlq_check_size(const char *what, const struct varlena *value);
+extern void dlq_check_payload_size(const char *what, Size bytes);
 extern Interval *dlq_check_interval(FunctionCallInfo fcinfo, int argno, const char *what,
 									bool allow_zero, int max_years);
 extern void dlq_check_not_null(FunctionCallInfo fcinfo, int argno, const char *what);

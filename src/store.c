@@ -218,12 +218,7 @@ dlq_store(PG_FUNCTION_ARGS)
 
 	dlq_check_not_null(fcinfo, 1, "payload");
 	args.payload = PG_GETARG_JSONB_P(1);
-	if (VARSIZE(args.payload) > dlq_max_payload_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("payload is too large"),
-				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
-						   (int) VARSIZE(args.payload), dlq_max_payload_bytes)));
+	dlq_check_payload_size("payload", VARSIZE(args.payload));
 
 	dlq_check_not_null(fcinfo, 2, "error");
 	args.error = text_to_cstring(PG_GETARG_TEXT_PP(2));
@@ -232,12 +227,7 @@ dlq_store(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("error must not be empty"),
 				 errhint("Pass the message of the failure that sent this message to the DLQ.")));
-	if (strlen(args.error) > dlq_max_payload_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("error text is too large"),
-				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
-						   (int) strlen(args.error), dlq_max_payload_bytes)));
+	dlq_check_payload_size("error text", strlen(args.error));
 
 	args.component = dlq_check_name("component",
 									PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3), true);

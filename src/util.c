@@ -276,6 +276,21 @@ dlq_check_channel(text *value)
 }
 
 /*
+ * A payload or error text against dlq.max_payload_bytes: the other limit on
+ * sizes, set by a superuser (dlq_store, dlq_nack).
+ */
+void
+dlq_check_payload_size(const char *what, Size bytes)
+{
+	if (bytes > (Size) dlq_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too large", what),
+				 errdetail("It is %d bytes; dlq.max_payload_bytes is %d.",
+						   (int) bytes, dlq_max_payload_bytes)));
+}
+
+/*
  * Validate a text or jsonb argument that dlq keeps (metadata, error_detail,
  * a note): at most DLQ_MAX_TEXT_ARG_BYTES, else 54000 like every other size
  * limit of dlq.  NULL passes.  jsonb is measured in its binary form, which
