@@ -167,6 +167,8 @@ SELECT count(*) AS claimed FROM dlq_claim('lim_q', 10, '1 year');
 SELECT dlq_test.lim(format($$SELECT dlq_nack(%s, 'e', retry_in => '100000000 years')$$, :lim_id));
 SELECT dlq_test.lim(format($$SELECT dlq_nack(%s, 'e', retry_in => '367 days')$$, :lim_id));
 SELECT dlq_test.lim(format($$SELECT dlq_nack(%s, 'e', retry_in => '-1 s')$$, :lim_id));
+-- dlq_nack(error): the same dlq.max_payload_bytes limit as dlq_store's error text
+SELECT dlq_test.lim(format($$SELECT dlq_nack(%s, repeat('e', 1048577))$$, :lim_id));
 SELECT dlq_nack(:lim_id, 'e', retry_in => '1 year') AS nacked;
 SELECT status, next_retry_at > now() + interval '364 days' AS a_year_away
   FROM dlq.messages WHERE message_id = :lim_id;
