@@ -148,7 +148,7 @@ like($err, qr/permission denied for function slot_empty/, '... nor dlq.slot_empt
 sql(q{
     SELECT dlq_configure('soak', require_listener => false, resolved_retention => '0');
     ALTER SYSTEM SET dlq.partition_interval = '1s';
-    ALTER SYSTEM RESET dlq.databases;
+    ALTER SYSTEM SET dlq.databases = '';
     SELECT pg_reload_conf();
 });
 ok($node->poll_query_until('postgres', q{
@@ -164,10 +164,12 @@ BEGIN
         COMMIT;
         PERFORM dlq_reprocess_all('soak', max_messages => 40);
         COMMIT;
-        PERFORM dlq_ack(ARRAY(SELECT message_id FROM dlq_claim('soak', 30)));
+        PERFORM dlq_ack(ids) FROM (SELECT ARRAY(SELECT message_id FROM dlq_claim('soak', 30)) ids) c
+          WHERE cardinality(ids) > 0;
         COMMIT;
-        PERFORM dlq_resolve(ARRAY(SELECT message_id FROM dlq.messages
-                                   WHERE queue = 'soak' AND status = 'replaying' LIMIT 5));
+        PERFORM dlq_resolve(ids) FROM (SELECT ARRAY(SELECT message_id FROM dlq.messages
+                                                     WHERE queue = 'soak' AND status = 'replaying' LIMIT 5) ids) r
+          WHERE cardinality(ids) > 0;
         COMMIT;
         PERFORM pg_sleep(0.05);
     END LOOP;
@@ -183,8 +185,7 @@ for my $c (1 .. 2)
 for my $x (@h)
 {
 	my ($h, $o, $e) = @$x;
-	$h->finish;
-	is($h->result, 0, 'a load client finished without error') or diag($$e);
+	ok($h->finish, 'a load client finished without error') or diag($$e);
 }
 ok($node->poll_query_until('postgres', q{
     SELECT count(*) > 0 FROM dlq.events WHERE kind = 'purged' AND queue = 'soak' AND actor = 'dlq worker'}),
