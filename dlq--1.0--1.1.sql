@@ -351,6 +351,12 @@ DECLARE
     moved bigint := 0;
     rotated boolean := false;
 BEGIN
+    /* Most rounds have nothing to do: then no lock, no transaction id. */
+    IF NOT EXISTS (SELECT 1 FROM dlq.slots r
+                    WHERE (r.state = 'closed' AND (r.check_after IS NULL OR r.check_after <= now()))
+                       OR (r.state = 'current' AND r.opened_at <= now() - period)) THEN
+        RETURN jsonb_build_object('rotated', false, 'emptied', 0, 'purged', 0, 'moved', 0);
+    END IF;
     SELECT * INTO cur FROM dlq.slots WHERE state = 'current' FOR UPDATE;
     FOR s IN SELECT * FROM dlq.slots
               WHERE state = 'closed' AND (check_after IS NULL OR check_after <= now())
