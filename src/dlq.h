@@ -276,7 +276,7 @@ extern char *dlq_worker_role;
  * sleeps cost_delay after every cost_limit messages it handles.
  */
 #define DLQ_WORKER_COST_LIMIT_DEFAULT 1000
-#define DLQ_WORKER_COST_DELAY_DEFAULT 20
+#define DLQ_WORKER_COST_DELAY_DEFAULT 500
 extern int	dlq_worker_cost_limit;
 extern int	dlq_worker_cost_delay;
 

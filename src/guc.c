@@ -211,7 +211,7 @@ dlq_define_worker_gucs(void)
 							"Time the dlq background worker sleeps when it has used up dlq.worker_cost_limit.",
 							"0 turns the throttle off.",
 							&dlq_worker_cost_delay,
-							DLQ_WORKER_COST_DELAY_DEFAULT, 0, 1000,
+							DLQ_WORKER_COST_DELAY_DEFAULT, 0, 10000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 }

@@ -1055,6 +1055,7 @@ worker_throttle(int64 cost)
 						 worker_get_wait_event("DlqWorkerMain"));
 		ResetLatch(MyLatch);
 		worker_interrupts();
+		worker_leave_if_claimed();
 		if (!worker_throttled())
 			break;
 		msec = Min(msec, 4 * (int64) dlq_worker_cost_delay);
@@ -1066,8 +1067,6 @@ worker_throttle(int64 cost)
 	worker_slot->throttle_sleep_us += Max(slept, 0);
 	worker_slot->last_heartbeat = GetCurrentTimestamp();
 	LWLockRelease(dlq_shared->lock);
-
-	worker_leave_if_claimed();
 }
 
 /*

@@ -36,14 +36,14 @@ $plain->init;
 $plain->append_conf('postgresql.conf', "shared_preload_libraries = 'dlq'\n");
 $plain->start;
 is($plain->safe_psql('postgres', 'SHOW dlq.worker_cost_limit'), '1000', 'dlq.worker_cost_limit defaults to 1000');
-is($plain->safe_psql('postgres', 'SHOW dlq.worker_cost_delay'), '20ms', 'dlq.worker_cost_delay defaults to 20ms');
+is($plain->safe_psql('postgres', 'SHOW dlq.worker_cost_delay'), '500ms', 'dlq.worker_cost_delay defaults to 500ms');
 $plain->stop;
 
 my ($ret, $out, $err);
 for my $bad (['dlq.worker_cost_limit', '-1', '0 .. 1000000'],
 	['dlq.worker_cost_limit', '1000001', '0 .. 1000000'],
-	['dlq.worker_cost_delay', '-1', '0 .. 1000'],
-	['dlq.worker_cost_delay', '1001', '0 .. 1000'])
+	['dlq.worker_cost_delay', '-1', '0 .. 10000'],
+	['dlq.worker_cost_delay', '10001', '0 .. 10000'])
 {
 	my ($name, $value, $range) = @$bad;
 	($ret, $out, $err) = $node->psql('postgres', "ALTER SYSTEM SET $name = $value");
