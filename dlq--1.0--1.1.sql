@@ -816,6 +816,48 @@ CREATE EVENT TRIGGER dlq_drop_guard ON ddl_command_start
 COMMENT ON EVENT TRIGGER dlq_drop_guard IS
     'keeps DROP EXTENSION dlq from deleting messages unless dlq.drop_discards_messages is on';
 
+/* ---- Worker throttle and progress ---- */
+
+/*
+ * dlq.worker_status() gains, at the end, the progress of the round under
+ * way (like pg_stat_progress_vacuum) and the time the worker slept for its
+ * cost limit (dlq.worker_cost_limit, dlq.worker_cost_delay; src/worker.c).
+ * Its columns change, so it is dropped and created again: no view or
+ * function of the extension uses it.  The library returns 1.0's columns to
+ * a 1.0 schema.
+ */
+DROP FUNCTION dlq.worker_status();
+CREATE FUNCTION dlq.worker_status(
+    OUT pid integer,
+    OUT running boolean,
+    OUT started_at timestamptz,
+    OUT last_round_start timestamptz,
+    OUT last_heartbeat timestamptz,
+    OUT rounds bigint,
+    OUT last_expired bigint,
+    OUT last_purged bigint,
+    OUT last_events_purged bigint,
+    OUT last_recovered bigint,
+    OUT last_retried bigint,
+    OUT last_alerts bigint,
+    OUT errors bigint,
+    OUT last_error_at timestamptz,
+    OUT last_error text,
+    OUT step text,
+    OUT step_queue text,
+    OUT step_started_at timestamptz,
+    OUT step_done bigint,
+    OUT throttled boolean,
+    OUT throttle_sleep interval,
+    OUT last_throttle_sleep interval)
+RETURNS record
+LANGUAGE c VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'dlq_worker_status';
+COMMENT ON FUNCTION dlq.worker_status() IS
+    'the background worker of this database: pid, heartbeat, what its last round did, errors, the step under way (step, step_queue, step_started_at, step_done; NULL between rounds) and its throttle sleep (throttled now, this round, the last round); NULL when it has never run here';
+REVOKE ALL ON FUNCTION dlq.worker_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dlq.worker_status() TO dlq_reader;
+
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */
 DO $grants$
 DECLARE

@@ -300,6 +300,15 @@ extern int	dlq_partition_interval;
 extern char *dlq_databases;
 extern char *dlq_worker_role;
 
+/*
+ * The worker's throttle (dlq.worker_cost_limit, dlq.worker_cost_delay): it
+ * sleeps cost_delay after every cost_limit messages it handles.
+ */
+#define DLQ_WORKER_COST_LIMIT_DEFAULT 1000
+#define DLQ_WORKER_COST_DELAY_DEFAULT 500
+extern int	dlq_worker_cost_limit;
+extern int	dlq_worker_cost_delay;
+
 extern void dlq_define_worker_gucs(void);
 extern void dlq_register_launcher(void);
 
