@@ -930,6 +930,8 @@ worker_step_name(DlqPlanId id)
 		case DLQ_PLAN_RETRY_AUDIT:
 		case DLQ_PLAN_RETRY_DEFER:
 			return "retry";
+		case DLQ_PLAN_ROTATE:
+			return "rotate";
 		case DLQ_PLAN_PURGE:
 			return "purge";
 		case DLQ_PLAN_PURGE_EVENTS:
