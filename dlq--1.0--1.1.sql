@@ -236,6 +236,25 @@ CREATE TRIGGER messages_count_delete AFTER DELETE ON dlq.messages
 CREATE TRIGGER messages_count_truncate AFTER TRUNCATE ON dlq.messages
     FOR EACH STATEMENT EXECUTE FUNCTION dlq.count_messages();
 
+/* Messages in a slot of the ring are counted in that slot's shards (src/counts.c). */
+CREATE OR REPLACE FUNCTION dlq.recount() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    total bigint;
+BEGIN
+    LOCK TABLE dlq.messages IN SHARE MODE;
+    DELETE FROM dlq.counts;
+    INSERT INTO dlq.counts (queue, status, shard, n, last_failed_at)
+        SELECT m.queue, m.status, CASE WHEN m.slot > 0 THEN -(m.slot * 64 + 1) ELSE 0 END,
+               count(*), max(m.last_failed_at)
+          FROM dlq.messages m GROUP BY 1, 2, 3;
+    SELECT coalesce(sum(c.n), 0) INTO total FROM dlq.counts c;
+    RETURN total;
+END
+$$;
+
 /* The API's row type keeps 1.0's columns. */
 CREATE OR REPLACE VIEW dlq.message AS
     SELECT message_id, queue, component, status, payload, error, sqlstate, error_class,
@@ -250,14 +269,41 @@ REVOKE ALL ON dlq.messages_live FROM PUBLIC, dlq_reader;
 GRANT SELECT ON dlq.messages, dlq.slots TO dlq_reader;
 
 /*
+ * What a slot of the ring holds, by queue and state, as dlq.counts has it
+ * (the slot's own shards, src/counts.c: no scan of the partition), and
+ * whether each queue's messages there are all past its resolved_retention.
+ * A message entered the slot before the slot closed (closed_at), give or
+ * take the commit of the rotation: one second is allowed for that.  A
+ * queue no longer in dlq.queues counts as due; a slot without closed_at
+ * (restored, say) as not due.
+ */
+CREATE FUNCTION dlq.slot_contents(slot integer, closed_at timestamptz)
+RETURNS TABLE (queue text, status dlq.status, n bigint, due boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.queue, c.status, sum(c.n)::bigint,
+           coalesce(slot_contents.closed_at + max(q.resolved_retention) + interval '1 second' <= now(),
+                    slot_contents.closed_at IS NOT NULL AND bool_and(q.queue IS NULL))
+      FROM dlq.counts c LEFT JOIN dlq.queues q ON q.queue = c.queue
+     WHERE c.shard BETWEEN -(slot_contents.slot * 64 + 64) AND -(slot_contents.slot * 64 + 1)
+     GROUP BY c.queue, c.status
+    HAVING sum(c.n) <> 0
+$$;
+COMMENT ON FUNCTION dlq.slot_contents(integer, timestamptz) IS
+    'messages of a slot of the ring per queue and state, from dlq.counts, and whether they are all past retention';
+
+/*
  * Empty one closed slot of the ring: under an ACCESS EXCLUSIVE lock on its
  * partition (taken within lock_wait, else nothing is done and NULL
- * returned), move the messages not yet past their queue's
- * resolved_retention into the slot dest, take the others off dlq.counts,
- * audit them as purged per queue (naming them when at most 100, as 1.0 did
- * per batch), and TRUNCATE the partition.  Returns {"purged": n, "moved": n}.  The lock makes it exact: a transaction
- * closing a message into this slot has committed before (and its message
- * is seen) or waits and lands in an emptied slot (and is kept).
+ * returned), move the messages of queues not yet due that are still within
+ * their resolved_retention into the slot dest, audit the others as purged
+ * per queue (naming them when at most 100, as 1.0 did per batch), take
+ * them off dlq.counts and TRUNCATE the partition.  Nothing scans the
+ * partition but the move, which reads only the queues not yet due.
+ * Returns {"purged": n, "moved": n}.  The lock makes it exact: a
+ * transaction closing a message into this slot has committed before (its
+ * message and its counts are seen) or waits and lands in an emptied slot.
  */
 CREATE FUNCTION dlq.slot_empty(slot integer, dest integer, actor text, lock_wait interval)
 RETURNS jsonb
@@ -267,7 +313,7 @@ AS $$
 DECLARE
     saved_timeout text := current_setting('lock_timeout');
     s dlq.slots;
-    moved bigint;
+    moved jsonb;
     purged bigint;
 BEGIN
     SELECT * INTO s FROM dlq.slots r WHERE r.slot = slot_empty.slot;
@@ -290,19 +336,25 @@ BEGIN
         RETURN NULL;
     END;
 
-    UPDATE dlq.messages m SET slot = dest
-      FROM dlq.queues q
-     WHERE m.slot = s.slot AND q.queue = m.queue
-       AND m.resolved_at > now() - q.resolved_retention;
-    GET DIAGNOSTICS moved = ROW_COUNT;
+    WITH m AS (
+        UPDATE dlq.messages m SET slot = dest
+          FROM dlq.queues q
+         WHERE m.slot = s.slot AND q.queue = m.queue
+           AND m.queue IN (SELECT c.queue FROM dlq.slot_contents(s.slot, s.closed_at) c WHERE NOT c.due)
+           AND m.resolved_at > now() - q.resolved_retention
+        RETURNING m.queue, m.status
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_object('queue', x.queue, 'status', x.status, 'n', x.n)), '[]')
+      INTO moved
+      FROM (SELECT m.queue, m.status, count(*) AS n FROM m GROUP BY 1, 2) x;
 
+    /* dlq.counts does not have the moves yet: they are written at commit. */
     EXECUTE format($gone$
         WITH gone AS (
-            SELECT m.queue, m.status, count(*) AS n FROM %1$s m GROUP BY m.queue, m.status
-        ), uncount AS (
-            INSERT INTO dlq.counts AS c (queue, status, shard, n)
-            SELECT gone.queue, gone.status, 0, -gone.n FROM gone
-                ON CONFLICT (queue, status, shard) DO UPDATE SET n = c.n + excluded.n
+            SELECT c.queue, c.status, c.n - coalesce(mv.n, 0) AS n
+              FROM dlq.slot_contents($3, $4) c
+              LEFT JOIN jsonb_to_recordset($5) AS mv(queue text, status dlq.status, n bigint)
+                USING (queue, status)
         ), audit AS (
             INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
             SELECT $1, 'purged', gone.queue, sum(gone.n),
@@ -311,12 +363,23 @@ BEGIN
                    jsonb_build_object('resolved', coalesce(sum(gone.n) FILTER (WHERE gone.status = 'resolved'), 0),
                                       'expired', coalesce(sum(gone.n) FILTER (WHERE gone.status = 'expired'), 0),
                                       'partition', $2)
-              FROM gone GROUP BY gone.queue
+              FROM gone GROUP BY gone.queue HAVING sum(gone.n) > 0
         )
         SELECT coalesce(sum(gone.n), 0) FROM gone$gone$, s.partition)
-    INTO purged USING actor, s.partition::text;
+    INTO purged USING actor, s.partition::text, s.slot, s.closed_at, moved;
+
+    /*
+     * The slot's counts go; the moved messages' own -n for this slot comes
+     * at commit, so +n stands in for them until then.
+     */
+    DELETE FROM dlq.counts c WHERE c.shard BETWEEN -(s.slot * 64 + 64) AND -(s.slot * 64 + 1);
+    INSERT INTO dlq.counts (queue, status, shard, n)
+    SELECT mv.queue, mv.status, -(s.slot * 64 + 1), mv.n
+      FROM jsonb_to_recordset(moved) AS mv(queue text, status dlq.status, n bigint);
     EXECUTE format('TRUNCATE %s', s.partition);
-    RETURN jsonb_build_object('purged', purged, 'moved', moved);
+    RETURN jsonb_build_object('purged', purged,
+                              'moved', (SELECT coalesce(sum((e ->> 'n')::bigint), 0)
+                                          FROM jsonb_array_elements(moved) e));
 END
 $$;
 COMMENT ON FUNCTION dlq.slot_empty(integer, integer, text, interval) IS
@@ -325,12 +388,13 @@ COMMENT ON FUNCTION dlq.slot_empty(integer, integer, text, interval) IS
 /*
  * One turn of the ring, run by the worker every round:
  *  - a closed slot is emptied once emptying it purges at least as many
- *    messages as it keeps (moves), so that purging never costs more row
+ *    messages as it may keep (move), so that purging never costs more row
  *    writes than it removes; when not, it is looked at again after every;
  *  - the current slot, once older than every, is closed and the next slot
  *    of the ring becomes current; when that one still holds messages it is
  *    emptied first, its messages not yet due moving into the closing slot.
- * Returns {"rotated": bool, "emptied": slots, "purged": n, "moved": n}.
+ * Both read dlq.counts, never the partitions.  Returns {"rotated": bool,
+ * "emptied": slots, "purged": n, "moved": n}.
  */
 CREATE FUNCTION dlq.worker_rotate(actor text DEFAULT current_user, every interval DEFAULT NULL,
                                   lock_wait interval DEFAULT '100ms')
@@ -361,15 +425,9 @@ BEGIN
     FOR s IN SELECT * FROM dlq.slots
               WHERE state = 'closed' AND (check_after IS NULL OR check_after <= now())
               ORDER BY closed_at FOR UPDATE LOOP
-        EXECUTE format('SELECT count(*) FILTER (WHERE m.resolved_at > now() - q.resolved_retention), count(*)'
-                       '  FROM %s m LEFT JOIN dlq.queues q ON q.queue = m.queue', s.partition)
-           INTO kept, total;
-        IF total = 0 THEN
-            /* nothing to empty; a late closer's message would leave by its own resolved_at */
-            UPDATE dlq.slots SET state = 'empty', opened_at = NULL, closed_at = NULL, check_after = NULL
-             WHERE slot = s.slot;
-            CONTINUE;
-        ELSIF kept > total - kept THEN
+        SELECT coalesce(sum(c.n) FILTER (WHERE NOT c.due), 0), coalesce(sum(c.n), 0)
+          INTO kept, total FROM dlq.slot_contents(s.slot, s.closed_at) c;
+        IF kept > total - kept THEN
             UPDATE dlq.slots SET check_after = now() + period WHERE slot = s.slot;
             CONTINUE;
         END IF;
@@ -377,7 +435,9 @@ BEGIN
         CONTINUE WHEN done IS NULL;
         UPDATE dlq.slots SET state = 'empty', opened_at = NULL, closed_at = NULL, check_after = NULL
          WHERE slot = s.slot;
-        emptied := emptied + 1;
+        IF total > 0 THEN
+            emptied := emptied + 1;
+        END IF;
         purged := purged + (done ->> 'purged')::bigint;
         moved := moved + (done ->> 'moved')::bigint;
     END LOOP;
@@ -394,7 +454,9 @@ BEGIN
             END IF;
         END IF;
         IF nxt.state = 'empty' THEN
-            UPDATE dlq.slots SET state = 'closed', closed_at = now(), check_after = NULL WHERE slot = cur.slot;
+            /* clock_timestamp: the slot closes now, not when this transaction began */
+            UPDATE dlq.slots SET state = 'closed', closed_at = clock_timestamp(), check_after = NULL
+             WHERE slot = cur.slot;
             UPDATE dlq.slots SET state = 'current', opened_at = now(), closed_at = NULL, check_after = NULL
              WHERE slot = nxt.slot;
             rotated := true;

@@ -15,6 +15,11 @@
  *	  etl_status then reads one small row per state and writing backend of
  *	  each queue, and writes nothing, so it also runs on a hot standby.
  *
+ *	  A message in a slot of the ring of closed messages (dlq.messages.slot
+ *	  > 0, 1.1) is counted in shards of its own, DLQ_SLOT_SHARD: emptying
+ *	  the slot (dlq.slot_empty) then reads what it removes from dlq.counts
+ *	  instead of scanning the partition, and takes those rows away.
+ *
  *	  The statement trigger only adds each statement's net change per
  *	  (queue, state) to a list in backend memory, tagged with the
  *	  subtransaction nesting level; a subtransaction's entries are dropped
@@ -49,7 +54,6 @@
 
 #include "dlq.h"
 
-#define COUNT_SHARDS 64
 
 static SPIPlanPtr count_plan = NULL;
 static SPIPlanPtr count_insert_plan = NULL;
@@ -60,6 +64,7 @@ typedef struct CountDelta
 {
 	char		queue[DLQ_MAX_NAME_BYTES + 1];
 	Oid			status;			/* enum label OID */
+	int			slot;			/* dlq.messages.slot, 0 for open messages */
 	int			level;			/* subtransaction nesting level */
 	int64		n;
 	bool		has_new_last;
@@ -85,22 +90,22 @@ static int
 counts_shard(void)
 {
 #if PG_VERSION_NUM >= 170000
-	return MyProcNumber % COUNT_SHARDS;
+	return MyProcNumber % DLQ_COUNT_SHARDS;
 #else
-	return MyBackendId % COUNT_SHARDS;
+	return MyBackendId % DLQ_COUNT_SHARDS;
 #endif
 }
 
-/* The entry for (queue, status, level), created if absent. */
+/* The entry for (queue, status, slot, level), created if absent. */
 static CountDelta *
-counts_entry(const char *queue, int queuelen, Oid status, int level)
+counts_entry(const char *queue, int queuelen, Oid status, int slot, int level)
 {
 	CountDelta *d;
 
 	for (int i = 0; i < npending_counts; i++)
 	{
 		d = &pending_counts[i];
-		if (d->status == status && d->level == level &&
+		if (d->status == status && d->slot == slot && d->level == level &&
 			strncmp(d->queue, queue, queuelen) == 0 && d->queue[queuelen] == '\0')
 			return d;
 	}
@@ -117,6 +122,7 @@ counts_entry(const char *queue, int queuelen, Oid status, int level)
 	memset(d, 0, sizeof(CountDelta));
 	memcpy(d->queue, queue, Min(queuelen, DLQ_MAX_NAME_BYTES));
 	d->status = status;
+	d->slot = slot;
 	d->level = level;
 	return d;
 }
@@ -144,32 +150,34 @@ counts_merge(CountDelta *into, const CountDelta *from)
 static void
 counts_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
 {
-	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	TupleTableSlot *tts = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 	int			queue_att = SPI_fnumber(desc, "queue");
 	int			status_att = SPI_fnumber(desc, "status");
 	int			failed_att = SPI_fnumber(desc, "last_failed_at");
+	int			slot_att = SPI_fnumber(desc, "slot");	/* none in 1.0 */
 	int			last = -1;
 
 	if (queue_att <= 0 || status_att <= 0 || failed_att <= 0)
 		elog(ERROR, "dlq.messages lacks queue, status or last_failed_at");
 
 	tuplestore_rescan(rows);
-	while (tuplestore_gettupleslot(rows, true, false, slot))
+	while (tuplestore_gettupleslot(rows, true, false, tts))
 	{
 		bool		isnull;
-		text	   *queue = DatumGetTextPP(slot_getattr(slot, queue_att, &isnull));
-		Oid			status = DatumGetObjectId(slot_getattr(slot, status_att, &isnull));
-		Datum		failed = slot_getattr(slot, failed_att, &isnull);
+		text	   *queue = DatumGetTextPP(slot_getattr(tts, queue_att, &isnull));
+		Oid			status = DatumGetObjectId(slot_getattr(tts, status_att, &isnull));
+		Datum		failed = slot_getattr(tts, failed_att, &isnull);
 		TimestampTz ts = isnull ? DT_NOBEGIN : DatumGetTimestampTz(failed);
+		int			slot = slot_att > 0 ? DatumGetInt32(slot_getattr(tts, slot_att, &isnull)) : 0;
 		int			len = VARSIZE_ANY_EXHDR(queue);
 		CountDelta *d;
 
 		/* Bulk statements mostly touch one queue and state: try the last. */
 		d = last >= 0 ? &pending_counts[last] : NULL;
-		if (d == NULL || d->status != status ||
+		if (d == NULL || d->status != status || d->slot != slot ||
 			strncmp(d->queue, VARDATA_ANY(queue), len) != 0 || d->queue[len] != '\0')
 		{
-			d = counts_entry(VARDATA_ANY(queue), len, status, level);
+			d = counts_entry(VARDATA_ANY(queue), len, status, slot, level);
 			last = d - pending_counts;
 		}
 		d->n += sign;
@@ -184,7 +192,7 @@ counts_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
 			d->old_last = ts;
 		}
 	}
-	ExecDropSingleTupleTableSlot(slot);
+	ExecDropSingleTupleTableSlot(tts);
 }
 
 /*
@@ -203,6 +211,7 @@ counts_fold_levels(void)
 
 		for (j = 0; j < n; j++)
 			if (pending_counts[j].status == d->status &&
+				pending_counts[j].slot == d->slot &&
 				strcmp(pending_counts[j].queue, d->queue) == 0)
 				break;
 		if (j < n)
@@ -296,7 +305,9 @@ counts_flush(void)
 			continue;
 		values[0] = CStringGetTextDatum(d->queue);
 		values[1] = ObjectIdGetDatum(d->status);
-		values[2] = Int16GetDatum((int16) counts_shard());
+		values[2] = Int16GetDatum((int16) (d->slot > 0 ?
+											DLQ_SLOT_SHARD(d->slot, counts_shard()) :
+											counts_shard()));
 		values[3] = Int64GetDatum(d->n);
 		if (newer && d->new_last != DT_NOBEGIN)
 			values[4] = TimestampTzGetDatum(d->new_last);
@@ -368,7 +379,8 @@ counts_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				/* counts_entry may grow the array: take the entry out first. */
 				pending_counts[i] = pending_counts[--npending_counts];
 				i--;
-				into = counts_entry(moved.queue, strlen(moved.queue), moved.status, level - 1);
+				into = counts_entry(moved.queue, strlen(moved.queue), moved.status,
+									moved.slot, level - 1);
 				counts_merge(into, &moved);
 			}
 		}

@@ -94,6 +94,15 @@
 	"(SELECT cs.slot FROM dlq.slots cs WHERE cs.state = 'current')"
 #define DLQ_SET_CLOSING_SLOT "[[, slot = " DLQ_CLOSING_SLOT "]]"
 #define DLQ_DEDUP_INDEX		"messages_live_dedup"
+
+/*
+ * dlq.counts shards (counts.c): a writer's backend id modulo
+ * DLQ_COUNT_SHARDS, and for messages in a closed slot the negative shards
+ * of that slot, -(slot * 64 + 1) down to -(slot * 64 + 64), which
+ * dlq.slot_empty reads and removes (dlq--1.0--1.1.sql).
+ */
+#define DLQ_COUNT_SHARDS	64
+#define DLQ_SLOT_SHARD(slot, shard) (-((slot) * DLQ_COUNT_SHARDS + (shard)) - 1)
 #define DLQ_DEDUP_INDEX_1_0	"messages_dedup"
 
 /* The columns of dlq.message, the API's row type, from dlq.messages m. */

@@ -80,6 +80,8 @@ is(sql(q{SELECT dlq.worker_rotate('tester', every => '0')}),
 	'rotating closes slot 1; slot 2 is current');
 is(sql(q{SELECT string_agg(slot || ':' || state, ' ' ORDER BY slot) FROM dlq.slots}),
 	'1:closed 2:current 3:empty 4:empty 5:empty 6:empty 7:empty 8:empty', '... as dlq.slots says');
+# A slot's messages count as due one second after it closed (dlq.slot_contents).
+sql(q{SELECT pg_sleep(1.1)});
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '1 day')}),
 	'{"moved": 5, "purged": 6, "emptied": 1, "rotated": false}',
 	'slot 1: 6 due messages purged, the 5 of the 7-day queue moved to the current slot');
@@ -116,6 +118,7 @@ ok(counts_exact(), 'dlq.counts equals count(*)');
 
 # --- a slot in use is not waited for: the next round tries again -------------
 sql(q{UPDATE dlq.queues SET resolved_retention = '0' WHERE queue = 'long'});
+sql(q{SELECT pg_sleep(1.1)});
 my $reader = $node->background_psql('postgres');
 $reader->query_safe(q{BEGIN; SELECT count(*) FROM dlq.messages_closed_1});
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '1 day')}),
