@@ -201,6 +201,19 @@ if want handback; then
     rm -f "$BENCH_DIR"/storage_subject_parts "$BENCH_DIR"/storage_baseline_parts "$BENCH_DIR"/storage_bytes_*
     figures=$(bench_alternate "$rounds" subject baseline) || exit 1
     read -r subj base all <<<"$figures"
+    # A second baseline: the three state changes as three whole-queue
+    # UPDATEs, no batches and no commit in between.
+    bulk=()
+    for ((i = 0; i < rounds; i++)); do
+        bench_psql -c "TRUNCATE bench_storage.minimal" >/dev/null
+        storage_minimal_store bench_storage.minimal "$q" "$rows" >/dev/null
+        bench_psql -c "VACUUM ANALYZE bench_storage.minimal" >/dev/null
+        start=$(bench_now_ms)
+        storage_minimal_bulk bench_storage.minimal "$q"
+        bulk+=("$(rate "$(bench_elapsed_ms "$start")")")
+    done
+    bulk_med=$(bench_median "${bulk[@]}")
+    # shellcheck disable=SC2046
     med_col() { bench_median $(awk -v c="$2" '{ print $c }' "$1"); }
     s_rep=$(med_col "$BENCH_DIR/storage_subject_parts" 1) s_ca=$(med_col "$BENCH_DIR/storage_subject_parts" 2)
     b_rep=$(med_col "$BENCH_DIR/storage_baseline_parts" 1) b_ca=$(med_col "$BENCH_DIR/storage_baseline_parts" 2)
@@ -208,6 +221,7 @@ if want handback; then
     echo "  dlq_reprocess_all alone $(storage_int "$s_rep") msg/s vs UPDATE -> replaying $(storage_int "$b_rep") msg/s;" \
         "claim+ack $(storage_int "$s_ca") msg/s vs claim+resolve UPDATEs $(storage_int "$b_ca") msg/s"
     echo "  runs (dlq, UPDATEs, ...): $all"
+    echo "  three whole-queue UPDATEs: $(storage_int "$bulk_med") msg/s (runs ${bulk[*]}); ratio $(bench_ratio "$subj" "$bulk_med")"
     bench_report "### Hand-back and consume of $rows messages" "" \
         "\`dlq_reprocess_all\` (queue with require_listener = false, no replay target), then one consumer" \
         "\`dlq_claim\`s 1000 at a time and \`dlq_ack\`s them, a commit per batch; baseline: the same state changes" \
@@ -219,7 +233,8 @@ if want handback; then
         "| whole hand-back and consume | $(storage_int "$subj") | $(storage_int "$base") | $(bench_ratio "$subj" "$base") |" \
         "| reprocess_all / UPDATE -> replaying | $(storage_int "$s_rep") | $(storage_int "$b_rep") | $(bench_ratio "$s_rep" "$b_rep") |" \
         "| claim + ack / claim + resolve UPDATEs | $(storage_int "$s_ca") | $(storage_int "$b_ca") | $(bench_ratio "$s_ca" "$b_ca") |" \
-        "" "Runs (dlq, UPDATEs, ...): $all" ""
+        "| whole, vs three whole-queue UPDATEs (no batches) | $(storage_int "$subj") | $(storage_int "$bulk_med") | $(bench_ratio "$subj" "$bulk_med") |" \
+        "" "Runs (dlq, UPDATEs, ...): $all; three whole-queue UPDATEs: ${bulk[*]}" ""
 
     # Bytes per message after the first round's cycle.
     read -r bm be <<<"$(sed -n 1p "$BENCH_DIR/storage_bytes_subject")"
@@ -241,15 +256,13 @@ fi
 
 # ---------------------------------------------------------------- purge --
 if want purge; then
-    n=$(bench_scaled "${BENCH_PURGE_ROWS:-300000}" 1000)
+    n=$(bench_scaled "${BENCH_PURGE_ROWS:-200000}" 1000)
     secs=$(bench_seconds "${BENCH_PURGE_SECONDS:-6}")
     batch=$(bench_psql -c "SHOW dlq.batch_size")
     qa=bench_storage_purge_a qb=bench_storage_purge_b qs=bench_storage_purge_store
     has_rotate=$(storage_has_function dlq.worker_rotate)
     echo "purge: $n messages; dlq.batch_size $batch; dlq.worker_rotate: $([ "$has_rotate" = 1 ] && echo yes || echo no)"
     storage_worker_out
-    interval_note=$(storage_set_interval 1)
-    echo "$interval_note"
     bench_psql -c "TRUNCATE dlq.messages, dlq.events" >/dev/null
     bench_psql <<SQL >/dev/null
 SELECT dlq_configure('$qa', retention => '1 second', resolved_retention => '0', require_listener => false);
@@ -274,7 +287,11 @@ SQL
     expire_ms=$(bench_elapsed_ms "$start")
     expired=$(storage_count "$qa" expired)
     [ "$expired" = "$n" ] || { echo "expired $expired of $n" >&2; exit 1; }
-    # Let the current closed partition age past dlq.partition_interval.
+    # Only now a short dlq.partition_interval (a ring turning every second
+    # while messages wait for a 7-day retention would move them round it):
+    # the current closed partition ages past it.
+    interval_note=$(storage_set_interval 1)
+    echo "$interval_note"
     [ "$has_rotate" = 1 ] && sleep 1.2
     bench_psql -c "CHECKPOINT" >/dev/null
     start=$(bench_now_ms)
@@ -293,7 +310,7 @@ BEGIN
         calls := calls + 1;
         COMMIT;
         EXIT WHEN (SELECT coalesce(sum(resolved + expired), 0) FROM etl_status('$qa')) = 0 OR calls >= 200;
-        IF (r ->> 'retired')::int = 0 AND (r ->> 'rotated')::boolean IS NOT TRUE THEN
+        IF coalesce((r ->> 'purged')::bigint, 0) = 0 AND (r ->> 'rotated')::boolean IS NOT TRUE THEN
             PERFORM pg_sleep(0.05);
         END IF;
     END LOOP;
@@ -322,6 +339,7 @@ SQL
     purge_ms=$(bench_elapsed_ms "$start")
     left=$(bench_psql -c "SELECT count(*) FROM dlq.message WHERE queue = '$qa'")
     [ "$left" = 0 ] || { echo "purge left $left messages" >&2; exit 1; }
+    storage_reset_interval
     expire_rate=$(awk -v n="$n" -v ms="$expire_ms" 'BEGIN { printf "%.0f", n * 1000 / (ms > 0 ? ms : 1) }')
     purge_rate=$(awk -v n="$n" -v ms="$purge_ms" 'BEGIN { printf "%.0f", n * 1000 / (ms > 0 ? ms : 1) }')
     echo "direct calls: expiry $expire_rate msg/s ($expire_ms ms), purge $purge_rate msg/s ($purge_ms ms, $how)"
@@ -366,7 +384,7 @@ EOF
     read -r tps_exp busy_exp busy_exp_s busy_exp_d <<<"$(busy_run expiry pending 0 storage_worker_in)"
     wait_count pending 0
     read -r tps_pur busy_pur busy_pur_s busy_pur_d <<<"$(busy_run purge "resolved + expired" 0 \
-        "bench_psql -c \"SELECT dlq_configure('$qb', resolved_retention => '0')\" >/dev/null")"
+        "storage_set_interval 1 >/dev/null; bench_psql -c \"SELECT dlq_configure('$qb', resolved_retention => '0')\" >/dev/null")"
     wait_count "resolved + expired" 0
     storage_worker_out
     tps_without2=$(storage_pgbench_progress "$BENCH_DIR/storage_pb1.log" "$store_sql" "$secs")
@@ -375,7 +393,7 @@ EOF
     echo "while the worker expires: $busy_exp tps over the $busy_exp_s s it was busy ($busy_exp_d s), ratio $(bench_ratio "$busy_exp" "$tps_without"); whole run $(storage_int "$tps_exp")"
     echo "while the worker purges: $busy_pur tps over the $busy_pur_s s it was busy ($busy_pur_d s), ratio $(bench_ratio "$busy_pur" "$tps_without"); whole run $(storage_int "$tps_pur")"
     bench_report "### Purge of closed messages, and dlq_store while the worker expires and purges" "" \
-        "$n messages; dlq.batch_size = $batch; $interval_note. (a) with the worker kept out (dlq.databases):" \
+        "$n messages; dlq.batch_size = $batch; $interval_note for the purges only. (a) with the worker kept out (dlq.databases):" \
         "the messages stored by \`dlq_store\` expire (retention 1 s) by \`dlq.worker_expire\` batches, then go by" \
         "$how (resolved_retention 0), each call its own transaction, timed. (b) $n more expire and are" \
         "purged by the worker itself while 4 pgbench clients call \`dlq_store\` (another queue) for $secs s; a" \

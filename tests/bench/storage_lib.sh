@@ -8,7 +8,8 @@
 # ALTER SYSTEM for dlq.databases and dlq.partition_interval (both reset on
 # exit by storage_cleanup) and TRUNCATE of dlq.messages and dlq.events.
 
-# The 100-byte payload (pg_column_size of the jsonb is 100) of message
+# The ~100-byte payload (pg_column_size of the jsonb is 98; jsonb aligns its
+# numbers, so 100 exactly is not to be had with this shape) of message
 # number EXPR, and the rest of the row every side writes.
 storage_payload() {
     echo "jsonb_build_object('order_id', $1, 'sku', 'A-1042', 'qty', 3, 'note', 'backordered:2')"
@@ -174,6 +175,15 @@ END \$\$;
 SQL
 }
 
+# storage_minimal_bulk TABLE QUEUE: the three state changes as three
+# whole-queue UPDATEs, no batches.
+storage_minimal_bulk() {
+    bench_psql -c "UPDATE $1 SET status = 'replaying' WHERE queue = '$2' AND status = 'pending'" \
+        -c "UPDATE $1 SET claimed_by = 'bench', claim_expires_at = now() + interval '10 min' WHERE queue = '$2' AND status = 'replaying'" \
+        -c "UPDATE $1 SET status = 'resolved', resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL
+             WHERE queue = '$2' AND status = 'replaying'" >/dev/null
+}
+
 # storage_count QUEUE STATUS: messages of QUEUE in STATUS per etl_status
 # (kept counts, cheap to poll).
 storage_count() {
@@ -212,6 +222,12 @@ storage_set_interval() {
         echo "dlq.partition_interval = $1 s"
     else
         echo "no dlq.partition_interval (unpartitioned dlq.messages)"
+    fi
+}
+
+storage_reset_interval() {
+    if [ "$(storage_has_guc dlq.partition_interval)" = 1 ]; then
+        bench_psql -d postgres -c "ALTER SYSTEM RESET dlq.partition_interval" -c "SELECT pg_reload_conf()" >/dev/null
     fi
 }
 
