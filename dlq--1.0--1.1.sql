@@ -61,6 +61,318 @@ AS 'MODULE_PATHNAME', 'dlq_etl_watermark';
 
 
 
+/* ---- Storage: open messages in one partition, closed ones in a ring of slots (issue 12) ---- */
+
+/*
+ * dlq.messages becomes a table partitioned by LIST on slot:
+ *
+ *   slot 0      dlq.messages_live: every open message (pending, replaying,
+ *               review); the 1.0 table itself, attached as it is.
+ *   slot 1..4   dlq.messages_closed_1..4: a ring of partitions for closed
+ *               (resolved, expired) messages.  Closing a message moves it
+ *               into the ring's current slot (UPDATE ... SET slot).
+ *
+ * The worker turns the ring (dlq.worker_rotate): every
+ * dlq.partition_interval the current slot is closed and the next one, once
+ * emptied, takes its place; a closed slot whose messages are all past their
+ * queue's resolved_retention is emptied with TRUNCATE, not DELETE, moving
+ * the few messages not yet due into the current slot first.  The ring is
+ * fixed and created here, so no DDL runs on the parent table at run time
+ * (no ACCESS EXCLUSIVE lock on dlq.messages), and dump/restore sees the
+ * same tables on both sides.  CONTRIBUTING.md, "Storage", has the figures.
+ *
+ * A unique index of a partitioned table must contain the partition key:
+ * dedup is (queue, dedup_key, slot) over open messages, which all live in
+ * slot 0, so it is exactly 1.0's (queue, dedup_key).  message_id is unique
+ * per partition (each has its primary key) and across them because rows
+ * only ever move with their id.
+ */
+
+/* The counts triggers have transition tables, which a partition cannot have: they move to the parent. */
+DROP TRIGGER messages_count_insert ON dlq.messages;
+DROP TRIGGER messages_count_update ON dlq.messages;
+DROP TRIGGER messages_count_delete ON dlq.messages;
+DROP TRIGGER messages_count_truncate ON dlq.messages;
+
+ALTER TABLE dlq.messages RENAME TO messages_live;
+COMMENT ON TABLE dlq.messages_live IS 'partition of dlq.messages holding the open (pending, replaying, review) messages';
+ALTER TABLE dlq.messages_live ADD COLUMN slot integer NOT NULL DEFAULT 0;
+ALTER INDEX dlq.messages_pkey RENAME TO messages_live_pkey;
+ALTER INDEX dlq.messages_queue_status_id RENAME TO messages_live_queue_status_id;
+ALTER INDEX dlq.messages_queue_status_component_id RENAME TO messages_live_queue_status_component_id;
+ALTER INDEX dlq.messages_status_id RENAME TO messages_live_status_id;
+ALTER INDEX dlq.messages_pending_expiry RENAME TO messages_live_pending_expiry;
+ALTER INDEX dlq.messages_replaying_claim RENAME TO messages_live_replaying_claim;
+ALTER INDEX dlq.messages_retry_due RENAME TO messages_live_retry_due;
+ALTER INDEX dlq.messages_replaying_request RENAME TO messages_live_replaying_request;
+/* Only closed messages from before 1.1 are in here; dlq.worker_purge deletes them. */
+ALTER INDEX dlq.messages_closed RENAME TO messages_live_closed;
+/* status 'any' pages are merged from one page per state (src/list.c). */
+DROP INDEX dlq.messages_queue_id;
+DROP INDEX dlq.messages_dedup;
+CREATE UNIQUE INDEX messages_live_dedup ON dlq.messages_live (queue, dedup_key, slot)
+    WHERE dedup_key IS NOT NULL AND status IN ('pending', 'review');
+
+/* The identity moves to the parent and goes on from where 1.0's stopped. */
+DO $convert$
+DECLARE
+    next_id bigint;
+BEGIN
+    SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END
+      INTO next_id FROM dlq.messages_message_id_seq;
+    ALTER TABLE dlq.messages_live ALTER COLUMN message_id DROP IDENTITY;
+    EXECUTE pg_catalog.format($create$
+        CREATE TABLE dlq.messages (
+            message_id          bigint NOT NULL GENERATED ALWAYS AS IDENTITY (START WITH %s),
+            queue               text NOT NULL,
+            component           text,
+            status              dlq.status NOT NULL DEFAULT 'pending',
+            payload             jsonb NOT NULL,
+            error               text NOT NULL,
+            sqlstate            char(5),
+            error_class         text NOT NULL
+                                CONSTRAINT messages_error_class_check CHECK (error_class IN ('transient', 'permanent')),
+            error_detail        jsonb,
+            metadata            jsonb,
+            dedup_key           text,
+            occurrences         integer NOT NULL DEFAULT 1,
+            attempts            integer NOT NULL DEFAULT 0,
+            max_attempts        integer NOT NULL,
+            stored_at           timestamptz NOT NULL DEFAULT now(),
+            last_failed_at      timestamptz NOT NULL DEFAULT now(),
+            expires_at          timestamptz,
+            next_retry_at       timestamptz,
+            replay_request_id   uuid,
+            claimed_by          text,
+            claim_expires_at    timestamptz,
+            resolved_at         timestamptz,
+            source_relation     regclass,
+            operation           text
+                                CONSTRAINT messages_operation_check CHECK (operation IN ('INSERT', 'UPDATE')),
+            slot                integer NOT NULL DEFAULT 0
+        ) PARTITION BY LIST (slot)$create$, next_id);
+END
+$convert$;
+COMMENT ON TABLE dlq.messages IS
+    'one row per failed message or captured row; message_id is the keyset cursor; partitioned by slot (0 open, 1-4 closed)';
+COMMENT ON COLUMN dlq.messages.slot IS
+    'partition: 0 for open messages, else the closed slot (dlq.slots) the message was closed into';
+
+ALTER TABLE dlq.messages ATTACH PARTITION dlq.messages_live FOR VALUES IN (0);
+
+/*
+ * The indexes every partition has, each for the queries that need it
+ * (CONTRIBUTING.md, "Storage"); creating them on the parent adopts the
+ * matching ones of dlq.messages_live.
+ */
+CREATE INDEX messages_queue_status_id ON dlq.messages (queue, status, message_id);
+CREATE INDEX messages_queue_status_component_id ON dlq.messages (queue, status, component, message_id);
+CREATE INDEX messages_status_id ON dlq.messages (status, message_id);
+CREATE UNIQUE INDEX messages_dedup ON dlq.messages (queue, dedup_key, slot)
+    WHERE dedup_key IS NOT NULL AND status IN ('pending', 'review');
+CREATE INDEX messages_pending_expiry ON dlq.messages (expires_at) WHERE status = 'pending';
+CREATE INDEX messages_replaying_claim ON dlq.messages (claim_expires_at) WHERE status = 'replaying';
+CREATE INDEX messages_retry_due ON dlq.messages (next_retry_at) WHERE status = 'pending' AND next_retry_at IS NOT NULL;
+CREATE INDEX messages_replaying_request ON dlq.messages (queue, replay_request_id) WHERE status = 'replaying';
+
+/* The ring of closed slots. */
+CREATE TABLE dlq.slots (
+    slot        integer PRIMARY KEY CHECK (slot BETWEEN 1 AND 4),
+    partition   regclass NOT NULL,
+    state       text NOT NULL CHECK (state IN ('current', 'closed', 'empty')),
+    opened_at   timestamptz,
+    closed_at   timestamptz,
+    check_after timestamptz
+);
+COMMENT ON TABLE dlq.slots IS
+    'the ring of partitions of closed messages: one current (closing messages go there), closed ones waiting for their retention, empty ones';
+CREATE UNIQUE INDEX slots_one_current ON dlq.slots ((true)) WHERE state = 'current';
+
+DO $ring$
+BEGIN
+    FOR s IN 1..4 LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE TABLE dlq.messages_closed_%1$s PARTITION OF dlq.messages'
+            ' (CONSTRAINT messages_closed_%1$s_pkey PRIMARY KEY (message_id))'
+            ' FOR VALUES IN (%1$s)', s);
+        EXECUTE pg_catalog.format(
+            'COMMENT ON TABLE dlq.messages_closed_%1$s IS %2$L', s,
+            'partition of dlq.messages for closed messages, slot ' || s || ' of the ring (dlq.slots)');
+        INSERT INTO dlq.slots (slot, partition, state, opened_at)
+        VALUES (s, pg_catalog.format('dlq.messages_closed_%s', s)::regclass,
+                CASE s WHEN 1 THEN 'current' ELSE 'empty' END,
+                CASE s WHEN 1 THEN pg_catalog.now() END);
+        PERFORM pg_catalog.pg_extension_config_dump(pg_catalog.format('dlq.messages_closed_%s', s), '');
+    END LOOP;
+END
+$ring$;
+SELECT pg_catalog.pg_extension_config_dump('dlq.slots', '');
+SELECT pg_catalog.pg_extension_config_dump('dlq.messages_message_id_seq', '');
+
+CREATE TRIGGER messages_count_insert AFTER INSERT ON dlq.messages
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION dlq.count_messages();
+CREATE TRIGGER messages_count_update AFTER UPDATE ON dlq.messages
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION dlq.count_messages();
+CREATE TRIGGER messages_count_delete AFTER DELETE ON dlq.messages
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION dlq.count_messages();
+CREATE TRIGGER messages_count_truncate AFTER TRUNCATE ON dlq.messages
+    FOR EACH STATEMENT EXECUTE FUNCTION dlq.count_messages();
+
+/* The API's row type keeps 1.0's columns. */
+CREATE OR REPLACE VIEW dlq.message AS
+    SELECT message_id, queue, component, status, payload, error, sqlstate, error_class,
+           error_detail, metadata, dedup_key, occurrences, attempts, max_attempts, stored_at,
+           last_failed_at, expires_at, next_retry_at, replay_request_id, claimed_by,
+           claim_expires_at, resolved_at, source_relation, operation
+      FROM dlq.messages;
+
+REVOKE ALL ON dlq.messages, dlq.slots FROM PUBLIC;
+REVOKE ALL ON dlq.messages_live, dlq.messages_closed_1, dlq.messages_closed_2,
+              dlq.messages_closed_3, dlq.messages_closed_4 FROM PUBLIC, dlq_reader;
+GRANT SELECT ON dlq.messages, dlq.slots TO dlq_reader;
+
+/*
+ * Empty one closed slot of the ring: under an ACCESS EXCLUSIVE lock on its
+ * partition (taken within lock_wait, else nothing is done and NULL
+ * returned), move the messages not yet past their queue's
+ * resolved_retention into the slot dest, take the others off dlq.counts,
+ * audit them as purged per queue, and TRUNCATE the partition.  Returns
+ * {"purged": n, "moved": n}.  The lock makes it exact: a transaction
+ * closing a message into this slot has committed before (and its message
+ * is seen) or waits and lands in an emptied slot (and is kept).
+ */
+CREATE FUNCTION dlq.slot_empty(s dlq.slots, dest integer, actor text, lock_wait interval)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    saved_timeout text := current_setting('lock_timeout');
+    moved bigint;
+    purged bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'a slot of the ring can only be emptied in a READ COMMITTED transaction'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'Under a snapshot taken before the lock, messages closed meanwhile would not be seen.';
+    END IF;
+    BEGIN
+        PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text, true);
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', s.partition);
+        PERFORM set_config('lock_timeout', saved_timeout, true);
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM set_config('lock_timeout', saved_timeout, true);
+        RETURN NULL;
+    END;
+
+    UPDATE dlq.messages m SET slot = dest
+      FROM dlq.queues q
+     WHERE m.slot = s.slot AND q.queue = m.queue
+       AND m.resolved_at > now() - q.resolved_retention;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+
+    EXECUTE format($gone$
+        WITH gone AS (
+            SELECT m.queue, m.status, count(*) AS n FROM %s m GROUP BY m.queue, m.status
+        ), uncount AS (
+            INSERT INTO dlq.counts AS c (queue, status, shard, n)
+            SELECT gone.queue, gone.status, 0, -gone.n FROM gone
+                ON CONFLICT (queue, status, shard) DO UPDATE SET n = c.n + excluded.n
+        ), audit AS (
+            INSERT INTO dlq.events (actor, kind, queue, message_count, detail)
+            SELECT $1, 'purged', gone.queue, sum(gone.n),
+                   jsonb_build_object('resolved', coalesce(sum(gone.n) FILTER (WHERE gone.status = 'resolved'), 0),
+                                      'expired', coalesce(sum(gone.n) FILTER (WHERE gone.status = 'expired'), 0),
+                                      'partition', $2)
+              FROM gone GROUP BY gone.queue
+        )
+        SELECT coalesce(sum(gone.n), 0) FROM gone$gone$, s.partition)
+    INTO purged USING actor, s.partition::text;
+    EXECUTE format('TRUNCATE %s', s.partition);
+    RETURN jsonb_build_object('purged', purged, 'moved', moved);
+END
+$$;
+COMMENT ON FUNCTION dlq.slot_empty(dlq.slots, integer, text, interval) IS
+    'worker step: empty one slot of the ring of closed messages (keeping those not yet due), with TRUNCATE';
+
+/*
+ * One turn of the ring, run by the worker every round:
+ *  - a closed slot is emptied once emptying it purges at least as many
+ *    messages as it keeps (moves), so that purging never costs more row
+ *    writes than it removes; when not, it is looked at again after every;
+ *  - the current slot, once older than every, is closed and the next slot
+ *    of the ring becomes current; when that one still holds messages it is
+ *    emptied first, its messages not yet due moving into the closing slot.
+ * Returns {"rotated": bool, "emptied": slots, "purged": n, "moved": n}.
+ */
+CREATE FUNCTION dlq.worker_rotate(actor text DEFAULT current_user, every interval DEFAULT NULL,
+                                  lock_wait interval DEFAULT '100ms')
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    period interval := coalesce(every, current_setting('dlq.partition_interval', true)::interval, '1 day');
+    cur dlq.slots;
+    nxt dlq.slots;
+    s dlq.slots;
+    kept bigint;
+    total bigint;
+    done jsonb;
+    emptied integer := 0;
+    purged bigint := 0;
+    moved bigint := 0;
+    rotated boolean := false;
+BEGIN
+    SELECT * INTO cur FROM dlq.slots WHERE state = 'current' FOR UPDATE;
+    FOR s IN SELECT * FROM dlq.slots
+              WHERE state = 'closed' AND (check_after IS NULL OR check_after <= now())
+              ORDER BY closed_at FOR UPDATE LOOP
+        EXECUTE format('SELECT count(*) FILTER (WHERE m.resolved_at > now() - q.resolved_retention), count(*)'
+                       '  FROM %s m LEFT JOIN dlq.queues q ON q.queue = m.queue', s.partition)
+           INTO kept, total;
+        IF kept > total - kept THEN
+            UPDATE dlq.slots SET check_after = now() + period WHERE slot = s.slot;
+            CONTINUE;
+        END IF;
+        done := dlq.slot_empty(s, cur.slot, actor, lock_wait);
+        CONTINUE WHEN done IS NULL;
+        UPDATE dlq.slots SET state = 'empty', opened_at = NULL, closed_at = NULL, check_after = NULL
+         WHERE slot = s.slot;
+        emptied := emptied + 1;
+        purged := purged + (done ->> 'purged')::bigint;
+        moved := moved + (done ->> 'moved')::bigint;
+    END LOOP;
+
+    IF cur.opened_at <= now() - period THEN
+        SELECT * INTO nxt FROM dlq.slots WHERE slot = cur.slot % 4 + 1 FOR UPDATE;
+        IF nxt.state = 'closed' THEN
+            done := dlq.slot_empty(nxt, cur.slot, actor, lock_wait);
+            IF done IS NOT NULL THEN
+                emptied := emptied + 1;
+                purged := purged + (done ->> 'purged')::bigint;
+                moved := moved + (done ->> 'moved')::bigint;
+                nxt.state := 'empty';
+            END IF;
+        END IF;
+        IF nxt.state = 'empty' THEN
+            UPDATE dlq.slots SET state = 'closed', closed_at = now(), check_after = NULL WHERE slot = cur.slot;
+            UPDATE dlq.slots SET state = 'current', opened_at = now(), closed_at = NULL, check_after = NULL
+             WHERE slot = nxt.slot;
+            rotated := true;
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('rotated', rotated, 'emptied', emptied, 'purged', purged, 'moved', moved);
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_rotate(text, interval, interval) IS
+    'worker step: turn the ring of closed-message partitions; empties (TRUNCATE) slots whose messages are past retention';
+
+
+
 /* ---- Trust: binding queues to tables, detach, capture (attach.c, capture.c) ---- */
 
 /*
@@ -183,10 +495,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     WITH done AS (
         UPDATE dlq.messages m
-           SET status = 'expired', resolved_at = now(), next_retry_at = NULL
-         WHERE m.ctid = ANY (ARRAY(
-                   SELECT s.ctid FROM dlq.messages s
-                    WHERE s.status = 'pending' AND s.expires_at <= now()
+           SET status = 'expired', resolved_at = now(), next_retry_at = NULL,
+               slot = (SELECT r.slot FROM dlq.slots r WHERE r.state = 'current')
+         WHERE m.slot = 0 AND m.message_id = ANY (ARRAY(
+                   SELECT s.message_id FROM dlq.messages s
+                    WHERE s.slot = 0 AND s.status = 'pending' AND s.expires_at <= now()
                       AND (worker_expire.queue IS NULL OR s.queue = worker_expire.queue)
                       AND batch_size IS NOT NULL
                     ORDER BY s.expires_at
@@ -213,10 +526,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     WITH gone AS (
         DELETE FROM dlq.messages m
-         WHERE m.ctid = ANY (ARRAY(
-                   SELECT s.ctid
+         WHERE m.slot = 0 AND m.message_id = ANY (ARRAY(
+                   SELECT s.message_id
                      FROM dlq.messages s JOIN dlq.queues q ON q.queue = s.queue
-                    WHERE s.status IN ('resolved', 'expired')
+                    WHERE s.slot = 0 AND s.status IN ('resolved', 'expired')
                       AND s.resolved_at <= now() - q.resolved_retention
                       AND (worker_purge.queue IS NULL OR s.queue = worker_purge.queue)
                       AND batch_size IS NOT NULL
@@ -235,7 +548,7 @@ AS $$
     SELECT count(*) FROM gone
 $$;
 COMMENT ON FUNCTION dlq.worker_purge(integer, text, text) IS
-    'worker step: delete at most batch_size resolved/expired messages past their queue''s resolved_retention, of one queue or (NULL) all';
+    'worker step: delete at most batch_size resolved/expired messages left in the live partition by 1.0 past their queue''s resolved_retention, of one queue or (NULL) all (closed messages of 1.1 leave by dlq.worker_rotate)';
 
 DROP FUNCTION dlq.worker_recover(integer, interval, text, boolean);
 CREATE FUNCTION dlq.worker_recover(batch_size integer, timeout interval,
@@ -308,7 +621,7 @@ BEGIN
                      */
                     GET STACKED DIAGNOSTICS conflict = CONSTRAINT_NAME;
                     tries := tries + 1;
-                    IF conflict IS DISTINCT FROM 'messages_dedup' THEN
+                    IF conflict IS DISTINCT FROM 'messages_live_dedup' THEN
                         RAISE;
                     END IF;
                     IF tries >= 100 OR current_setting('transaction_isolation') <> 'read committed' THEN
@@ -324,7 +637,8 @@ BEGIN
                 UPDATE dlq.messages SET occurrences = occurrences + r.occurrences, last_failed_at = now()
                  WHERE message_id = into_id;
                 UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),
-                       claimed_by = NULL, claim_expires_at = NULL
+                       claimed_by = NULL, claim_expires_at = NULL,
+                       slot = (SELECT c.slot FROM dlq.slots c WHERE c.state = 'current')
                  WHERE message_id = r.message_id;
                 INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
                 VALUES (actor, 'merged', r.queue, 1, ARRAY[r.message_id],

@@ -40,6 +40,7 @@
 #include "utils/tuplestore.h"
 
 #include "dlq.h"
+#include "version.h"
 
 /* First key of the live-consumer advisory locks: "DLQ". */
 #define DLQ_CONSUMER_LOCK_KEY1	0x00444C51
@@ -340,15 +341,16 @@ dlq_claim(PG_FUNCTION_ARGS)
 	{
 		Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, INTERVALOID};
 
+		dlq_require_current_schema();
 		claim_plan = dlq_prepare_kept(
 									  "WITH c AS (SELECT message_id FROM dlq.messages"
-									  "  WHERE queue = $1 AND status = 'replaying'"
+									  "  WHERE slot = 0 AND queue = $1 AND status = 'replaying'"
 									  "  AND (claim_expires_at IS NULL OR claim_expires_at <= now())"
 									  "  ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED)"
 									  " UPDATE dlq.messages m SET claimed_by = $3,"
 									  "  claim_expires_at = now() + $4"
-									  " FROM c WHERE m.message_id = c.message_id"
-									  " RETURNING m.*",
+									  " FROM c WHERE m.slot = 0 AND m.message_id = c.message_id"
+									  " RETURNING " DLQ_MESSAGE_COLUMNS,
 									  4, types);
 	}
 	values[0] = CStringGetTextDatum(queue);
@@ -404,11 +406,14 @@ dlq_ack(PG_FUNCTION_ARGS)
 	{
 		Oid			types[1] = {INT8ARRAYOID};
 
+		/* slot is a column of the 1.1 schema */
+		dlq_require_current_schema();
 		ack_plan = dlq_prepare_kept(
 									"WITH a AS (UPDATE dlq.messages SET status = 'resolved',"
 									"  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
-									"  next_retry_at = NULL"
-									"  WHERE message_id = ANY ($1) AND status::text = 'replaying'"
+									"  next_retry_at = NULL, slot = " DLQ_CLOSING_SLOT
+									"  WHERE message_id = ANY ($1) AND slot = 0"
+									"  AND status::text = 'replaying'"
 									"  RETURNING queue, message_id)"
 									" SELECT queue, count(*), array_agg(message_id ORDER BY message_id)"
 									" FROM a GROUP BY queue ORDER BY queue",
@@ -494,7 +499,7 @@ consumer_nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char 
 		edata = CopyErrorData();
 		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION ||
 			edata->constraint_name == NULL ||
-			strcmp(edata->constraint_name, "messages_dedup") != 0)
+			strcmp(edata->constraint_name, DLQ_DEDUP_INDEX) != 0)
 			PG_RE_THROW();
 		FlushErrorState();
 		FreeErrorData(edata);
@@ -537,15 +542,17 @@ consumer_nack_prepare(void)
 								 " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
 								 " RETURNING m.status::text",
 								 6, types);
+	dlq_require_current_schema();
 	nack_fold_plan = dlq_prepare_kept(
 									  "WITH r AS (UPDATE dlq.messages SET status = 'resolved',"
 									  "  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
-									  "  error = $2, sqlstate = $3, error_class = $4, last_failed_at = now()"
-									  "  WHERE message_id = $1 RETURNING occurrences)"
+									  "  error = $2, sqlstate = $3, error_class = $4, last_failed_at = now(),"
+									  "  slot = " DLQ_CLOSING_SLOT
+									  "  WHERE message_id = $1 AND slot = 0 RETURNING occurrences)"
 									  " UPDATE dlq.messages o SET occurrences = o.occurrences + r.occurrences,"
 									  "  error = $2, sqlstate = $3, error_class = $4, error_detail = NULL,"
 									  "  last_failed_at = now()"
-									  " FROM r WHERE o.message_id = $6",
+									  " FROM r WHERE o.message_id = $6 AND o.slot = 0",
 									  6, types);
 }
 

@@ -81,6 +81,27 @@
 #define DLQ_MAX_AGE_YEARS		100
 #define DLQ_MAX_DELAY_YEARS		1
 
+/*
+ * Storage (dlq--1.0--1.1.sql, "Storage"): dlq.messages is partitioned by
+ * slot; open messages are in slot 0 (dlq.messages_live), and a statement
+ * that closes a message (resolved, expired) sets slot to the ring's current
+ * slot, DLQ_CLOSING_SLOT, which moves it into that partition.  Statements on
+ * open messages say "slot = 0" so that they touch only that partition.  The
+ * unique violation of a dedup_key names the live partition's index.
+ */
+#define DLQ_CLOSING_SLOT \
+	"(SELECT cs.slot FROM dlq.slots cs WHERE cs.state = 'current')"
+#define DLQ_DEDUP_INDEX		"messages_live_dedup"
+
+/* The columns of dlq.message, the API's row type, from dlq.messages m. */
+#define DLQ_MESSAGE_COLUMNS \
+	"m.message_id, m.queue, m.component, m.status, m.payload, m.error," \
+	" m.sqlstate, m.error_class, m.error_detail, m.metadata, m.dedup_key," \
+	" m.occurrences, m.attempts, m.max_attempts, m.stored_at," \
+	" m.last_failed_at, m.expires_at, m.next_retry_at, m.replay_request_id," \
+	" m.claimed_by, m.claim_expires_at, m.resolved_at, m.source_relation," \
+	" m.operation"
+
 /* The channel on which the worker NOTIFYs alerts; no queue may use it. */
 #define DLQ_ALERT_CHANNEL	"dlq_alerts"
 
@@ -268,6 +289,7 @@ extern int	dlq_naptime;
 extern int	dlq_batch_size;
 extern int	dlq_replay_timeout;
 extern int	dlq_events_retention;
+extern int	dlq_partition_interval;
 extern char *dlq_databases;
 extern char *dlq_worker_role;
 

@@ -123,6 +123,7 @@ int			dlq_naptime = 1000;
 int			dlq_batch_size = 10000;
 int			dlq_replay_timeout = 300;
 int			dlq_events_retention = 90 * 24 * 3600;
+int			dlq_partition_interval = 24 * 3600;
 char	   *dlq_databases = NULL;
 char	   *dlq_worker_role = NULL;
 
@@ -173,6 +174,14 @@ dlq_define_worker_gucs(void)
 							"0 keeps them forever.",
 							&dlq_events_retention,
 							90 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("dlq.partition_interval",
+							"Time closed messages go to one slot of the ring of partitions before the next.",
+							"A closed slot is emptied with TRUNCATE once its messages are past their queue's resolved_retention.",
+							&dlq_partition_interval,
+							24 * 3600, 1, 365 * 24 * 3600,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 

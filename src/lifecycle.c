@@ -23,6 +23,7 @@
 #include "utils/uuid.h"
 
 #include "dlq.h"
+#include "version.h"
 
 static SPIPlanPtr count_plan = NULL;
 static SPIPlanPtr discard_plan = NULL;
@@ -308,11 +309,15 @@ dlq_resolve(PG_FUNCTION_ARGS)
 		detail = dlq_jsonb(psprintf("{\"note\": %s}", dlq_json_quote(note)));
 	}
 
+	/* slot is a column of the 1.1 schema */
+	if (resolve_plan == NULL)
+		dlq_require_current_schema();
 	/* status as text: driven by the primary key, see dlq_ack */
 	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &resolve_plan,
 									   "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
-									   "  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL"
-									   " WHERE message_id = ANY ($1)"
+									   "  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL,"
+									   "  slot = " DLQ_CLOSING_SLOT
+									   " WHERE message_id = ANY ($1) AND slot = 0"
 									   " AND status::text IN ('pending', 'replaying', 'review')"
 									   " RETURNING queue, message_id",
 									   "resolved", detail));

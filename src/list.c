@@ -134,10 +134,11 @@ list_parse_args(FunctionCallInfo fcinfo, ListArgs *a)
 }
 
 /*
- * The page query for a combination of filters.
+ * The query of one page for a combination of filters, with status the
+ * SQL of the state to list or NULL for none.
  *
  * The equality filters that have an index (queue, status, component: see
- * dlq--1.0.sql) form a prefix P, and the page is written as a
+ * dlq--1.0--1.1.sql, "Storage") form a prefix P, and the page is written as a
  * row comparison over (P, message_id) ordered by (P, message_id):
  *
  *	  (P, message_id) > (values, cursor) AND (P) <= (values)
@@ -147,22 +148,17 @@ list_parse_args(FunctionCallInfo fcinfo, ListArgs *a)
  * equalities, the planner may prefer walking the primary key and filtering,
  * which reads every row of other queues between the cursor and the page,
  * and keeps doing so in a cached generic plan.  sqlstate, and component
- * when there is no status, are plain filters on top.
+ * when there is no queue, are plain filters on top.  Each partition of
+ * dlq.messages has these indexes; the planner merges their ranges.
  */
-static SPIPlanPtr
-list_get_plan(int flags)
+static void
+list_page_sql(StringInfo sql, int flags, const char *status)
 {
-	StringInfoData sql;
 	StringInfoData cols;
 	StringInfoData vals;
 	StringInfoData order;
-	Oid			types[LIST_NARGS + 1] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID};
 	bool		desc = (flags & LIST_DESC) != 0;
-	bool		component_in_index = (flags & LIST_QUEUE) && (flags & LIST_STATUS);
-	SPIPlanPtr	plan;
-
-	if (list_plans[flags] != NULL)
-		return list_plans[flags];
+	bool		component_in_index = (flags & LIST_QUEUE) && status != NULL;
 
 	initStringInfo(&cols);
 	initStringInfo(&vals);
@@ -175,33 +171,63 @@ list_get_plan(int flags)
 	} while (0)
 	if (flags & LIST_QUEUE)
 		PREFIX("queue", "$1");
-	if (flags & LIST_STATUS)
-		PREFIX("status", "$4::dlq.status");
+	if (status != NULL)
+		PREFIX("status", status);
 	if ((flags & LIST_COMPONENT) && component_in_index)
 		PREFIX("component", "$5");
 #undef PREFIX
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s FROM dlq.messages m WHERE ",
+	appendStringInfo(sql, "SELECT %s FROM dlq.message m WHERE ",
 					 (flags & LIST_JSON) ? "pg_catalog.to_jsonb(m), m.message_id" : "m.*");
 	if (cols.len > 0)
-		appendStringInfo(&sql, "(%s, m.message_id) %s (%s, $2) AND (%s) %s (%s)",
+		appendStringInfo(sql, "(%s, m.message_id) %s (%s, $2) AND (%s) %s (%s)",
 						 cols.data, desc ? "<" : ">", vals.data,
 						 cols.data, desc ? ">=" : "<=", vals.data);
 	else
-		appendStringInfo(&sql, "m.message_id %s $2", desc ? "<" : ">");
+		appendStringInfo(sql, "m.message_id %s $2", desc ? "<" : ">");
 	if ((flags & LIST_COMPONENT) && !component_in_index)
-		appendStringInfoString(&sql, " AND m.component = $5");
+		appendStringInfoString(sql, " AND m.component = $5");
 	if (flags & LIST_SQLSTATE)
-		appendStringInfoString(&sql, " AND m.sqlstate = $6::pg_catalog.bpchar");
+		appendStringInfoString(sql, " AND m.sqlstate = $6::pg_catalog.bpchar");
 
-	appendStringInfo(&sql, " ORDER BY %sm.message_id%s", order.data, desc ? " DESC" : "");
+	appendStringInfo(sql, " ORDER BY %sm.message_id%s", order.data, desc ? " DESC" : "");
 	/* $3 is batch_size; $7 is 1 when the page looks one row ahead. */
-	appendStringInfoString(&sql, " LIMIT $3 + $7");
+	appendStringInfoString(sql, " LIMIT $3 + $7");
+}
 
-	plan = dlq_prepare_kept(sql.data, LIST_NARGS + 1, types);
-	list_plans[flags] = plan;
-	return plan;
+/*
+ * The plan of a page.  Without a status (status 'any') there is no index
+ * on (queue, message_id): the page is merged from one page per state, each
+ * a bounded range of the index with the state in its prefix, so it reads
+ * at most five pages' worth of entries.
+ */
+static SPIPlanPtr
+list_get_plan(int flags)
+{
+	static const char *const states[] =
+	{"pending", "replaying", "review", "resolved", "expired"};
+	Oid			types[LIST_NARGS + 1] = {TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID};
+	StringInfoData sql;
+
+	if (list_plans[flags] != NULL)
+		return list_plans[flags];
+
+	initStringInfo(&sql);
+	if (flags & LIST_STATUS)
+		list_page_sql(&sql, flags, "$4::dlq.status");
+	else
+	{
+		appendStringInfoString(&sql, "SELECT p.* FROM (");
+		for (int i = 0; i < lengthof(states); i++)
+		{
+			appendStringInfoString(&sql, i > 0 ? ") UNION ALL (" : "(");
+			list_page_sql(&sql, flags, psprintf("'%s'::dlq.status", states[i]));
+		}
+		appendStringInfo(&sql, ")) p ORDER BY p.message_id%s LIMIT $3 + $7",
+						 (flags & LIST_DESC) ? " DESC" : "");
+	}
+	list_plans[flags] = dlq_prepare_kept(sql.data, LIST_NARGS + 1, types);
+	return list_plans[flags];
 }
 
 /*
@@ -393,7 +419,7 @@ dlq_get(PG_FUNCTION_ARGS)
 	{
 		Oid			types[1] = {INT8OID};
 
-		get_plan = dlq_prepare_kept("SELECT m.* FROM dlq.messages m WHERE m.message_id = $1",
+		get_plan = dlq_prepare_kept("SELECT m.* FROM dlq.message m WHERE m.message_id = $1",
 									1, types);
 	}
 	arg[0] = Int64GetDatum(id);

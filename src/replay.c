@@ -46,6 +46,7 @@
 
 #include "capture.h"
 #include "dlq.h"
+#include "version.h"
 
 /* At most this many failures are listed in a replay summary. */
 #define DLQ_MAX_FAILURES 100
@@ -284,12 +285,14 @@ replay_prepare(void)
 										   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
 										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
 										   8, failed_types);
+	dlq_require_current_schema();
 	reapplied_plan = dlq_prepare_kept(
 									  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
 									  "  attempts = CASE WHEN status = 'review' THEN 1 ELSE attempts + 1 END,"
 									  "  replay_request_id = $2, next_retry_at = NULL,"
-									  "  claimed_by = NULL, claim_expires_at = NULL"
-									  " WHERE message_id = ANY ($1)",
+									  "  claimed_by = NULL, claim_expires_at = NULL,"
+									  "  slot = " DLQ_CLOSING_SLOT
+									  " WHERE message_id = ANY ($1) AND slot = 0",
 									  2, reapplied_types);
 }
 

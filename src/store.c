@@ -34,8 +34,9 @@
 
 #define STORE_NARGS 11
 
-/* The plans of dlq_store_message: [dedup][full] */
+/* The plans of dlq_store_message: [dedup][full], and for which schema. */
 static SPIPlanPtr store_plans[2][2];
+static bool store_plans_current;
 static SPIPlanPtr ensure_queue_plan = NULL;
 
 /* The last queue found to need the full plan (auto_retry), or "". */
@@ -109,8 +110,16 @@ store_prepare(void)
 		" SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
 		"  q.max_attempts, now() + q.retention, %s"
 		" FROM dlq.queues q WHERE q.queue = $1%s";
-	const char *dedup =
-		" ON CONFLICT (queue, dedup_key)"
+	/*
+	 * The unique index over open messages' keys includes the partition key
+	 * slot since 1.1 (dlq--1.0--1.1.sql, "Storage").
+	 */
+	bool		current = dlq_schema_current();
+	const char *dedup_1_1 =
+		" ON CONFLICT (queue, dedup_key, slot)";
+	const char *dedup_1_0 =
+		" ON CONFLICT (queue, dedup_key)";
+	const char *dedup_rest =
 		" WHERE dedup_key IS NOT NULL AND status IN ('pending', 'review')"
 		" DO UPDATE SET occurrences = m.occurrences + 1,"
 		"  error = excluded.error, sqlstate = excluded.sqlstate,"
@@ -121,8 +130,9 @@ store_prepare(void)
 	const char *full_retry =
 		"CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END";
 
-	if (store_plans[0][0] != NULL)
+	if (store_plans[0][0] != NULL && store_plans_current == current)
 		return;
+	store_plans_current = current;
 	for (int d = 0; d < 2; d++)
 		for (int full = 0; full < 2; full++)
 		{
@@ -133,10 +143,13 @@ store_prepare(void)
 			 * The second column is false only for a message inserted
 			 * without next_retry_at: its queue has no auto_retry (now).
 			 */
+			if (store_plans[d][full] != NULL)
+				SPI_freeplan(store_plans[d][full]);
 			store_plans[d][full] =
-				dlq_prepare_kept(psprintf("%s%s RETURNING m.message_id,"
+				dlq_prepare_kept(psprintf("%s%s%s RETURNING m.message_id,"
 									   " m.occurrences > 1 OR m.next_retry_at IS NOT NULL",
-									   sql, d ? dedup : ""),
+									   sql, d ? (current ? dedup_1_1 : dedup_1_0) : "",
+									   d ? dedup_rest : ""),
 							  STORE_NARGS, types);
 		}
 }

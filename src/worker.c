@@ -439,6 +439,7 @@ typedef enum DlqPlanId
 	DLQ_PLAN_RETRY,
 	DLQ_PLAN_RETRY_AUDIT,
 	DLQ_PLAN_RETRY_DEFER,
+	DLQ_PLAN_ROTATE,
 	DLQ_PLAN_PURGE,
 	DLQ_PLAN_PURGE_EVENTS,
 	DLQ_PLAN_ALERT,
@@ -499,6 +500,10 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 	[DLQ_PLAN_RETRY_DEFER] = {"deferring retries",
 		"SELECT dlq.worker_retry_defer($1)",
 	1, {INT8ARRAYOID}},
+	[DLQ_PLAN_ROTATE] = {"turning the ring of closed messages",
+		"SELECT (r ->> 'purged')::int8"
+		"  FROM dlq.worker_rotate($1, $2 * interval '1 second') r",
+	2, {TEXTOID, FLOAT8OID}},
 	[DLQ_PLAN_PURGE] = {"purging messages",
 		"SELECT dlq.worker_purge($1, $2, $3)",
 		3, {INT4OID, TEXTOID, TEXTOID},
@@ -1171,8 +1176,12 @@ worker_round(void)
 
 	retried = worker_retry();
 
+	/* Closed messages leave by TRUNCATE of a slot; 1.0's by DELETE. */
+	values[0] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	values[1] = Float8GetDatum((double) dlq_partition_interval);
+	purged = Max(worker_run(DLQ_PLAN_ROTATE, worker_state.owner, values, NULL, NULL), 0);
 	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
-	purged = worker_repeat(DLQ_PLAN_PURGE, values);
+	purged += worker_repeat(DLQ_PLAN_PURGE, values);
 
 	if (dlq_events_retention > 0)
 	{
