@@ -68,7 +68,7 @@ AS 'MODULE_PATHNAME', 'dlq_etl_watermark';
  *
  *   slot 0      dlq.messages_live: every open message (pending, replaying,
  *               review); the 1.0 table itself, attached as it is.
- *   slot 1..4   dlq.messages_closed_1..4: a ring of partitions for closed
+ *   slot 1..8   dlq.messages_closed_1..8: a ring of partitions for closed
  *               (resolved, expired) messages.  Closing a message moves it
  *               into the ring's current slot (UPDATE ... SET slot).
  *
@@ -76,8 +76,12 @@ AS 'MODULE_PATHNAME', 'dlq_etl_watermark';
  * dlq.partition_interval the current slot is closed and the next one, once
  * emptied, takes its place; a closed slot whose messages are all past their
  * queue's resolved_retention is emptied with TRUNCATE, not DELETE, moving
- * the few messages not yet due into the current slot first.  The ring is
- * fixed and created here, so no DDL runs on the parent table at run time
+ * the few messages not yet due into the current slot first.  A closed
+ * message thus leaves once its slot has closed and its retention has
+ * passed: with the defaults (one-day slots, seven days of
+ * resolved_retention) between seven and eight days after it closed, and
+ * the ring of eight holds those days without moving any message.  The ring
+ * is fixed and created here, so no DDL runs on the parent table at run time
  * (no ACCESS EXCLUSIVE lock on dlq.messages), and dump/restore sees the
  * same tables on both sides.  CONTRIBUTING.md, "Storage", has the figures.
  *
@@ -113,48 +117,51 @@ DROP INDEX dlq.messages_dedup;
 CREATE UNIQUE INDEX messages_live_dedup ON dlq.messages_live (queue, dedup_key, slot)
     WHERE dedup_key IS NOT NULL AND status IN ('pending', 'review');
 
-/* The identity moves to the parent and goes on from where 1.0's stopped. */
+/*
+ * The identity moves to the parent and goes on from where 1.0's stopped
+ * (set as data, so that the schema of an updated 1.0 is a fresh 1.1's).
+ */
 DO $convert$
 DECLARE
     next_id bigint;
 BEGIN
-    SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END
-      INTO next_id FROM dlq.messages_message_id_seq;
-    ALTER TABLE dlq.messages_live ALTER COLUMN message_id DROP IDENTITY;
-    EXECUTE pg_catalog.format($create$
-        CREATE TABLE dlq.messages (
-            message_id          bigint NOT NULL GENERATED ALWAYS AS IDENTITY (START WITH %s),
-            queue               text NOT NULL,
-            component           text,
-            status              dlq.status NOT NULL DEFAULT 'pending',
-            payload             jsonb NOT NULL,
-            error               text NOT NULL,
-            sqlstate            char(5),
-            error_class         text NOT NULL
-                                CONSTRAINT messages_error_class_check CHECK (error_class IN ('transient', 'permanent')),
-            error_detail        jsonb,
-            metadata            jsonb,
-            dedup_key           text,
-            occurrences         integer NOT NULL DEFAULT 1,
-            attempts            integer NOT NULL DEFAULT 0,
-            max_attempts        integer NOT NULL,
-            stored_at           timestamptz NOT NULL DEFAULT now(),
-            last_failed_at      timestamptz NOT NULL DEFAULT now(),
-            expires_at          timestamptz,
-            next_retry_at       timestamptz,
-            replay_request_id   uuid,
-            claimed_by          text,
-            claim_expires_at    timestamptz,
-            resolved_at         timestamptz,
-            source_relation     regclass,
-            operation           text
-                                CONSTRAINT messages_operation_check CHECK (operation IN ('INSERT', 'UPDATE')),
-            slot                integer NOT NULL DEFAULT 0
-        ) PARTITION BY LIST (slot)$create$, next_id);
+SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END
+  INTO next_id FROM dlq.messages_message_id_seq;
+ALTER TABLE dlq.messages_live ALTER COLUMN message_id DROP IDENTITY;
+CREATE TABLE dlq.messages (
+    message_id          bigint NOT NULL GENERATED ALWAYS AS IDENTITY,
+    queue               text NOT NULL,
+    component           text,
+    status              dlq.status NOT NULL DEFAULT 'pending',
+    payload             jsonb NOT NULL,
+    error               text NOT NULL,
+    sqlstate            char(5),
+    error_class         text NOT NULL
+                        CONSTRAINT messages_error_class_check CHECK (error_class IN ('transient', 'permanent')),
+    error_detail        jsonb,
+    metadata            jsonb,
+    dedup_key           text,
+    occurrences         integer NOT NULL DEFAULT 1,
+    attempts            integer NOT NULL DEFAULT 0,
+    max_attempts        integer NOT NULL,
+    stored_at           timestamptz NOT NULL DEFAULT now(),
+    last_failed_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at          timestamptz,
+    next_retry_at       timestamptz,
+    replay_request_id   uuid,
+    claimed_by          text,
+    claim_expires_at    timestamptz,
+    resolved_at         timestamptz,
+    source_relation     regclass,
+    operation           text
+                        CONSTRAINT messages_operation_check CHECK (operation IN ('INSERT', 'UPDATE')),
+    slot                integer NOT NULL DEFAULT 0
+) PARTITION BY LIST (slot);
+PERFORM pg_catalog.setval('dlq.messages_message_id_seq', next_id, false);
 END
 $convert$;
 COMMENT ON TABLE dlq.messages IS
-    'one row per failed message or captured row; message_id is the keyset cursor; partitioned by slot (0 open, 1-4 closed)';
+    'one row per failed message or captured row; message_id is the keyset cursor; partitioned by slot (0 open, 1-8 closed)';
 COMMENT ON COLUMN dlq.messages.slot IS
     'partition: 0 for open messages, else the closed slot (dlq.slots) the message was closed into';
 
@@ -177,7 +184,7 @@ CREATE INDEX messages_replaying_request ON dlq.messages (queue, replay_request_i
 
 /* The ring of closed slots. */
 CREATE TABLE dlq.slots (
-    slot        integer PRIMARY KEY CHECK (slot BETWEEN 1 AND 4),
+    slot        integer PRIMARY KEY CHECK (slot BETWEEN 1 AND 8),
     partition   regclass NOT NULL,
     state       text NOT NULL CHECK (state IN ('current', 'closed', 'empty')),
     opened_at   timestamptz,
@@ -190,7 +197,7 @@ CREATE UNIQUE INDEX slots_one_current ON dlq.slots ((true)) WHERE state = 'curre
 
 DO $ring$
 BEGIN
-    FOR s IN 1..4 LOOP
+    FOR s IN 1..8 LOOP
         EXECUTE pg_catalog.format(
             'CREATE TABLE dlq.messages_closed_%1$s PARTITION OF dlq.messages'
             ' (CONSTRAINT messages_closed_%1$s_pkey PRIMARY KEY (message_id))'
@@ -206,8 +213,16 @@ BEGIN
     END LOOP;
 END
 $ring$;
-SELECT pg_catalog.pg_extension_config_dump('dlq.slots', '');
 SELECT pg_catalog.pg_extension_config_dump('dlq.messages_message_id_seq', '');
+/*
+ * pg_dump copies each partition's rows into that partition, and the counts
+ * triggers of the parent do not see them: dlq.counts is dumped instead (1.0
+ * rebuilt it from the messages as they were restored).  dlq.slots is not:
+ * its rows are this script's, and after a restore the ring starts again
+ * from slot 1; a slot's messages leave by their own resolved_at whatever
+ * the slot's state says.
+ */
+SELECT pg_catalog.pg_extension_config_dump('dlq.counts', '');
 
 CREATE TRIGGER messages_count_insert AFTER INSERT ON dlq.messages
     REFERENCING NEW TABLE AS new_rows
@@ -230,8 +245,8 @@ CREATE OR REPLACE VIEW dlq.message AS
       FROM dlq.messages;
 
 REVOKE ALL ON dlq.messages, dlq.slots FROM PUBLIC;
-REVOKE ALL ON dlq.messages_live, dlq.messages_closed_1, dlq.messages_closed_2,
-              dlq.messages_closed_3, dlq.messages_closed_4 FROM PUBLIC, dlq_reader;
+/* Readers read through dlq.messages; the partitions are the owner's. */
+REVOKE ALL ON dlq.messages_live FROM PUBLIC, dlq_reader;
 GRANT SELECT ON dlq.messages, dlq.slots TO dlq_reader;
 
 /*
@@ -239,21 +254,28 @@ GRANT SELECT ON dlq.messages, dlq.slots TO dlq_reader;
  * partition (taken within lock_wait, else nothing is done and NULL
  * returned), move the messages not yet past their queue's
  * resolved_retention into the slot dest, take the others off dlq.counts,
- * audit them as purged per queue, and TRUNCATE the partition.  Returns
- * {"purged": n, "moved": n}.  The lock makes it exact: a transaction
+ * audit them as purged per queue (naming them when at most 100, as 1.0 did
+ * per batch), and TRUNCATE the partition.  Returns {"purged": n, "moved": n}.  The lock makes it exact: a transaction
  * closing a message into this slot has committed before (and its message
  * is seen) or waits and lands in an emptied slot (and is kept).
  */
-CREATE FUNCTION dlq.slot_empty(s dlq.slots, dest integer, actor text, lock_wait interval)
+CREATE FUNCTION dlq.slot_empty(slot integer, dest integer, actor text, lock_wait interval)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     saved_timeout text := current_setting('lock_timeout');
+    s dlq.slots;
     moved bigint;
     purged bigint;
 BEGIN
+    SELECT * INTO s FROM dlq.slots r WHERE r.slot = slot_empty.slot;
+    IF NOT FOUND OR dest IS NULL OR NOT EXISTS (SELECT 1 FROM dlq.slots r WHERE r.slot = dest)
+       OR dest = s.slot THEN
+        RAISE EXCEPTION 'no such pair of slots of the ring: % into %', slot, dest
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'a slot of the ring can only be emptied in a READ COMMITTED transaction'
             USING ERRCODE = 'active_sql_transaction',
@@ -276,14 +298,16 @@ BEGIN
 
     EXECUTE format($gone$
         WITH gone AS (
-            SELECT m.queue, m.status, count(*) AS n FROM %s m GROUP BY m.queue, m.status
+            SELECT m.queue, m.status, count(*) AS n FROM %1$s m GROUP BY m.queue, m.status
         ), uncount AS (
             INSERT INTO dlq.counts AS c (queue, status, shard, n)
             SELECT gone.queue, gone.status, 0, -gone.n FROM gone
                 ON CONFLICT (queue, status, shard) DO UPDATE SET n = c.n + excluded.n
         ), audit AS (
-            INSERT INTO dlq.events (actor, kind, queue, message_count, detail)
+            INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
             SELECT $1, 'purged', gone.queue, sum(gone.n),
+                   CASE WHEN sum(gone.n) <= 100
+                        THEN ARRAY(SELECT m.message_id FROM %1$s m WHERE m.queue = gone.queue ORDER BY 1) END,
                    jsonb_build_object('resolved', coalesce(sum(gone.n) FILTER (WHERE gone.status = 'resolved'), 0),
                                       'expired', coalesce(sum(gone.n) FILTER (WHERE gone.status = 'expired'), 0),
                                       'partition', $2)
@@ -295,7 +319,7 @@ BEGIN
     RETURN jsonb_build_object('purged', purged, 'moved', moved);
 END
 $$;
-COMMENT ON FUNCTION dlq.slot_empty(dlq.slots, integer, text, interval) IS
+COMMENT ON FUNCTION dlq.slot_empty(integer, integer, text, interval) IS
     'worker step: empty one slot of the ring of closed messages (keeping those not yet due), with TRUNCATE';
 
 /*
@@ -327,6 +351,12 @@ DECLARE
     moved bigint := 0;
     rotated boolean := false;
 BEGIN
+    /* Most rounds have nothing to do: then no lock, no transaction id. */
+    IF NOT EXISTS (SELECT 1 FROM dlq.slots r
+                    WHERE (r.state = 'closed' AND (r.check_after IS NULL OR r.check_after <= now()))
+                       OR (r.state = 'current' AND r.opened_at <= now() - period)) THEN
+        RETURN jsonb_build_object('rotated', false, 'emptied', 0, 'purged', 0, 'moved', 0);
+    END IF;
     SELECT * INTO cur FROM dlq.slots WHERE state = 'current' FOR UPDATE;
     FOR s IN SELECT * FROM dlq.slots
               WHERE state = 'closed' AND (check_after IS NULL OR check_after <= now())
@@ -334,11 +364,16 @@ BEGIN
         EXECUTE format('SELECT count(*) FILTER (WHERE m.resolved_at > now() - q.resolved_retention), count(*)'
                        '  FROM %s m LEFT JOIN dlq.queues q ON q.queue = m.queue', s.partition)
            INTO kept, total;
-        IF kept > total - kept THEN
+        IF total = 0 THEN
+            /* nothing to empty; a late closer's message would leave by its own resolved_at */
+            UPDATE dlq.slots SET state = 'empty', opened_at = NULL, closed_at = NULL, check_after = NULL
+             WHERE slot = s.slot;
+            CONTINUE;
+        ELSIF kept > total - kept THEN
             UPDATE dlq.slots SET check_after = now() + period WHERE slot = s.slot;
             CONTINUE;
         END IF;
-        done := dlq.slot_empty(s, cur.slot, actor, lock_wait);
+        done := dlq.slot_empty(s.slot, cur.slot, actor, lock_wait);
         CONTINUE WHEN done IS NULL;
         UPDATE dlq.slots SET state = 'empty', opened_at = NULL, closed_at = NULL, check_after = NULL
          WHERE slot = s.slot;
@@ -348,9 +383,9 @@ BEGIN
     END LOOP;
 
     IF cur.opened_at <= now() - period THEN
-        SELECT * INTO nxt FROM dlq.slots WHERE slot = cur.slot % 4 + 1 FOR UPDATE;
+        SELECT * INTO nxt FROM dlq.slots WHERE slot = cur.slot % 8 + 1 FOR UPDATE;
         IF nxt.state = 'closed' THEN
-            done := dlq.slot_empty(nxt, cur.slot, actor, lock_wait);
+            done := dlq.slot_empty(nxt.slot, cur.slot, actor, lock_wait);
             IF done IS NOT NULL THEN
                 emptied := emptied + 1;
                 purged := purged + (done ->> 'purged')::bigint;
@@ -780,6 +815,48 @@ CREATE EVENT TRIGGER dlq_drop_guard ON ddl_command_start
     EXECUTE FUNCTION dlq.drop_guard();
 COMMENT ON EVENT TRIGGER dlq_drop_guard IS
     'keeps DROP EXTENSION dlq from deleting messages unless dlq.drop_discards_messages is on';
+
+/* ---- Worker throttle and progress ---- */
+
+/*
+ * dlq.worker_status() gains, at the end, the progress of the round under
+ * way (like pg_stat_progress_vacuum) and the time the worker slept for its
+ * cost limit (dlq.worker_cost_limit, dlq.worker_cost_delay; src/worker.c).
+ * Its columns change, so it is dropped and created again: no view or
+ * function of the extension uses it.  The library returns 1.0's columns to
+ * a 1.0 schema.
+ */
+DROP FUNCTION dlq.worker_status();
+CREATE FUNCTION dlq.worker_status(
+    OUT pid integer,
+    OUT running boolean,
+    OUT started_at timestamptz,
+    OUT last_round_start timestamptz,
+    OUT last_heartbeat timestamptz,
+    OUT rounds bigint,
+    OUT last_expired bigint,
+    OUT last_purged bigint,
+    OUT last_events_purged bigint,
+    OUT last_recovered bigint,
+    OUT last_retried bigint,
+    OUT last_alerts bigint,
+    OUT errors bigint,
+    OUT last_error_at timestamptz,
+    OUT last_error text,
+    OUT step text,
+    OUT step_queue text,
+    OUT step_started_at timestamptz,
+    OUT step_done bigint,
+    OUT throttled boolean,
+    OUT throttle_sleep interval,
+    OUT last_throttle_sleep interval)
+RETURNS record
+LANGUAGE c VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'dlq_worker_status';
+COMMENT ON FUNCTION dlq.worker_status() IS
+    'the background worker of this database: pid, heartbeat, what its last round did, errors, the step under way (step, step_queue, step_started_at, step_done; NULL between rounds) and its throttle sleep (throttled now, this round, the last round); NULL when it has never run here';
+REVOKE ALL ON FUNCTION dlq.worker_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dlq.worker_status() TO dlq_reader;
 
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */
 DO $grants$

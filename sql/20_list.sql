@@ -49,19 +49,35 @@ SELECT dlq_list_page('nosuchqueue');
 
 -- Every page is an index range scan, with no sort of the whole set.  These are
 -- the statements src/list.c prepares, checked as custom and as generic plans;
+-- dlq.messages is partitioned, so a page merges one range per partition, and
+-- a status 'any' page sorts at most five such pages (one per state);
 -- the row comparisons keep the planner off the primary key even when other
 -- queues' messages come first (see list_get_plan), and list_run plans them
 -- with sorts and sequential scans disabled, as here.
-PREPARE page_qs(text, bigint, int, text) AS SELECT m.* FROM dlq.messages m
+PREPARE page_qs(text, bigint, int, text) AS SELECT m.* FROM dlq.message m
  WHERE (m.queue, m.status, m.message_id) > ($1, $4::dlq.status, $2) AND (m.queue, m.status) <= ($1, $4::dlq.status)
  ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0;
-PREPARE page_qsc_desc(text, bigint, int, text, text) AS SELECT m.* FROM dlq.messages m
+PREPARE page_qsc_desc(text, bigint, int, text, text) AS SELECT m.* FROM dlq.message m
  WHERE (m.queue, m.status, m.component, m.message_id) < ($1, $4::dlq.status, $5, $2)
    AND (m.queue, m.status, m.component) >= ($1, $4::dlq.status, $5)
  ORDER BY m.queue DESC, m.status DESC, m.component DESC, m.message_id DESC LIMIT $3 + 0;
-PREPARE page_q_any(text, bigint, int) AS SELECT m.* FROM dlq.messages m
- WHERE (m.queue, m.message_id) > ($1, $2) AND (m.queue) <= ($1) ORDER BY m.queue, m.message_id LIMIT $3 + 0;
-PREPARE page_s(bigint, int, text) AS SELECT m.* FROM dlq.messages m
+PREPARE page_q_any(text, bigint, int) AS SELECT p.* FROM (
+ (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'pending'::dlq.status, $2)
+   AND (m.queue, m.status) <= ($1, 'pending'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ UNION ALL
+ (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'replaying'::dlq.status, $2)
+   AND (m.queue, m.status) <= ($1, 'replaying'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ UNION ALL
+ (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'review'::dlq.status, $2)
+   AND (m.queue, m.status) <= ($1, 'review'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ UNION ALL
+ (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'resolved'::dlq.status, $2)
+   AND (m.queue, m.status) <= ($1, 'resolved'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ UNION ALL
+ (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'expired'::dlq.status, $2)
+   AND (m.queue, m.status) <= ($1, 'expired'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ ) p ORDER BY p.message_id LIMIT $3 + 0;
+PREPARE page_s(bigint, int, text) AS SELECT m.* FROM dlq.message m
  WHERE (m.status, m.message_id) > ($3::dlq.status, $1) AND (m.status) <= ($3::dlq.status)
  ORDER BY m.status, m.message_id LIMIT $2 + 0;
 CREATE FUNCTION pg_temp.index_only(stmt text) RETURNS text LANGUAGE plpgsql AS $$
@@ -72,8 +88,15 @@ BEGIN
     FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || stmt LOOP
         plan := plan || line || E'\n';
     END LOOP;
-    IF plan ~ 'Index Scan' AND plan !~ '(Sort|Seq Scan|Bitmap)' THEN
-        RETURN 'index range scan';
+    IF plan ~ 'Index Scan' AND plan !~ '(Seq Scan|Bitmap)' THEN
+        /* Sort nodes, not Merge Append's "Sort Key" */
+        IF plan !~ '(^|->  )Sort\n' THEN
+            RETURN 'index range scan';
+        END IF;
+        IF plan ~ '^Limit\n  ->  Sort\n' AND (SELECT count(*) FROM regexp_matches(plan, '(^|->  )Sort\n', 'g')) = 1
+           AND (SELECT count(*) FROM regexp_matches(plan, '->  Limit\n', 'g')) = 5 THEN
+            RETURN 'five index range pages, merged';
+        END IF;
     END IF;
     RETURN plan;
 END $$;

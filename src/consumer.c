@@ -341,16 +341,15 @@ dlq_claim(PG_FUNCTION_ARGS)
 	{
 		Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, INTERVALOID};
 
-		dlq_require_current_schema();
-		claim_plan = dlq_prepare_kept(
+		claim_plan = dlq_prepare_kept(dlq_schema_sql(
 									  "WITH c AS (SELECT message_id FROM dlq.messages"
-									  "  WHERE slot = 0 AND queue = $1 AND status = 'replaying'"
+									  "  WHERE [[slot = 0 AND ]]queue = $1 AND status = 'replaying'"
 									  "  AND (claim_expires_at IS NULL OR claim_expires_at <= now())"
 									  "  ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED)"
 									  " UPDATE dlq.messages m SET claimed_by = $3,"
 									  "  claim_expires_at = now() + $4"
-									  " FROM c WHERE m.slot = 0 AND m.message_id = c.message_id"
-									  " RETURNING " DLQ_MESSAGE_COLUMNS,
+									  " FROM c WHERE [[m.slot = 0 AND ]]m.message_id = c.message_id"
+									  " RETURNING " DLQ_MESSAGE_COLUMNS),
 									  4, types);
 	}
 	values[0] = CStringGetTextDatum(queue);
@@ -359,7 +358,7 @@ dlq_claim(PG_FUNCTION_ARGS)
 											 GetUserNameFromId(owner.caller, false),
 											 MyProcPid));
 	values[3] = IntervalPGetDatum(visibility);
-	dlq_execute_kept(claim_plan, values, NULL, false, 0, SPI_OK_UPDATE_RETURNING);
+	dlq_execute_kept_moved(claim_plan, values, NULL, 0, SPI_OK_UPDATE_RETURNING);
 	if (SPI_tuptable->tupdesc->natts != tupdesc->natts)
 		elog(ERROR, "dlq.message does not match dlq.messages");
 
@@ -406,17 +405,15 @@ dlq_ack(PG_FUNCTION_ARGS)
 	{
 		Oid			types[1] = {INT8ARRAYOID};
 
-		/* slot is a column of the 1.1 schema */
-		dlq_require_current_schema();
-		ack_plan = dlq_prepare_kept(
+		ack_plan = dlq_prepare_kept(dlq_schema_sql(
 									"WITH a AS (UPDATE dlq.messages SET status = 'resolved',"
 									"  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
-									"  next_retry_at = NULL, slot = " DLQ_CLOSING_SLOT
-									"  WHERE message_id = ANY ($1) AND slot = 0"
+									"  next_retry_at = NULL" DLQ_SET_CLOSING_SLOT
+									"  WHERE message_id = ANY ($1)[[ AND slot = 0]]"
 									"  AND status::text = 'replaying'"
 									"  RETURNING queue, message_id)"
 									" SELECT queue, count(*), array_agg(message_id ORDER BY message_id)"
-									" FROM a GROUP BY queue ORDER BY queue",
+									" FROM a GROUP BY queue ORDER BY queue"),
 									1, types);
 	}
 	for (int off = 0; off < nids; off += DLQ_BATCH_IDS)
@@ -424,7 +421,7 @@ dlq_ack(PG_FUNCTION_ARGS)
 		int			n = Min(DLQ_BATCH_IDS, nids - off);
 		Datum		arg = dlq_id_array_datum(ids + off, n);
 
-		dlq_execute_kept(ack_plan, &arg, NULL, false, 0, SPI_OK_SELECT);
+		dlq_execute_kept_moved(ack_plan, &arg, NULL, 0, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			HeapTuple	row = SPI_tuptable->vals[i];
@@ -499,7 +496,8 @@ consumer_nack_reopen(Datum *values, const char *nulls, bool has_dedup_key, char 
 		edata = CopyErrorData();
 		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION ||
 			edata->constraint_name == NULL ||
-			strcmp(edata->constraint_name, DLQ_DEDUP_INDEX) != 0)
+			(strcmp(edata->constraint_name, DLQ_DEDUP_INDEX) != 0 &&
+			 strcmp(edata->constraint_name, DLQ_DEDUP_INDEX_1_0) != 0))
 			PG_RE_THROW();
 		FlushErrorState();
 		FreeErrorData(edata);
@@ -542,17 +540,16 @@ consumer_nack_prepare(void)
 								 " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
 								 " RETURNING m.status::text",
 								 6, types);
-	dlq_require_current_schema();
-	nack_fold_plan = dlq_prepare_kept(
+	nack_fold_plan = dlq_prepare_kept(dlq_schema_sql(
 									  "WITH r AS (UPDATE dlq.messages SET status = 'resolved',"
 									  "  resolved_at = now(), claimed_by = NULL, claim_expires_at = NULL,"
-									  "  error = $2, sqlstate = $3, error_class = $4, last_failed_at = now(),"
-									  "  slot = " DLQ_CLOSING_SLOT
-									  "  WHERE message_id = $1 AND slot = 0 RETURNING occurrences)"
+									  "  error = $2, sqlstate = $3, error_class = $4, last_failed_at = now()"
+									  DLQ_SET_CLOSING_SLOT
+									  "  WHERE message_id = $1[[ AND slot = 0]] RETURNING occurrences)"
 									  " UPDATE dlq.messages o SET occurrences = o.occurrences + r.occurrences,"
 									  "  error = $2, sqlstate = $3, error_class = $4, error_detail = NULL,"
 									  "  last_failed_at = now()"
-									  " FROM r WHERE o.message_id = $6 AND o.slot = 0",
+									  " FROM r WHERE o.message_id = $6[[ AND o.slot = 0]]"),
 									  6, types);
 }
 
@@ -578,7 +575,7 @@ consumer_nack_lock(Datum *values, int64 id, ConsumerNackTarget *target)
 	char	   *status;
 	Datum		d;
 
-	dlq_execute_kept(nack_lock_plan, values, NULL, false, 1, SPI_OK_SELECT);
+	dlq_execute_kept_moved(nack_lock_plan, values, NULL, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA),

@@ -87,11 +87,14 @@
  * that closes a message (resolved, expired) sets slot to the ring's current
  * slot, DLQ_CLOSING_SLOT, which moves it into that partition.  Statements on
  * open messages say "slot = 0" so that they touch only that partition.  The
- * unique violation of a dedup_key names the live partition's index.
+ * unique violation of a dedup_key names the live partition's index.  What
+ * needs the 1.1 schema is marked [[...]] for dlq_schema_sql (version.h).
  */
 #define DLQ_CLOSING_SLOT \
 	"(SELECT cs.slot FROM dlq.slots cs WHERE cs.state = 'current')"
+#define DLQ_SET_CLOSING_SLOT "[[, slot = " DLQ_CLOSING_SLOT "]]"
 #define DLQ_DEDUP_INDEX		"messages_live_dedup"
+#define DLQ_DEDUP_INDEX_1_0	"messages_dedup"
 
 /* The columns of dlq.message, the API's row type, from dlq.messages m. */
 #define DLQ_MESSAGE_COLUMNS \
@@ -171,6 +174,10 @@ extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
 extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
 
 /* Run a kept plan; anything but expected_ret is an internal error (util.c). */
+/* Attempts of a statement whose message moved away under it (util.c). */
+#define DLQ_MOVED_RETRIES 10
+extern uint64 dlq_execute_kept_moved(SPIPlanPtr plan, Datum *values, const char *nulls,
+									 long tcount, int expected_ret);
 extern uint64 dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
 							   bool read_only, long tcount, int expected_ret);
 extern uint64 dlq_execute_sql(const char *sql, int nargs, Oid *types, Datum *values,
@@ -292,6 +299,15 @@ extern int	dlq_events_retention;
 extern int	dlq_partition_interval;
 extern char *dlq_databases;
 extern char *dlq_worker_role;
+
+/*
+ * The worker's throttle (dlq.worker_cost_limit, dlq.worker_cost_delay): it
+ * sleeps cost_delay after every cost_limit messages it handles.
+ */
+#define DLQ_WORKER_COST_LIMIT_DEFAULT 1000
+#define DLQ_WORKER_COST_DELAY_DEFAULT 500
+extern int	dlq_worker_cost_limit;
+extern int	dlq_worker_cost_delay;
 
 extern void dlq_define_worker_gucs(void);
 extern void dlq_register_launcher(void);

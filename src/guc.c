@@ -126,6 +126,8 @@ int			dlq_events_retention = 90 * 24 * 3600;
 int			dlq_partition_interval = 24 * 3600;
 char	   *dlq_databases = NULL;
 char	   *dlq_worker_role = NULL;
+int			dlq_worker_cost_limit = DLQ_WORKER_COST_LIMIT_DEFAULT;
+int			dlq_worker_cost_delay = DLQ_WORKER_COST_DELAY_DEFAULT;
 
 /* dlq.databases must be a list of identifiers, as in other list settings. */
 static bool
@@ -200,4 +202,25 @@ dlq_define_worker_gucs(void)
 							   "",
 							   PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
+
+	/*
+	 * The worker's throttle, after autovacuum's vacuum_cost_limit and
+	 * vacuum_cost_delay: a message expired, purged, recovered or retried,
+	 * or an audit event purged, costs 1.
+	 */
+	DefineCustomIntVariable("dlq.worker_cost_limit",
+							"Messages the dlq background worker handles before it sleeps for dlq.worker_cost_delay.",
+							"It also handles at most this many in one transaction.  0 turns the throttle off.",
+							&dlq_worker_cost_limit,
+							DLQ_WORKER_COST_LIMIT_DEFAULT, 0, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("dlq.worker_cost_delay",
+							"Time the dlq background worker sleeps when it has used up dlq.worker_cost_limit.",
+							"0 turns the throttle off.",
+							&dlq_worker_cost_delay,
+							DLQ_WORKER_COST_DELAY_DEFAULT, 0, 10000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }

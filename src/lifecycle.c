@@ -82,21 +82,20 @@ lifecycle_summary(MemoryContext cxt, const char *request_id, const char *verb,
 
 /*
  * Run an id-batch plan ($1 ids) returning (queue, message_id)
- * of the messages it changed, over all ids; count what existed.
+ * of the messages it changed, over all ids; count what existed.  A DELETE
+ * or UPDATE may wait for a message being closed, which moves it: see
+ * dlq_execute_kept_moved.
  */
 static void
-lifecycle_run(SPIPlanPtr plan, const int64 *ids, int nids,
+lifecycle_run(SPIPlanPtr plan, int expected_ret, const int64 *ids, int nids,
 			  List **tallies, int64 *done, int64 *found)
 {
 	for (int off = 0; off < nids; off += DLQ_BATCH_IDS)
 	{
 		Datum		value = dlq_id_array_datum(ids + off, Min(DLQ_BATCH_IDS, nids - off));
-		int			ret;
 
 		*found += lifecycle_count_existing(value);
-		ret = SPI_execute_plan(plan, &value, NULL, false, 0);
-		if (ret != SPI_OK_DELETE_RETURNING && ret != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not change messages: %s", SPI_result_code_string(ret));
+		dlq_execute_kept_moved(plan, &value, NULL, 0, expected_ret);
 		*done += dlq_queue_tally_rows(tallies);
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -128,7 +127,9 @@ lifecycle_by_ids(const int64 *ids, int nids, SPIPlanPtr *plan, const char *sql,
 
 		*plan = dlq_prepare_kept(sql, 1, types);
 	}
-	lifecycle_run(*plan, ids, nids, &tallies, &done, &found);
+	lifecycle_run(*plan, strcmp(verb, "discarded") == 0 ?
+				  SPI_OK_DELETE_RETURNING : SPI_OK_UPDATE_RETURNING,
+				  ids, nids, &tallies, &done, &found);
 	lifecycle_audit(tallies, verb, GetUserNameFromId(owner.caller, false),
 					request_id, detail);
 	summary = lifecycle_summary(caller_cxt,
@@ -209,7 +210,7 @@ lifecycle_discard_batch(const char *queue, const char *status, const char *compo
 	else
 		nulls[3] = 'n';
 	values[4] = Int64GetDatum(*cursor);
-	if (dlq_execute_kept(discard_all_plan, values, nulls, false, 0, SPI_OK_SELECT) != 1)
+	if (dlq_execute_kept_moved(discard_all_plan, values, nulls, 0, SPI_OK_SELECT) != 1)
 		elog(ERROR, "could not discard messages");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
@@ -309,16 +310,13 @@ dlq_resolve(PG_FUNCTION_ARGS)
 		detail = dlq_jsonb(psprintf("{\"note\": %s}", dlq_json_quote(note)));
 	}
 
-	/* slot is a column of the 1.1 schema */
-	if (resolve_plan == NULL)
-		dlq_require_current_schema();
 	/* status as text: driven by the primary key, see dlq_ack */
-	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &resolve_plan,
+	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &resolve_plan, dlq_schema_sql(
 									   "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
-									   "  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL,"
-									   "  slot = " DLQ_CLOSING_SLOT
-									   " WHERE message_id = ANY ($1) AND slot = 0"
+									   "  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL"
+									   DLQ_SET_CLOSING_SLOT
+									   " WHERE message_id = ANY ($1)[[ AND slot = 0]]"
 									   " AND status::text IN ('pending', 'replaying', 'review')"
-									   " RETURNING queue, message_id",
+									   " RETURNING queue, message_id"),
 									   "resolved", detail));
 }

@@ -238,12 +238,15 @@ list_get_plan(int flags)
  * when its estimates say otherwise: row comparisons are estimated on their
  * first column only, and on a small table a sort looks as cheap, but a page
  * must stay a bounded range scan as the table grows under a cached plan.
+ * The merge of a status 'any' page still sorts (at most five pages): its
+ * cost then counts as disabled, far above jit_above_cost, and JIT would
+ * compile the plan at every call (a second for 20 rows); so JIT is off too.
  */
 static void
 list_run(ListArgs *a, int extra)
 {
 	static const char *const disabled[] =
-	{"enable_seqscan", "enable_bitmapscan", "enable_sort", "enable_incremental_sort"};
+	{"enable_seqscan", "enable_bitmapscan", "enable_sort", "enable_incremental_sort", "jit"};
 	Datum		values[LIST_NARGS + 1];
 	char		nulls[LIST_NARGS + 1];
 	int			nest;

@@ -247,19 +247,19 @@ replay_prepare(void)
 								 " FROM dlq.messages m WHERE m.message_id = ANY ($1)"
 								 " GROUP BY m.queue ORDER BY m.queue",
 								 3, types);
-	hand_plan = dlq_prepare_kept(
+	hand_plan = dlq_prepare_kept(dlq_schema_sql(
 								 "WITH c AS (SELECT m.message_id, m.status AS old_status"
 								 "  FROM dlq.messages m JOIN dlq.queues q"
 								 "   ON q.queue = m.queue AND q.replay_target IS NULL"
-								 "  WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+								 "  WHERE m.message_id = ANY ($1)[[ AND m.slot = 0]] AND (m.status = 'pending'"
 								 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
 								 "  ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED)"
 								 " UPDATE dlq.messages m SET status = 'replaying',"
 								 "  attempts = CASE WHEN c.old_status = 'review' THEN 1 ELSE m.attempts + 1 END,"
 								 "  replay_request_id = $3, claimed_by = NULL, claim_expires_at = NULL,"
 								 "  next_retry_at = NULL"
-								 " FROM c WHERE m.message_id = c.message_id"
-								 " RETURNING m.queue, m.message_id, c.old_status = 'review'",
+								 " FROM c WHERE m.message_id = c.message_id[[ AND m.slot = 0]]"
+								 " RETURNING m.queue, m.message_id, c.old_status = 'review'"),
 								 3, types);
 	lock_target_plan = dlq_prepare_kept(
 										"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation,"
@@ -285,14 +285,13 @@ replay_prepare(void)
 										   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
 										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
 										   8, failed_types);
-	dlq_require_current_schema();
-	reapplied_plan = dlq_prepare_kept(
+	reapplied_plan = dlq_prepare_kept(dlq_schema_sql(
 									  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
 									  "  attempts = CASE WHEN status = 'review' THEN 1 ELSE attempts + 1 END,"
 									  "  replay_request_id = $2, next_retry_at = NULL,"
-									  "  claimed_by = NULL, claim_expires_at = NULL,"
-									  "  slot = " DLQ_CLOSING_SLOT
-									  " WHERE message_id = ANY ($1) AND slot = 0",
+									  "  claimed_by = NULL, claim_expires_at = NULL"
+									  DLQ_SET_CLOSING_SLOT
+									  " WHERE message_id = ANY ($1)[[ AND slot = 0]]"),
 									  2, reapplied_types);
 }
 
@@ -439,7 +438,7 @@ replay_hand(ReplayState *st, Datum *values)
 {
 	ReplayQueue *rq = NULL;
 
-	dlq_execute_kept(hand_plan, values, NULL, false, 0, SPI_OK_UPDATE_RETURNING);
+	dlq_execute_kept_moved(hand_plan, values, NULL, 0, SPI_OK_UPDATE_RETURNING);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
@@ -480,7 +479,7 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	/* Queues with a target: lock, then re-apply row by row. */
 	if (any_target)
 	{
-		dlq_execute_kept(lock_target_plan, values, NULL, false, 0, SPI_OK_SELECT);
+		dlq_execute_kept_moved(lock_target_plan, values, NULL, 0, SPI_OK_SELECT);
 		replay_reapply_rows(st);
 	}
 

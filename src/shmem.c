@@ -2,8 +2,9 @@
  *
  * shmem.c
  *	  Shared memory of dlq, set up when the library is preloaded: the
- *	  launcher's pid and one slot per database with its worker's heartbeat
- *	  and last-round counters.  etl_status reads it; workers write it.
+ *	  launcher's pid and one slot per database with its worker's heartbeat,
+ *	  last-round counters and the progress of the round under way.
+ *	  etl_status and dlq.worker_status() read it; workers write it.
  *
  *-------------------------------------------------------------------------
  */

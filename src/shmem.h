@@ -14,6 +14,7 @@
 
 #define DLQ_MAX_DATABASES 64
 #define DLQ_LAST_ERROR_LEN 256
+#define DLQ_STEP_LEN 32
 
 typedef struct DlqWorkerSlot
 {
@@ -36,6 +37,20 @@ typedef struct DlqWorkerSlot
 	int64		last_events_purged;
 	TimestampTz last_round_start;
 	int64		starts;			/* workers started for this database */
+
+	/*
+	 * Progress of the round under way, like pg_stat_progress_vacuum: the
+	 * step ("" between rounds), the queue it works on ("" for every queue),
+	 * when it started, the messages it has handled so far, and the time the
+	 * round has slept for dlq.worker_cost_limit (worker.c).
+	 */
+	char		step[DLQ_STEP_LEN];
+	char		step_queue[NAMEDATALEN];
+	TimestampTz step_started_at;
+	int64		step_done;
+	bool		throttled;		/* sleeping for the cost limit right now */
+	int64		throttle_sleep_us;	/* this round so far */
+	int64		last_throttle_sleep_us; /* the last finished round */
 } DlqWorkerSlot;
 
 typedef struct DlqShared

@@ -112,14 +112,12 @@ store_prepare(void)
 		" FROM dlq.queues q WHERE q.queue = $1%s";
 	/*
 	 * The unique index over open messages' keys includes the partition key
-	 * slot since 1.1 (dlq--1.0--1.1.sql, "Storage").
+	 * slot since 1.1 (dlq--1.0--1.1.sql, "Storage"): a session that
+	 * prepared for 1.0 prepares again once the schema is updated.
 	 */
 	bool		current = dlq_schema_current();
-	const char *dedup_1_1 =
-		" ON CONFLICT (queue, dedup_key, slot)";
-	const char *dedup_1_0 =
-		" ON CONFLICT (queue, dedup_key)";
-	const char *dedup_rest =
+	const char *dedup =
+		" ON CONFLICT (queue, dedup_key[[, slot]])"
 		" WHERE dedup_key IS NOT NULL AND status IN ('pending', 'review')"
 		" DO UPDATE SET occurrences = m.occurrences + 1,"
 		"  error = excluded.error, sqlstate = excluded.sqlstate,"
@@ -146,10 +144,9 @@ store_prepare(void)
 			if (store_plans[d][full] != NULL)
 				SPI_freeplan(store_plans[d][full]);
 			store_plans[d][full] =
-				dlq_prepare_kept(psprintf("%s%s%s RETURNING m.message_id,"
-									   " m.occurrences > 1 OR m.next_retry_at IS NOT NULL",
-									   sql, d ? (current ? dedup_1_1 : dedup_1_0) : "",
-									   d ? dedup_rest : ""),
+				dlq_prepare_kept(dlq_schema_sql(psprintf("%s%s RETURNING m.message_id,"
+														 " m.occurrences > 1 OR m.next_retry_at IS NOT NULL",
+														 sql, d ? dedup : "")),
 							  STORE_NARGS, types);
 		}
 }

@@ -13,6 +13,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
@@ -30,6 +31,7 @@
 #include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -658,6 +660,63 @@ dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
 		elog(ERROR, "unexpected SPI result %s, expected %s",
 			 SPI_result_code_string(ret), SPI_result_code_string(expected_ret));
 	return SPI_processed;
+}
+
+/*
+ * dlq_execute_kept for a statement that may wait for a message another
+ * transaction is closing.  Closing moves a message into another partition
+ * of dlq.messages (dlq--1.0--1.1.sql, "Storage"), and a statement that
+ * waited for it then fails with a serialization failure even under READ
+ * COMMITTED, where 1.0 found the message closed and went on.  Under READ
+ * COMMITTED the statement runs in a subtransaction and, on that failure,
+ * again with a new snapshot, which sees the message where it went: the
+ * outcome of 1.0.  Under REPEATABLE READ or SERIALIZABLE the failure is the
+ * caller's to retry, as a concurrent update always was.
+ */
+uint64
+dlq_execute_kept_moved(SPIPlanPtr plan, Datum *values, const char *nulls,
+					   long tcount, int expected_ret)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	if (IsolationUsesXactSnapshot())
+		return dlq_execute_kept(plan, values, nulls, false, tcount, expected_ret);
+	for (int attempt = 1;; attempt++)
+	{
+		volatile uint64 n = 0;
+		volatile bool moved = false;
+
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			n = dlq_execute_kept(plan, values, nulls, false, tcount, expected_ret);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			if (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE ||
+				attempt >= DLQ_MOVED_RETRIES)
+				PG_RE_THROW();
+			FlushErrorState();
+			FreeErrorData(edata);
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			moved = true;
+		}
+		PG_END_TRY();
+		if (!moved)
+			return n;
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /*

@@ -20,6 +20,7 @@
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -94,4 +95,40 @@ dlq_require_current_schema(void)
 			 errmsg("extension \"dlq\" is at version %s but its library is version %s",
 					version ? version : "(none)", DLQ_EXTVERSION),
 			 errhint("Run ALTER EXTENSION dlq UPDATE.")));
+}
+
+/*
+ * The SQL of a statement for the installed schema: the parts between "[["
+ * and "]]" are kept on the current schema and left out on an older one.
+ * Statements on dlq.messages mark what needs 1.1 (its slot column) this
+ * way, so that a 1.0 schema is still served until ALTER EXTENSION UPDATE;
+ * a statement prepared for 1.0 still works after the update.
+ */
+char *
+dlq_schema_sql(const char *sql)
+{
+	bool		current = strstr(sql, "[[") == NULL || dlq_schema_current();
+	StringInfoData out;
+	const char *p = sql;
+
+	initStringInfo(&out);
+	while (*p)
+	{
+		const char *open = strstr(p, "[[");
+		const char *close;
+
+		if (open == NULL)
+		{
+			appendStringInfoString(&out, p);
+			break;
+		}
+		close = strstr(open, "]]");
+		if (close == NULL)
+			elog(ERROR, "unterminated \"[[\" in \"%s\"", sql);
+		appendBinaryStringInfo(&out, p, open - p);
+		if (current)
+			appendBinaryStringInfo(&out, open + 2, close - open - 2);
+		p = close + 2;
+	}
+	return out.data;
 }

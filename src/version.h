@@ -17,5 +17,6 @@
 extern char *dlq_installed_version(void);
 extern bool dlq_schema_current(void);
 extern void dlq_require_current_schema(void);
+extern char *dlq_schema_sql(const char *sql);
 
 #endif							/* DLQ_VERSION_H */

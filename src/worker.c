@@ -838,6 +838,8 @@ worker_run_body(void *arg)
 	}
 }
 
+static void worker_progress_enter(DlqPlanId id, const char *queue);
+
 /*
  * Run one statement in a transaction of its own, as role, and return the
  * bigint in its first column (0 without a row), or -1 when it failed (see
@@ -851,6 +853,7 @@ worker_run(DlqPlanId id, Oid role, Datum *values, const char *nulls, const char 
 	DlqRun		run = {id, role, values, nulls, 0, NULL};
 	bool		ok;
 
+	worker_progress_enter(id, queue);
 	ok = worker_txn(dlq_plan_defs[id].what, queue, worker_run_body, &run);
 	if (run.leave != NULL)
 		worker_leave(run.leave);
@@ -869,6 +872,208 @@ worker_interrupts(void)
 	}
 }
 
+/* ----------------------------------------------------------------
+ * Worker throttle and progress
+ *
+ * Like autovacuum's vacuum_cost_limit and vacuum_cost_delay: every message
+ * the worker handles (expires, purges, returns, retries; every audit event
+ * it purges) costs 1, and when it has spent dlq.worker_cost_limit it sleeps
+ * dlq.worker_cost_delay, so that a backlog of millions goes out at a pace
+ * that leaves the server's throughput to its clients.  A batch is then at
+ * most dlq.worker_cost_limit messages, so that no transaction outgrows the
+ * budget.  The step under way, its queue and how far it got are kept in
+ * the slot for dlq.worker_status().
+ * ----------------------------------------------------------------
+ */
+
+/* Cost spent since the last throttle sleep. */
+static int64 throttle_balance = 0;
+
+/* When worker_leave_if_claimed last looked. */
+static TimestampTz last_claimed_check = 0;
+
+static bool
+worker_throttled(void)
+{
+	return dlq_worker_cost_limit > 0 && dlq_worker_cost_delay > 0;
+}
+
+/* The most messages a batch may take now. */
+static int
+worker_batch_limit(void)
+{
+	if (worker_throttled())
+		return Min(dlq_batch_size, dlq_worker_cost_limit);
+	return dlq_batch_size;
+}
+
+/*
+ * The step a plan belongs to, as dlq.worker_status() shows it; NULL for a
+ * plan that serves the step under way.
+ */
+static const char *
+worker_step_name(DlqPlanId id)
+{
+	switch (id)
+	{
+		case DLQ_PLAN_CHECK:
+			return "check";
+		case DLQ_PLAN_RECOVER:
+			return "recover";
+		case DLQ_PLAN_EXPIRE:
+			return "expire";
+		case DLQ_PLAN_STEP_QUEUES:
+			return NULL;
+		case DLQ_PLAN_RETRY_DUE:
+		case DLQ_PLAN_RETRY_QUEUE:
+		case DLQ_PLAN_RETRY:
+		case DLQ_PLAN_RETRY_AUDIT:
+		case DLQ_PLAN_RETRY_DEFER:
+			return "retry";
+		case DLQ_PLAN_PURGE:
+			return "purge";
+		case DLQ_PLAN_PURGE_EVENTS:
+			return "purge_events";
+		case DLQ_PLAN_ALERT:
+			return "alert";
+		default:
+			return dlq_plan_defs[id].what;
+	}
+}
+
+/*
+ * Show in the slot that the worker is at the step of plan id, for one
+ * queue or (NULL) every queue.  A new step starts its clock and count.
+ */
+static void
+worker_progress_enter(DlqPlanId id, const char *queue)
+{
+	const char *step = worker_step_name(id);
+
+	if (worker_slot == NULL || step == NULL)
+		return;
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	if (strncmp(worker_slot->step, step, DLQ_STEP_LEN - 1) != 0)
+	{
+		strlcpy(worker_slot->step, step, DLQ_STEP_LEN);
+		worker_slot->step_started_at = GetCurrentTimestamp();
+		worker_slot->step_done = 0;
+	}
+	strlcpy(worker_slot->step_queue, queue ? queue : "", NAMEDATALEN);
+	LWLockRelease(dlq_shared->lock);
+}
+
+/* A batch of the step under way handled n messages; the worker is alive. */
+static void
+worker_progress_done(int64 n)
+{
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	worker_slot->step_done += n;
+	worker_slot->last_heartbeat = GetCurrentTimestamp();
+	LWLockRelease(dlq_shared->lock);
+}
+
+/*
+ * The round is over: no step under way, and its throttle sleep becomes the
+ * last round's.  The naptime is rest enough, so the balance starts again.
+ */
+static void
+worker_progress_end(void)
+{
+	throttle_balance = 0;
+	if (worker_slot == NULL)
+		return;
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	worker_slot->step[0] = '\0';
+	worker_slot->step_queue[0] = '\0';
+	worker_slot->step_started_at = 0;
+	worker_slot->step_done = 0;
+	worker_slot->last_throttle_sleep_us = worker_slot->throttle_sleep_us;
+	worker_slot->throttle_sleep_us = 0;
+	LWLockRelease(dlq_shared->lock);
+}
+
+/*
+ * Leave when a DROP DATABASE (or the like) waits for us; looked at no more
+ * than once per DLQ_MAX_SLEEP_MS, so that a long step, throttled or not,
+ * does not keep it waiting (it gives up after 5 s).
+ */
+static void
+worker_leave_if_claimed(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		claimed;
+
+	if (!TimestampDifferenceExceeds(last_claimed_check, now, DLQ_MAX_SLEEP_MS))
+		return;
+	last_claimed_check = now;
+	StartTransactionCommand();
+	claimed = worker_database_claimed();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(round_cxt);
+	if (claimed)
+		worker_leave("the database is being dropped or changed");
+}
+
+/*
+ * Charge cost to the budget, and sleep when it is used up: as
+ * vacuum_delay_point does, dlq.worker_cost_delay in proportion to the cost
+ * spent, at most four times it.  The sleep wakes for SIGTERM, a reload
+ * (whose new values apply at once: a shorter delay ends it sooner, a
+ * throttle turned off ends it) and postmaster death.
+ */
+static void
+worker_throttle(int64 cost)
+{
+	TimestampTz start;
+	int64		msec;
+	int64		slept;
+
+	if (!worker_throttled())
+	{
+		throttle_balance = 0;
+		return;
+	}
+	throttle_balance += cost;
+	if (throttle_balance < dlq_worker_cost_limit)
+		return;
+
+	msec = (int64) dlq_worker_cost_delay * throttle_balance / dlq_worker_cost_limit;
+	msec = Min(msec, 4 * (int64) dlq_worker_cost_delay);
+	throttle_balance = 0;
+
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	worker_slot->throttled = true;
+	LWLockRelease(dlq_shared->lock);
+
+	start = GetCurrentTimestamp();
+	for (;;)
+	{
+		long		left;
+
+		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+											   TimestampTzPlusMilliseconds(start, msec));
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(left, DLQ_MAX_SLEEP_MS),
+						 worker_get_wait_event("DlqWorkerMain"));
+		ResetLatch(MyLatch);
+		worker_interrupts();
+		worker_leave_if_claimed();
+		if (!worker_throttled())
+			break;
+		msec = Min(msec, 4 * (int64) dlq_worker_cost_delay);
+	}
+	slept = GetCurrentTimestamp() - start;
+
+	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+	worker_slot->throttled = false;
+	worker_slot->throttle_sleep_us += Max(slept, 0);
+	worker_slot->last_heartbeat = GetCurrentTimestamp();
+	LWLockRelease(dlq_shared->lock);
+}
+
 /*
  * Repeat a step in batches until one comes back short; returns how many
  * messages it handled, and sets *failed when a batch failed.
@@ -882,9 +1087,10 @@ worker_batches(DlqPlanId id, Datum *values, const char *nulls, const char *queue
 	*failed = false;
 	for (;;)
 	{
+		int			limit = worker_batch_limit();
 		int64		n;
 
-		values[0] = Int32GetDatum(dlq_batch_size);
+		values[0] = Int32GetDatum(limit);
 		n = worker_run(id, worker_state.owner, values, nulls, queue);
 		if (n < 0)
 		{
@@ -892,13 +1098,13 @@ worker_batches(DlqPlanId id, Datum *values, const char *nulls, const char *queue
 			break;
 		}
 		total += n;
-		if (n < dlq_batch_size)
+		worker_progress_done(n);
+		worker_throttle(n);
+		if (n < limit)
 			break;
 
-		LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
-		worker_slot->last_heartbeat = GetCurrentTimestamp();
-		LWLockRelease(dlq_shared->lock);
 		worker_interrupts();
+		worker_leave_if_claimed();
 	}
 	return total;
 }
@@ -1074,6 +1280,7 @@ worker_retry(void)
 		DlqRetryGroup *g = (DlqRetryGroup *) lfirst(lc);
 		DlqRetryRun run = {g, 0};
 
+		worker_progress_enter(DLQ_PLAN_RETRY, g->queue);
 		if (worker_txn(dlq_plan_defs[DLQ_PLAN_RETRY].what, g->queue,
 					   worker_retry_body, &run))
 			total += run.retried;
@@ -1083,6 +1290,8 @@ worker_retry(void)
 			(void) worker_run(DLQ_PLAN_RETRY_DEFER, worker_state.owner, values, NULL,
 							  g->queue);
 		}
+		worker_progress_done(run.retried);
+		worker_throttle(run.retried);
 		worker_interrupts();
 	}
 	return total;
@@ -1119,6 +1328,10 @@ worker_attach(void)
 	slot->rounds = 0;
 	slot->errors = 0;
 	slot->starts++;
+	/* what a worker that died mid-step left there */
+	slot->step[0] = '\0';
+	slot->throttled = false;
+	slot->throttle_sleep_us = 0;
 	worker_slot = slot;
 	LWLockRelease(dlq_shared->lock);
 }
@@ -1274,6 +1487,7 @@ dlq_worker_main(Datum main_arg)
 
 		worker_interrupts();
 		worker_round();
+		worker_progress_end();
 		worker_sleep(start);
 	}
 }
@@ -1285,22 +1499,41 @@ dlq_worker_main(Datum main_arg)
 
 PG_FUNCTION_INFO_V1(dlq_worker_status);
 
+/* An interval of usecs microseconds. */
+static Datum
+worker_interval(int64 usecs)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = usecs;
+	return IntervalPGetDatum(iv);
+}
+
 /*
  * The shared-memory slot of this database's worker as one row, or no row
  * when there is none (library not preloaded, worker not started yet).
+ *
+ * Version 1.1 added the progress columns at the end (see the section
+ * "Worker throttle and progress" of dlq--1.0--1.1.sql); a 1.0 schema's
+ * function has only the first DLQ_STATUS_COLS_1_0, and gets only those.
  */
+#define DLQ_STATUS_COLS_1_0 15
+#define DLQ_STATUS_COLS 22
+
 Datum
 dlq_worker_status(PG_FUNCTION_ARGS)
 {
 	DlqWorkerSlot slot;
 	TupleDesc	tupdesc;
-	Datum		values[15];
-	bool		nulls[15];
+	Datum		values[DLQ_STATUS_COLS];
+	bool		nulls[DLQ_STATUS_COLS];
 	bool		running;
 	int			i = 0;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	if (tupdesc->natts != DLQ_STATUS_COLS && tupdesc->natts != DLQ_STATUS_COLS_1_0)
+		elog(ERROR, "dlq.worker_status() must return %d columns", DLQ_STATUS_COLS);
 	if (!dlq_worker_slot_copy(MyDatabaseId, &slot))
 		PG_RETURN_NULL();
 
@@ -1322,10 +1555,23 @@ dlq_worker_status(PG_FUNCTION_ARGS)
 	values[i++] = Int64GetDatum(slot.last_alerts);
 	values[i++] = Int64GetDatum(slot.errors);
 	DLQ_TS(slot.last_error_at);
-#undef DLQ_TS
 	values[i] = CStringGetTextDatum(slot.last_error);
 	nulls[i++] = slot.last_error[0] == '\0';
-	Assert(i == lengthof(values));
+	Assert(i == DLQ_STATUS_COLS_1_0);
+
+	/* 1.1: the step under way (all NULL between rounds) and the throttle */
+	values[i] = CStringGetTextDatum(slot.step);
+	nulls[i++] = !running || slot.step[0] == '\0';
+	values[i] = CStringGetTextDatum(slot.step_queue);
+	nulls[i++] = !running || slot.step[0] == '\0' || slot.step_queue[0] == '\0';
+	DLQ_TS(running && slot.step[0] != '\0' ? slot.step_started_at : 0);
+	values[i] = Int64GetDatum(slot.step_done);
+	nulls[i++] = !running || slot.step[0] == '\0';
+	values[i++] = BoolGetDatum(running && slot.throttled);
+	values[i++] = worker_interval(running ? slot.throttle_sleep_us : 0);
+	values[i++] = worker_interval(slot.last_throttle_sleep_us);
+#undef DLQ_TS
+	Assert(i == DLQ_STATUS_COLS);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -17,6 +17,7 @@ shared_preload_libraries = 'dlq'
 dlq.naptime = 100ms
 dlq.batch_size = 50
 dlq.replay_timeout = 1s
+dlq.partition_interval = 1s    # closed messages leave slot by slot: one-second slots
 });
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION dlq');

@@ -45,14 +45,18 @@ log_line_prefix = '%m [%p] <%e> {%b} %q(%a) '
 dlq.naptime = 1s
 dlq.replay_timeout = 2s
 dlq.batch_size = 50
+dlq.partition_interval = 1s
 });
 $node->start;
 
 # Queues: soak_a plain; soak_b needs a live consumer for replays; soak_r
 # retries automatically, soon and often; soak_d expires pending messages
 # after a few seconds and purges closed ones after one.  batch_size 50 keeps
-# every worker event (expired, purged, timed_out) under the 100 ids an event
-# records.
+# every worker event (expired, timed_out) under the 100 ids an event
+# records; one-second slots of the ring of closed messages keep each purge
+# (one event per queue and slot) under it too, and turn the ring every
+# eight seconds, moving the closed messages of the other queues (seven days
+# of retention) forward each time.
 $node->safe_psql('postgres', q{
 CREATE EXTENSION dlq;
 CREATE ROLE soak_writer LOGIN IN ROLE dlq_writer;

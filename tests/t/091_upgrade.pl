@@ -111,6 +111,9 @@ my $counts_before = $node->safe_psql('old',
     q{SELECT string_agg(queue || '/' || status || '=' || n, ',' ORDER BY queue, status)
         FROM dlq.counts WHERE n <> 0});
 
+my $closed_1_0 = $node->safe_psql('old',
+    q{SELECT string_agg(message_id::text, ',') FROM dlq.messages WHERE status IN ('resolved', 'expired')});
+
 # The update itself.
 $node->safe_psql('old', 'ALTER EXTENSION dlq UPDATE');
 is($node->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'dlq'}),
@@ -180,6 +183,31 @@ $node->safe_psql('old', q{
 });
 is($node->safe_psql('old', q{SELECT qty FROM items WHERE id = 1}), '5',
     'a row captured under 1.0 is re-applied to its table after the update');
+
+# Storage (issue 12): the 1.0 table is the live partition, with its closed
+# messages still in it; messages closed after the update go to the ring; the
+# worker deletes 1.0's closed ones once past retention, as 1.0 did.
+is($node->safe_psql('old', q{
+    SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = 'dlq.messages'::regclass}),
+    join(',', (map { "messages_closed_$_" } 1 .. 8), 'messages_live'),
+    'dlq.messages is partitioned: the live partition and a ring of eight');
+is($node->safe_psql('old', qq{
+    SELECT count(*) > 0 AND bool_and(tableoid = 'dlq.messages_live'::regclass)
+      FROM dlq.messages WHERE message_id IN ($closed_1_0)}),
+    't', "1.0's closed messages are in the live partition");
+is($node->safe_psql('old', q{
+    SELECT tableoid::regclass FROM dlq.messages WHERE payload = '{"late": true}'}),
+    'dlq.messages_closed_1', 'a message closed after the update is in the current slot of the ring');
+$node->safe_psql('old', q{UPDATE dlq.queues SET resolved_retention = '0'});
+ok($node->poll_query_until('old', q{
+    SELECT count(*) = 0 FROM dlq.messages_live WHERE status IN ('resolved', 'expired')}),
+    "the worker deletes 1.0's closed messages past retention");
+is($node->safe_psql('old', q{
+    SELECT count(*) FROM (SELECT queue, status, count(*) n FROM dlq.messages GROUP BY 1, 2) m
+      FULL JOIN (SELECT queue, status, sum(n) n FROM dlq.counts GROUP BY 1, 2 HAVING sum(n) <> 0) c
+     USING (queue, status) WHERE m.n IS DISTINCT FROM c.n}),
+    '0', 'dlq.counts still equals count(*)');
 
 $node->stop;
 done_testing();
