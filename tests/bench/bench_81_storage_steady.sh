@@ -95,6 +95,9 @@ bench_report "## Steady state (bench_81_storage_steady.sh, issue 12)" "" \
 while read -r c ms es parts page st hb pu; do
     bench_report "| $c | $(storage_mb "$ms") | $(storage_mb "$es") | $parts | $page | $st | $hb | $pu |"
 done <"$out"
-bench_report ""
+leaves=$(bench_psql -F ' ' -c "SELECT coalesce(string_agg(format('%s %s', relid, pg_size_pretty(pg_total_relation_size(relid))), ', ' ORDER BY relid::text), 'dlq.messages ' || pg_size_pretty(pg_total_relation_size('dlq.messages')))
+                                   FROM pg_partition_tree('dlq.messages') WHERE isleaf")
+echo "after cycle $cycles, per relation: $leaves"
+bench_report "" "After cycle $cycles, per relation (with indexes): $leaves." ""
 storage_cleanup
 bench_psql -c "TRUNCATE dlq.messages, dlq.events" >/dev/null
