@@ -119,14 +119,14 @@ EOF
         "|---|---:|---:|---:|---:|---:|---|"
     for sync in ${BENCH_STORAGE_SYNC:-on}; do
         export PGOPTIONS="-c synchronous_commit=$sync"
-        vm=() vl=() vs=() all=()
+        t_min=() t_look=() t_subj=() all=()
         for ((i = 0; i < rounds; i++)); do
-            x=$(bench_tps "$s_min" "$secs" 4) && vm+=("$x") && all+=("$(storage_int "$x")")
-            x=$(bench_tps "$s_look" "$secs" 4) && vl+=("$x") && all+=("$(storage_int "$x")")
-            x=$(bench_tps "$s_subj" "$secs" 4) && vs+=("$x") && all+=("$(storage_int "$x")")
+            x=$(bench_tps "$s_min" "$secs" 4); t_min+=("$x"); all+=("$(storage_int "$x")")
+            x=$(bench_tps "$s_look" "$secs" 4); t_look+=("$x"); all+=("$(storage_int "$x")")
+            x=$(bench_tps "$s_subj" "$secs" 4); t_subj+=("$x"); all+=("$(storage_int "$x")")
         done
         unset PGOPTIONS
-        m=$(bench_median "${vm[@]}") l=$(bench_median "${vl[@]}") s=$(bench_median "${vs[@]}")
+        m=$(bench_median "${t_min[@]}") l=$(bench_median "${t_look[@]}") s=$(bench_median "${t_subj[@]}")
         printf 'store (synchronous_commit=%s): minimal %.0f tps, lookalike %.0f tps, dlq_store %.0f tps: %s x minimal, %s x lookalike\n' \
             "$sync" "$m" "$l" "$s" "$(bench_ratio "$s" "$m")" "$(bench_ratio "$s" "$l")"
         echo "  runs (minimal, lookalike, dlq_store, ...): ${all[*]}"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by the storage benchmarks of issue 12
 # (tests/bench/bench_8*_storage*.sh); sourced after lib.sh, not run.
 #
