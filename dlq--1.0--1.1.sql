@@ -313,6 +313,7 @@ AS $$
 DECLARE
     saved_timeout text := current_setting('lock_timeout');
     s dlq.slots;
+    keep text[];
     moved jsonb;
     purged bigint;
 BEGIN
@@ -336,17 +337,25 @@ BEGIN
         RETURN NULL;
     END;
 
-    WITH m AS (
-        UPDATE dlq.messages m SET slot = dest
-          FROM dlq.queues q
-         WHERE m.slot = s.slot AND q.queue = m.queue
-           AND m.queue IN (SELECT c.queue FROM dlq.slot_contents(s.slot, s.closed_at) c WHERE NOT c.due)
-           AND m.resolved_at > now() - q.resolved_retention
-        RETURNING m.queue, m.status
-    )
-    SELECT coalesce(jsonb_agg(jsonb_build_object('queue', x.queue, 'status', x.status, 'n', x.n)), '[]')
-      INTO moved
-      FROM (SELECT m.queue, m.status, count(*) AS n FROM m GROUP BY 1, 2) x;
+    /*
+     * Only the queues not yet due are read, through their index, and the
+     * slot is a constant so that the plan holds that one partition.
+     */
+    keep := ARRAY(SELECT c.queue FROM dlq.slot_contents(s.slot, s.closed_at) c WHERE NOT c.due);
+    moved := '[]';
+    IF cardinality(keep) > 0 THEN
+        EXECUTE format($move$
+            WITH m AS (
+                UPDATE dlq.messages m SET slot = $1
+                  FROM dlq.queues q
+                 WHERE m.slot = %s AND q.queue = m.queue AND m.queue = ANY ($2)
+                   AND m.resolved_at > now() - q.resolved_retention
+                RETURNING m.queue, m.status
+            )
+            SELECT coalesce(jsonb_agg(jsonb_build_object('queue', x.queue, 'status', x.status, 'n', x.n)), '[]')
+              FROM (SELECT m.queue, m.status, count(*) AS n FROM m GROUP BY 1, 2) x$move$, s.slot)
+        INTO moved USING dest, keep;
+    END IF;
 
     /* dlq.counts does not have the moves yet: they are written at commit. */
     EXECUTE format($gone$
