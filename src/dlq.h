@@ -102,6 +102,9 @@
  * dlq.slot_empty reads and removes (dlq--1.0--1.1.sql).
  */
 #define DLQ_COUNT_SHARDS	64
+
+/* Dead rows in dlq.messages_live from which the worker vacuums it (worker.c). */
+#define DLQ_VACUUM_LIVE_MIN_DEAD 10000
 #define DLQ_SLOT_SHARD(slot, shard) (-((slot) * DLQ_COUNT_SHARDS + (shard)) - 1)
 #define DLQ_DEDUP_INDEX_1_0	"messages_dedup"
 

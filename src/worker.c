@@ -46,9 +46,12 @@
 #include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
+#include "commands/vacuum.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_node.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
@@ -443,6 +446,7 @@ typedef enum DlqPlanId
 	DLQ_PLAN_PURGE,
 	DLQ_PLAN_PURGE_EVENTS,
 	DLQ_PLAN_ALERT,
+	DLQ_PLAN_LIVE_DEAD,
 	DLQ_NUM_PLANS
 } DlqPlanId;
 
@@ -511,6 +515,14 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 	[DLQ_PLAN_PURGE_EVENTS] = {"purging audit events",
 		"SELECT dlq.worker_purge_events($1, $2 * interval '1 second', $3)",
 	3, {INT4OID, FLOAT8OID, TEXTOID}},
+	[DLQ_PLAN_LIVE_DEAD] = {"looking at dead rows of the live partition",
+		"SELECT CASE WHEN x.dead >= GREATEST(" CppAsString2(DLQ_VACUUM_LIVE_MIN_DEAD) ", x.live / 5)"
+		"  THEN x.dead ELSE 0 END"
+		"  FROM (SELECT pg_catalog.pg_stat_get_dead_tuples(c.oid) AS dead,"
+		"               pg_catalog.pg_stat_get_live_tuples(c.oid) AS live"
+		"          FROM pg_catalog.pg_class c"
+		"         WHERE c.oid = pg_catalog.to_regclass('dlq.messages_live')) x",
+	0, {InvalidOid}},
 	[DLQ_PLAN_ALERT] = {"raising alerts",
 		"SELECT dlq.worker_alert()",
 	0, {InvalidOid}},
@@ -724,6 +736,38 @@ worker_database_claimed(void)
  * as a WARNING naming the queue when the work was for one queue, recorded in
  * the slot, and the transaction aborted; the worker goes on.
  */
+/*
+ * In PG_CATCH of a step: report the error (a warning naming the queue, when
+ * the step was for one), record it in the slot and abort the transaction.
+ */
+static void
+worker_txn_failed(const char *what, const char *queue)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(worker_cxt);
+	edata = CopyErrorData();
+	if (queue == NULL)
+		EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	if (queue == NULL)
+		worker_record_error(what, edata->message);
+	else
+	{
+		char		label[DLQ_LAST_ERROR_LEN];
+
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("%s for queue \"%s\" failed: %s", what, queue, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 errhint("The worker goes on with the other queues and tries this one again next round.")));
+		snprintf(label, sizeof(label), "%s for queue \"%s\"", what, queue);
+		worker_record_error(label, edata->message);
+	}
+	FreeErrorData(edata);
+}
+
 static bool
 worker_txn(const char *what, const char *queue, void (*body) (void *), void *arg)
 {
@@ -743,29 +787,7 @@ worker_txn(const char *what, const char *queue, void (*body) (void *), void *arg
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(worker_cxt);
-		edata = CopyErrorData();
-		if (queue == NULL)
-			EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		if (queue == NULL)
-			worker_record_error(what, edata->message);
-		else
-		{
-			char		label[DLQ_LAST_ERROR_LEN];
-
-			ereport(WARNING,
-					(errcode(edata->sqlerrcode),
-					 errmsg("%s for queue \"%s\" failed: %s", what, queue, edata->message),
-					 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
-					 errhint("The worker goes on with the other queues and tries this one again next round.")));
-			snprintf(label, sizeof(label), "%s for queue \"%s\"", what, queue);
-			worker_record_error(label, edata->message);
-		}
-		FreeErrorData(edata);
+		worker_txn_failed(what, queue);
 		ok = false;
 	}
 	PG_END_TRY();
@@ -938,6 +960,8 @@ worker_step_name(DlqPlanId id)
 			return "purge_events";
 		case DLQ_PLAN_ALERT:
 			return "alert";
+		case DLQ_PLAN_LIVE_DEAD:
+			return "vacuum";
 		default:
 			return dlq_plan_defs[id].what;
 	}
@@ -1338,6 +1362,46 @@ worker_attach(void)
 	LWLockRelease(dlq_shared->lock);
 }
 
+/*
+ * VACUUM dlq.messages_live when many messages left it: every message is
+ * inserted there and moved out when it closes, and autovacuum visits a
+ * table once per autovacuum_naptime (a minute by default), while a busy
+ * pipeline moves a table's worth of messages out in seconds; until a
+ * vacuum the dead rows and index entries stay (tests/bench/README.md,
+ * "Storage").  At most once a round, when the dead rows are at least
+ * DLQ_VACUUM_LIVE_MIN_DEAD and a fifth of the live ones.  A VACUUM runs its
+ * own transactions, so it is not a worker_txn step.
+ */
+static void
+worker_vacuum_live(void)
+{
+	const char *what = "vacuuming dlq.messages_live";
+
+	if (worker_run(DLQ_PLAN_LIVE_DEAD, InvalidOid, NULL, NULL, NULL) <= 0)
+		return;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		VacuumStmt *stmt = makeNode(VacuumStmt);
+
+		pgstat_report_activity(STATE_RUNNING, what);
+		stmt->options = NIL;
+		stmt->rels = list_make1(makeVacuumRelation(makeRangeVar("dlq", "messages_live", -1),
+												   InvalidOid, NIL));
+		stmt->is_vacuumcmd = true;
+		ExecVacuum(make_parsestate(NULL), stmt, true);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		worker_txn_failed(what, NULL);
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(round_cxt);
+}
+
 static void
 worker_round(void)
 {
@@ -1406,6 +1470,7 @@ worker_round(void)
 	}
 
 	alerts = worker_run(DLQ_PLAN_ALERT, worker_state.owner, NULL, NULL, NULL);
+	worker_vacuum_live();
 
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
 	worker_slot->last_recovered = recovered;

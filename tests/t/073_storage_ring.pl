@@ -203,4 +203,17 @@ is(sql(q{SELECT count(*) FROM dlq.messages_live WHERE queue = 'soak' AND status 
 is(sql(q{SELECT count(*) FROM dlq.worker_status() WHERE errors = 0}), '1',
 	'the worker recorded no error');
 
+# --- the worker vacuums the live partition once many messages left it ----------
+# (autovacuum comes once a minute at most; the dead rows of moved messages
+# would stay until then: tests/bench/README.md, "Storage").
+is(sql(q{SELECT last_vacuum IS NULL FROM pg_stat_user_tables WHERE relid = 'dlq.messages_live'::regclass}),
+	't', 'nobody vacuumed dlq.messages_live yet');
+sql(q{SELECT count(dlq_store('vac', jsonb_build_object('i', i), 'failed')) FROM generate_series(1, 12000) i});
+sql(q{SELECT dlq_resolve(ARRAY(SELECT message_id FROM dlq.messages WHERE queue = 'vac' AND status = 'pending'
+                                ORDER BY message_id LIMIT 6000))}) for 1 .. 2;
+ok($node->poll_query_until('postgres', q{
+    SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relid = 'dlq.messages_live'::regclass}),
+	'12000 messages moved out: the worker vacuums dlq.messages_live');
+is(sql(q{SELECT count(*) FROM dlq.worker_status() WHERE errors = 0}), '1', '... without an error');
+
 done_testing();
