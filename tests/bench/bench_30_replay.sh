@@ -39,10 +39,10 @@ for i in $(seq 1 50); do
     sleep 0.1
 done
 
-# reset: every row back to pending, dead rows vacuumed away.
+# reset: every row back to pending (and into the live partition, slot 0), dead rows vacuumed away.
 reset() {
     bench_psql -c "UPDATE dlq.messages SET status = 'pending', attempts = 0, replay_request_id = NULL,
-        claimed_by = NULL, claim_expires_at = NULL, resolved_at = NULL WHERE queue = '$queue'" \
+        claimed_by = NULL, claim_expires_at = NULL, resolved_at = NULL, slot = 0 WHERE queue = '$queue'" \
         -c "VACUUM ANALYZE dlq.messages" >/dev/null
 }
 
