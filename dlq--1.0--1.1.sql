@@ -83,7 +83,8 @@ AS 'MODULE_PATHNAME', 'dlq_etl_watermark';
  * the ring of eight holds those days without moving any message.  The ring
  * is fixed and created here, so no DDL runs on the parent table at run time
  * (no ACCESS EXCLUSIVE lock on dlq.messages), and dump/restore sees the
- * same tables on both sides.  CONTRIBUTING.md, "Storage", has the figures.
+ * same tables on both sides.  CONTRIBUTING.md, "Storage", has the reasons
+ * and tests/bench/README.md the figures.
  *
  * A unique index of a partitioned table must contain the partition key:
  * dedup is (queue, dedup_key, slot) over open messages, which all live in
