@@ -329,8 +329,14 @@ BEGIN
             USING ERRCODE = 'active_sql_transaction',
                   HINT = 'Under a snapshot taken before the lock, messages closed meanwhile would not be seen.';
     END IF;
+    /*
+     * The parent first, as every statement on dlq.messages takes it: a DDL
+     * on dlq.messages (which locks the parent, then each partition) then
+     * waits for this one instead of deadlocking with it.
+     */
     BEGIN
         PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text, true);
+        LOCK TABLE ONLY dlq.messages IN ROW EXCLUSIVE MODE;
         EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', s.partition);
         PERFORM set_config('lock_timeout', saved_timeout, true);
     EXCEPTION WHEN lock_not_available THEN
