@@ -700,16 +700,21 @@ dlq_execute_kept_moved(SPIPlanPtr plan, Datum *values, const char *nulls,
 		{
 			ErrorData  *edata;
 
+			/*
+			 * Our subtransaction goes in any case, before the error goes on
+			 * up: a caller's own (a PL/pgSQL EXCEPTION block) must find
+			 * itself the current one.
+			 */
 			MemoryContextSwitchTo(cxt);
 			edata = CopyErrorData();
-			if (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE ||
-				attempt >= DLQ_MOVED_RETRIES)
-				PG_RE_THROW();
 			FlushErrorState();
-			FreeErrorData(edata);
 			RollbackAndReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(cxt);
 			CurrentResourceOwner = owner;
+			if (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE ||
+				attempt >= DLQ_MOVED_RETRIES)
+				ReThrowError(edata);
+			FreeErrorData(edata);
 			moved = true;
 		}
 		PG_END_TRY();
