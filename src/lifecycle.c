@@ -103,9 +103,9 @@ lifecycle_run(SPIPlanPtr plan, int expected_ret, const int64 *ids, int nids,
 
 /*
  * The body of dlq_discard and dlq_resolve: run sql (prepared once into
- * *plan; it takes a bigint[] and returns queue, message_id of the rows it
- * changed) over the ids in batches, audit one "verb" event per queue, and
- * return the summary.
+ * *plan, through dlq_schema_sql; it takes a bigint[] and returns queue,
+ * message_id of the rows it changed) over the ids in batches, audit one
+ * "verb" event per queue, and return the summary.
  */
 static Jsonb *
 lifecycle_by_ids(const int64 *ids, int nids, SPIPlanPtr *plan, const char *sql,
@@ -125,7 +125,7 @@ lifecycle_by_ids(const int64 *ids, int nids, SPIPlanPtr *plan, const char *sql,
 	{
 		Oid			types[1] = {INT8ARRAYOID};
 
-		*plan = dlq_prepare_kept(sql, 1, types);
+		*plan = dlq_prepare_kept(dlq_schema_sql(sql), 1, types);
 	}
 	lifecycle_run(*plan, strcmp(verb, "discarded") == 0 ?
 				  SPI_OK_DELETE_RETURNING : SPI_OK_UPDATE_RETURNING,
@@ -311,12 +311,12 @@ dlq_resolve(PG_FUNCTION_ARGS)
 	}
 
 	/* status as text: driven by the primary key, see dlq_ack */
-	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &resolve_plan, dlq_schema_sql(
+	PG_RETURN_JSONB_P(lifecycle_by_ids(ids, nids, &resolve_plan,
 									   "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
 									   "  claimed_by = NULL, claim_expires_at = NULL, next_retry_at = NULL"
 									   DLQ_SET_CLOSING_SLOT
 									   " WHERE message_id = ANY ($1)[[ AND slot = 0]]"
 									   " AND status::text IN ('pending', 'replaying', 'review')"
-									   " RETURNING queue, message_id"),
+									   " RETURNING queue, message_id",
 									   "resolved", detail));
 }
