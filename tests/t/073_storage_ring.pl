@@ -136,6 +136,10 @@ my ($rc, $out, $err) = $node->psql('postgres', q{
     BEGIN ISOLATION LEVEL REPEATABLE READ;
     SELECT dlq.slot_empty(1, 3, 'tester', '1s');});
 like($err, qr/can only be emptied in a READ COMMITTED transaction/, 'REPEATABLE READ is refused');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT dlq.slot_empty(2, 2, 'tester', '1s')});
+like($err, qr/no such pair of slots of the ring: 2 into 2/, 'a slot cannot be emptied into itself');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT dlq.slot_empty(9, 1, 'tester', '1s')});
+like($err, qr/no such pair of slots of the ring: 9 into 1/, '... nor a slot the ring does not have');
 
 # --- nobody else may turn the ring -------------------------------------------
 sql(q{CREATE ROLE ring_operator LOGIN IN ROLE dlq_operator});
