@@ -936,6 +936,33 @@ COMMENT ON FUNCTION dlq.worker_status() IS
 REVOKE ALL ON FUNCTION dlq.worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dlq.worker_status() TO dlq_reader;
 
+/* ---- Operator workflow (issue 13): new states and event kinds ---- */
+
+/*
+ * archived: resolved and expired messages past their queue's
+ * resolved_retention, kept for archive_retention.  New event kinds: capped
+ * (expired by max_messages), edited (dlq_edit), moved (dlq_move), archived.
+ * A value added here cannot be used in this script while it runs (ALTER
+ * EXTENSION UPDATE is one transaction): nothing below may spell them in a
+ * SQL function body or an index predicate; C code and PL/pgSQL use them at
+ * run time.
+ */
+ALTER TYPE dlq.status ADD VALUE 'archived';
+ALTER TYPE dlq.event_kind ADD VALUE 'capped';
+ALTER TYPE dlq.event_kind ADD VALUE 'edited';
+ALTER TYPE dlq.event_kind ADD VALUE 'moved';
+ALTER TYPE dlq.event_kind ADD VALUE 'archived';
+
+/* ---- Operator workflow: queue settings, retry by error class, archive, cap (queue.c, worker) ---- */
+
+/* ---- Operator workflow: list filters and facets (list.c, facets.c) ---- */
+
+/* ---- Operator workflow: bulk calls, filters, dry runs, resolution, move (replay.c, lifecycle.c, move.c) ---- */
+
+/* ---- Operator workflow: edit, attempt history, SQLSTATEs (edit.c, history) ---- */
+
+/* ---- Operator workflow: totals, alerts, metrics (counts.c, status.c) ---- */
+
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */
 DO $grants$
 DECLARE
