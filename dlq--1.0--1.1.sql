@@ -955,6 +955,26 @@ ALTER TYPE dlq.event_kind ADD VALUE 'archived';
 
 /* ---- Operator workflow: queue settings, retry by error class, archive, cap (queue.c, worker) ---- */
 
+/*
+ * New queue settings (dlq_configure):
+ *   retry_on             auto_retry retries 'transient' errors only (default) or 'all'
+ *   transient_sqlstates  5-character codes or 2-character classes counted as transient
+ *   permanent_sqlstates  ... as permanent; both override the built-in classes
+ *   archive_retention    how long archived messages are kept; 0 = purged at
+ *                        once after resolved_retention.  Queues that exist at
+ *                        the update keep 1.0's behaviour (0); new ones get 90 days.
+ *   max_messages         beyond this many open messages the worker expires the oldest
+ *   components           when set, the only components dlq_store and dlq_list accept
+ */
+ALTER TABLE dlq.queues
+    ADD COLUMN retry_on text NOT NULL DEFAULT 'transient' CHECK (retry_on IN ('transient', 'all')),
+    ADD COLUMN transient_sqlstates text[],
+    ADD COLUMN permanent_sqlstates text[],
+    ADD COLUMN archive_retention interval NOT NULL DEFAULT '0' CHECK (archive_retention >= '0'),
+    ADD COLUMN max_messages bigint CHECK (max_messages > 0),
+    ADD COLUMN components text[];
+ALTER TABLE dlq.queues ALTER COLUMN archive_retention SET DEFAULT '90 days';
+
 /* ---- Operator workflow: list filters and facets (list.c, facets.c) ---- */
 
 /* ---- Operator workflow: bulk calls, filters, dry runs, resolution, move (replay.c, lifecycle.c, move.c) ---- */
