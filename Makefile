@@ -5,6 +5,7 @@
 #                            throwaway instances that preload the library
 #   make demo / make test    the two commands README.md opens with
 #   make bench               benchmarks against baselines in the same run
+#   make deb                 the Debian package postgresql-15-dlq, in dist/
 
 EXTENSION = dlq
 # The version comes from dlq.control alone.
@@ -33,7 +34,7 @@ TAP_TESTS = 1
 PROVE_TESTS = $(sort $(wildcard tests/t/*.pl))
 PROVE_FLAGS = -I tests/t
 
-EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso tmp_demo tmp_bench
+EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso tmp_demo tmp_bench dist
 
 # Bitcode for JIT inlining is not worth a clang dependency.
 override with_llvm = no
@@ -45,10 +46,12 @@ include $(PGXS)
 # dependencies unless PostgreSQL was configured with --enable-depend).
 $(OBJS): $(wildcard src/*.h)
 
-.PHONY: demo test bench
+.PHONY: demo test bench deb
 demo:
 	bash scripts/demo.sh
 test:
 	bash .ci/run
 bench:
 	bash tests/bench/run.sh
+deb:
+	bash scripts/deb.sh
