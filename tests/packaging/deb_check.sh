@@ -64,7 +64,7 @@ port = $port
 listen_addresses = ''
 unix_socket_directories = '$work/sock'
 shared_preload_libraries = 'dlq'
-dlq.naptime = 1
+dlq.naptime = 1s
 CONF
         runuser -u postgres -- "$bin/pg_ctl" -D "$work/data" -l "$work/data/server.log" -w start
 }

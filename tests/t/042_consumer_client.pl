@@ -21,7 +21,7 @@ my $script = abs_path(dirname(__FILE__) . '/../../contrib/consumer/dlq_consumer.
 
 my $node = PostgreSQL::Test::Cluster->new('consumer_client');
 $node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'dlq'\ndlq.naptime = 1");
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'dlq'\ndlq.naptime = 1s");
 $node->start;
 $node->safe_psql('postgres', q{
     CREATE EXTENSION dlq;
