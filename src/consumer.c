@@ -21,7 +21,9 @@
  *	  the message claimable again (at-least-once).  dlq_ack resolves,
  *	  dlq_nack ends the attempt: back to pending, or review once the
  *	  message has used max_attempts replays.  Neither claims nor nacks count
- *	  as attempts; the replay that handed the message out did.
+ *	  as attempts; the replay that handed the message out did.  A nack's
+ *	  "nacked" event records the attempt it ends, with the consumer's
+ *	  SQLSTATE and error, for dlq_history (history.h).
  *
  *-------------------------------------------------------------------------
  */
