@@ -981,6 +981,220 @@ ALTER TABLE dlq.queues ALTER COLUMN archive_retention SET DEFAULT '90 days';
 
 /* ---- Operator workflow: edit, attempt history, SQLSTATEs (edit.c, history) ---- */
 
+/*
+ * dlq_edit (src/edit.c): fix the payload of a pending or review message
+ * before it is replayed; the old payload is kept in the "edited" event.
+ * Operators only: it changes what a replay hands out or re-applies.
+ */
+CREATE FUNCTION @extschema@.dlq_edit(message_id bigint, payload jsonb, note text DEFAULT NULL)
+RETURNS dlq.message
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_edit';
+COMMENT ON FUNCTION @extschema@.dlq_edit(bigint, jsonb, text) IS
+    'replace the payload of a pending or review message (55000 otherwise); the old payload and the note are kept in an "edited" event';
+REVOKE ALL ON FUNCTION @extschema@.dlq_edit(bigint, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_edit(bigint, jsonb, text) TO dlq_operator;
+
+/*
+ * Every failed replay attempt keeps its SQLSTATE and error (src/history.h):
+ * the events that end attempts with a failure (replay_failed, nacked,
+ * timed_out) carry in their detail "attempts", an array of
+ * {"message_id", "attempt", "sqlstate", "error"} (the error clipped to
+ * 1000 bytes), and name at most 100 messages each, so that
+ * events_message_ids finds every one.  dlq_history gains, at the end, the
+ * attempt, sqlstate and error of its message in such an event (NULL for
+ * other events); its result type changes, so it is dropped and created
+ * again.  No kind is spelled in its body (ALTER EXTENSION UPDATE may not
+ * use the kinds it adds).
+ */
+DROP FUNCTION @extschema@.dlq_history(bigint);
+CREATE FUNCTION @extschema@.dlq_history(message_id bigint)
+RETURNS TABLE (
+    event_id        bigint,
+    at              timestamptz,
+    actor           text,
+    kind            dlq.event_kind,
+    queue           text,
+    request_id      uuid,
+    message_count   bigint,
+    message_ids     bigint[],
+    detail          jsonb,
+    attempt         integer,
+    sqlstate        text,
+    error           text)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.event_id, e.at, e.actor, e.kind, e.queue, e.request_id, e.message_count,
+           e.message_ids, e.detail, a.attempt, a.sqlstate, a.error
+      FROM (SELECT e.* FROM dlq.events e
+             WHERE e.message_ids OPERATOR(pg_catalog.@>) ARRAY[$1]
+            UNION
+            SELECT e.* FROM dlq.events e JOIN dlq.messages m ON m.replay_request_id = e.request_id
+             WHERE m.message_id = $1 AND e.message_ids IS NULL) e
+      LEFT JOIN LATERAL (
+            SELECT x.attempt, x.sqlstate, x.error
+              FROM jsonb_to_recordset(CASE WHEN jsonb_typeof(e.detail -> 'attempts') = 'array'
+                                           THEN e.detail -> 'attempts' END)
+                   AS x(message_id bigint, attempt integer, sqlstate text, error text)
+             WHERE x.message_id = $1
+             LIMIT 1) a ON true
+     ORDER BY e.event_id
+$$;
+COMMENT ON FUNCTION @extschema@.dlq_history(bigint) IS
+    'audit events of one message (those naming it, and those of its last replay request); for a failed replay attempt also its number, SQLSTATE and error';
+REVOKE ALL ON FUNCTION @extschema@.dlq_history(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_history(bigint) TO dlq_reader;
+
+/*
+ * The worker's recovery of timed-out replays records each returned
+ * message's attempt (sqlstate NULL, error "replay timed out: ..."),
+ * one timed_out event per queue and 100 messages.  Body as in the section
+ * "Trust: replays run as a role that could write" otherwise.
+ */
+CREATE OR REPLACE FUNCTION dlq.worker_recover(batch_size integer, timeout interval,
+                                   actor text DEFAULT current_user,
+                                   with_unclaimed boolean DEFAULT true,
+                                   queue text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    only_queue text := queue;
+    picked bigint[];
+    r record;
+    into_id bigint;
+    folded bigint := 0;
+    returned bigint;
+    tries integer;
+    conflict text;
+BEGIN
+    IF batch_size IS NULL OR timeout IS NULL OR with_unclaimed IS NULL THEN
+        RETURN NULL;
+    END IF;
+    picked := ARRAY(
+        SELECT s.message_id FROM dlq.messages s
+         WHERE s.status = 'replaying'
+           AND (only_queue IS NULL OR s.queue = only_queue)
+           AND (s.claim_expires_at <= now() - timeout
+                OR (with_unclaimed AND s.claim_expires_at IS NULL
+                    AND EXISTS (SELECT 1 FROM dlq.events e
+                                 WHERE e.request_id = s.replay_request_id
+                                   AND e.at <= now() - timeout)))
+         ORDER BY s.message_id
+         LIMIT batch_size
+           FOR UPDATE SKIP LOCKED);
+
+    /*
+     * A message with a dedup_key whose key is meanwhile held by another open
+     * (pending or review) message cannot go back to pending: it is folded
+     * into that one, as dlq_nack does, and resolved with a "merged" event.
+     * Going one by one also folds two returning messages with the same key.
+     * A message that took the key after the check is found by looking again
+     * once reopening this one fails on messages_dedup (issue 11, finding 7).
+     * A key held by a transaction that stays open (a writer's uncommitted
+     * dlq_store) past lock_timeout only puts this message off to the next
+     * round.
+     */
+    FOR r IN SELECT m.message_id, m.queue, m.dedup_key, m.occurrences FROM dlq.messages m
+              WHERE m.message_id = ANY (picked) AND m.dedup_key IS NOT NULL ORDER BY m.message_id LOOP
+        BEGIN
+            tries := 0;
+            LOOP
+                SELECT o.message_id INTO into_id FROM dlq.messages o
+                 WHERE o.queue = r.queue AND o.dedup_key = r.dedup_key
+                   AND o.status IN ('pending', 'review') AND o.message_id <> r.message_id
+                   FOR UPDATE;
+                EXIT WHEN into_id IS NOT NULL;
+                /* the first of its key reopens now, so that later ones fold into it */
+                BEGIN
+                    UPDATE dlq.messages
+                       SET status = CASE WHEN attempts >= max_attempts THEN 'review' ELSE 'pending' END::dlq.status,
+                           claimed_by = NULL, claim_expires_at = NULL
+                     WHERE message_id = r.message_id;
+                    EXIT;
+                EXCEPTION WHEN unique_violation THEN
+                    /*
+                     * A dlq_store, dlq_nack or another recovery made a
+                     * message with the key open after the SELECT above
+                     * looked: undone, look again and fold into that one.
+                     */
+                    GET STACKED DIAGNOSTICS conflict = CONSTRAINT_NAME;
+                    tries := tries + 1;
+                    IF conflict IS DISTINCT FROM 'messages_live_dedup' THEN
+                        RAISE;
+                    END IF;
+                    IF tries >= 100 OR current_setting('transaction_isolation') <> 'read committed' THEN
+                        RAISE EXCEPTION 'could not serialize access due to a concurrent store of the same dedup_key'
+                            USING ERRCODE = 'serialization_failure',
+                                  DETAIL = format('Message %s could not go back to pending: another open message of queue "%s" took its dedup_key.',
+                                                  r.message_id, r.queue),
+                                  HINT = 'Retry the transaction.';
+                    END IF;
+                END;
+            END LOOP;
+            IF into_id IS NOT NULL THEN
+                UPDATE dlq.messages SET occurrences = occurrences + r.occurrences, last_failed_at = now()
+                 WHERE message_id = into_id;
+                UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),
+                       claimed_by = NULL, claim_expires_at = NULL,
+                       slot = (SELECT c.slot FROM dlq.slots c WHERE c.state = 'current')
+                 WHERE message_id = r.message_id;
+                INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+                VALUES (actor, 'merged', r.queue, 1, ARRAY[r.message_id],
+                        jsonb_build_object('into', into_id, 'reason', 'replay timed out'));
+                picked := array_remove(picked, r.message_id);
+                folded := folded + 1;
+            END IF;
+        EXCEPTION WHEN lock_not_available THEN
+            /*
+             * Another transaction holds the key (an open message being
+             * changed, or a dlq_store of it not committed yet) for longer
+             * than the worker's lock_timeout: this message stays replaying
+             * until the next round instead of failing the recovery of every
+             * other one.
+             */
+            picked := array_remove(picked, r.message_id);
+        END;
+    END LOOP;
+
+    WITH back AS (
+        UPDATE dlq.messages m
+           SET status = CASE WHEN m.attempts >= m.max_attempts
+                             THEN 'review' ELSE 'pending' END::dlq.status,
+               claimed_by = NULL,
+               claim_expires_at = NULL,
+               next_retry_at = CASE WHEN q.auto_retry AND m.attempts < m.max_attempts
+                                    THEN now() + dlq.retry_delay(q, m.attempts + 1) END
+          FROM dlq.queues q
+         WHERE m.message_id = ANY (picked)
+           AND q.queue = m.queue
+        RETURNING m.queue, m.message_id, m.status, m.attempts
+    ), chunked AS (
+        /* at most 100 messages per event, so that each names its ids (src/history.h) */
+        SELECT back.*, (row_number() OVER (PARTITION BY back.queue ORDER BY back.message_id) - 1) / 100 AS chunk
+          FROM back
+    ), audit AS (
+        INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+        SELECT actor, 'timed_out', c.queue, count(*),
+               array_agg(c.message_id ORDER BY c.message_id),
+               jsonb_build_object('pending', count(*) FILTER (WHERE c.status = 'pending'),
+                                  'review', count(*) FILTER (WHERE c.status = 'review'),
+                                  'timeout', timeout::text,
+                                  'attempts', jsonb_agg(jsonb_build_object(
+                                      'message_id', c.message_id, 'attempt', c.attempts,
+                                      'sqlstate', NULL,
+                                      'error', format('replay timed out: not acknowledged within %s s',
+                                                      floor(extract(epoch FROM timeout))::bigint))
+                                      ORDER BY c.message_id))
+          FROM chunked c GROUP BY c.queue, c.chunk
+    )
+    SELECT count(*) INTO returned FROM back;
+    RETURN returned + folded;
+END
+$$;
+
 /* ---- Operator workflow: totals, alerts, metrics (counts.c, status.c) ---- */
 
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */

@@ -78,7 +78,7 @@ SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_a', max_messages => 0)$$);
 SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_a', force => NULL)$$);
 SELECT dlq_test.try($$SELECT dlq_reprocess_all('rp_a', component => '')$$);
 
--- A NOTIFY queue without a live consumer: 55000 with a hint, nothing changes.
+-- A NOTIFY queue without a live consumer: DLQ01 (1.0: 55000) with a hint, nothing changes.
 SELECT (dlq_configure('rp_b')).queue;
 SELECT dlq_store('rp_b', jsonb_build_object('n', g), 'e') IS NOT NULL FROM generate_series(1, 2) g;
 SELECT dlq_reprocess_all('rp_b');

@@ -72,7 +72,11 @@ SELECT next_retry_at BETWEEN now() + interval '9 min' AND now() + interval '11 m
 SELECT dlq_reprocess(ARRAY[dlq_test.id('cs_a', 3)]) ->> 'replayed' AS replayed;
 SELECT dlq_nack(dlq_test.id('cs_a', 3), 'still failing');
 SELECT dlq_test.st('cs_a');
-SELECT kind, message_ids = ARRAY[dlq_test.id('cs_a', 3)] AS ids, detail FROM dlq.events
+-- (1.1: each also records the attempt it ended, for dlq_history)
+SELECT kind, message_ids = ARRAY[dlq_test.id('cs_a', 3)] AS ids, detail - 'attempts' AS detail,
+       (detail->'attempts'->0->>'message_id')::bigint = dlq_test.id('cs_a', 3) AS attempt_of_it,
+       (detail->'attempts'->0) - 'message_id' AS attempt
+  FROM dlq.events
  WHERE queue = 'cs_a' AND kind = 'nacked' AND message_ids = ARRAY[dlq_test.id('cs_a', 3)] ORDER BY event_id;
 
 -- Bad input, wrong state, unknown message: errors, nothing changes.

@@ -69,7 +69,10 @@ RESET ROLE;
 SELECT id, amount FROM sec_replay.vt ORDER BY id;
 SELECT payload->>'id' AS id, status, sqlstate, error_class, attempts, error
   FROM dlq.messages WHERE queue = 'sec_replay_vt' ORDER BY message_id;
-SELECT kind, message_count, detail FROM dlq.events
+-- (1.1: a replay_failed event also lists each failed attempt, for dlq_history)
+SELECT kind, message_count, detail - 'attempts' AS detail,
+       jsonb_path_query_array(detail, '$.attempts[*].sqlstate') AS attempt_sqlstates
+  FROM dlq.events
  WHERE queue = 'sec_replay_vt' AND kind IN ('replayed', 'replay_failed') ORDER BY event_id;
 -- Not even with force, and not by a superuser.
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('sec_replay_vt', force => true) r;

@@ -11,6 +11,7 @@
 #define DLQ_CAPTURE_H
 
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 
 typedef struct DlqReapplyResult
 {
@@ -30,5 +31,13 @@ typedef struct DlqReapplyResult
  */
 extern void dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 							DlqReapplyResult *result);
+
+/*
+ * Check a new payload for a row captured from rel (dlq_edit): a JSON
+ * object whose keys are columns of rel and whose values convert into them,
+ * converted as the table's owner the way a replay does.  Raises 22023 for
+ * a key that is not a column, and the conversion's own error otherwise.
+ */
+extern void dlq_reapply_check_payload(Relation rel, Jsonb *payload);
 
 #endif							/* DLQ_CAPTURE_H */

@@ -21,7 +21,9 @@
  *	  the message claimable again (at-least-once).  dlq_ack resolves,
  *	  dlq_nack ends the attempt: back to pending, or review once the
  *	  message has used max_attempts replays.  Neither claims nor nacks count
- *	  as attempts; the replay that handed the message out did.
+ *	  as attempts; the replay that handed the message out did.  A nack's
+ *	  "nacked" event records the attempt it ends, with the consumer's
+ *	  SQLSTATE and error, for dlq_history (history.h).
  *
  *-------------------------------------------------------------------------
  */
@@ -40,6 +42,7 @@
 #include "utils/tuplestore.h"
 
 #include "dlq.h"
+#include "history.h"
 #include "version.h"
 
 /* First key of the live-consumer advisory locks: "DLQ". */
@@ -523,7 +526,8 @@ consumer_nack_prepare(void)
 									  "  (SELECT o.message_id FROM dlq.messages o"
 									  "   WHERE o.queue = m.queue AND o.dedup_key = m.dedup_key"
 									  "   AND o.status IN ('pending', 'review') AND o.message_id <> m.message_id"
-									  "   FOR UPDATE)"
+									  "   FOR UPDATE),"
+									  "  m.attempts"
 									  " FROM dlq.messages m WHERE m.message_id = $1 FOR UPDATE OF m",
 									  1, ltypes);
 	nack_plan = dlq_prepare_kept(
@@ -559,6 +563,7 @@ typedef struct ConsumerNackTarget
 	char	   *queue;
 	bool		has_dedup_key;
 	int64		into;			/* open message holding the key, or 0 */
+	int32		attempt;		/* the attempt the nack ends */
 } ConsumerNackTarget;
 
 /*
@@ -588,6 +593,7 @@ consumer_nack_lock(Datum *values, int64 id, ConsumerNackTarget *target)
 	target->has_dedup_key = !isnull;
 	d = SPI_getbinval(row, desc, 4, &isnull);
 	target->into = isnull ? 0 : DatumGetInt64(d);
+	target->attempt = DatumGetInt32(SPI_getbinval(row, desc, 5, &isnull));
 	if (strcmp(status, "replaying") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -597,21 +603,26 @@ consumer_nack_lock(Datum *values, int64 id, ConsumerNackTarget *target)
 
 /*
  * Fold message id into the open message holding its dedup_key: add its
- * occurrences there and resolve it, with a "nacked" and a "merged" event.
+ * occurrences there and resolve it, with a "nacked" event that records the
+ * failed attempt (history.h) and a "merged" one.
  */
 static void
 consumer_nack_fold(Datum *values, const char *nulls, int64 id, const char *error,
-				   const ConsumerNackTarget *target, const char *actor, Datum request_id)
+				   const char *sqlstate, const ConsumerNackTarget *target,
+				   const char *actor, Datum request_id)
 {
-	Jsonb	   *detail;
+	char	   *members;
 
 	if (dlq_execute_kept(nack_fold_plan, values, nulls, false, 0, SPI_OK_UPDATE) != 1)
 		elog(ERROR, "could not fold message %lld into message %lld",
 			 (long long) id, (long long) target->into);
-	detail = dlq_jsonb(psprintf("{\"into\": %lld, \"error\": %s}",
-								(long long) target->into, dlq_json_quote(error)));
-	dlq_audit("nacked", actor, target->queue, request_id, true, 1, &id, 1, detail);
-	dlq_audit("merged", actor, target->queue, request_id, true, 1, &id, 1, detail);
+	members = psprintf("\"into\": %lld, \"error\": %s",
+					   (long long) target->into, dlq_json_quote(error));
+	dlq_audit("nacked", actor, target->queue, request_id, true, 1, &id, 1,
+			  dlq_jsonb(psprintf("{%s, \"attempts\": [%s]}", members,
+								 dlq_attempt_json(id, target->attempt, sqlstate, error))));
+	dlq_audit("merged", actor, target->queue, request_id, true, 1, &id, 1,
+			  dlq_jsonb(psprintf("{%s}", members)));
 }
 
 /* The error argument of dlq_nack: not NULL, not empty, not too large. */
@@ -638,7 +649,7 @@ consumer_nack_error_arg(FunctionCallInfo fcinfo)
  */
 static char *
 consumer_nack_run(Datum *values, const char *nulls, int64 id, const char *error,
-				  const char *actor)
+				  const char *sqlstate, const char *actor)
 {
 	Datum		request_id = dlq_new_request_id();
 	ConsumerNackTarget target;
@@ -653,7 +664,8 @@ consumer_nack_run(Datum *values, const char *nulls, int64 id, const char *error,
 
 		if (target.has_dedup_key && target.into != 0)
 		{
-			consumer_nack_fold(values, nulls, id, error, &target, actor, request_id);
+			consumer_nack_fold(values, nulls, id, error, sqlstate, &target, actor,
+							   request_id);
 			return "resolved";
 		}
 		if (consumer_nack_reopen(values, nulls, target.has_dedup_key, &status))
@@ -673,8 +685,9 @@ consumer_nack_run(Datum *values, const char *nulls, int64 id, const char *error,
 							   (long long) id, target.queue),
 					 errhint("Retry the transaction; the nack will then fold the message into that one.")));
 	}
-	detail = dlq_jsonb(psprintf("{\"status\": \"%s\", \"error\": %s}",
-								status, dlq_json_quote(error)));
+	detail = dlq_jsonb(psprintf("{\"status\": \"%s\", \"error\": %s, \"attempts\": [%s]}",
+								status, dlq_json_quote(error),
+								dlq_attempt_json(id, target.attempt, sqlstate, error)));
 	dlq_audit("nacked", actor, target.queue, request_id, true, 1, &id, 1, detail);
 	return status;
 }
@@ -728,7 +741,7 @@ dlq_nack(PG_FUNCTION_ARGS)
 	dlq_become_owner(&owner);
 	SPI_connect();
 	consumer_nack_prepare();
-	status = consumer_nack_run(values, nulls, id, error,
+	status = consumer_nack_run(values, nulls, id, error, sqlstate,
 							   GetUserNameFromId(owner.caller, false));
 	status = MemoryContextStrdup(TopTransactionContext, status);
 	SPI_finish();

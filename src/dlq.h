@@ -27,6 +27,9 @@
  *					exists (dlq_check_queue_exists)
  *	  list.c		dlq_list, dlq_list_page, dlq_get
  *	  replay.c		dlq_reprocess, dlq_reprocess_all
+ *	  edit.c		dlq_edit: fixing the payload of an open message
+ *	  history.c		failed replay attempts kept in the audit trail
+ *					(history.h), for dlq_history
  *	  lifecycle.c	dlq_discard, dlq_discard_all, dlq_resolve
  *	  consumer.c	dlq_listen, dlq_claim, dlq_ack, dlq_nack; the
  *					live-consumer registry (dlq_consumer_alive)
@@ -116,6 +119,14 @@
 	" m.last_failed_at, m.expires_at, m.next_retry_at, m.replay_request_id," \
 	" m.claimed_by, m.claim_expires_at, m.resolved_at, m.source_relation," \
 	" m.operation"
+
+/*
+ * SQLSTATE of a replay refused because a queue that hands its messages to
+ * consumers has no live consumer (class DL, dlq's own): a caller tells it
+ * from a paused queue (55000) and may wait for a consumer and retry, like
+ * an HTTP 503, where a paused queue is a 409.
+ */
+#define ERRCODE_DLQ_NO_CONSUMER MAKE_SQLSTATE('D','L','Q','0','1')
 
 /* The channel on which the worker NOTIFYs alerts; no queue may use it. */
 #define DLQ_ALERT_CHANNEL	"dlq_alerts"

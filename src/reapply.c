@@ -18,7 +18,8 @@
  *	  divert that row into a new message: it hands any violation back here,
  *	  and dlq_reapply_row reports it.  Rows its triggers write are captured
  *	  as usual.  The conversion and insert plans are kept in the relation's
- *	  cache entry.
+ *	  cache entry.  dlq_edit (edit.c) checks a new payload for a captured
+ *	  row here, with the same conversion (dlq_reapply_check_payload).
  *
  *-------------------------------------------------------------------------
  */
@@ -468,4 +469,78 @@ dlq_reapply_keep_violation(Oid relid, const CaptureViolation *v)
 	reapply_violation->constraint = v->constraint ? pstrdup(v->constraint) : NULL;
 	MemoryContextSwitchTo(old);
 	return true;
+}
+
+/*
+ * The part of dlq_reapply_check_payload that runs as the table's owner:
+ * the conversion a replay would do, whose errors (a value of the wrong
+ * type, a domain's check) raise.
+ */
+static void
+reapply_check_as_owner(Relation rel, Jsonb *payload)
+{
+	CaptureRel *entry = dlq_predict_get_rel(rel);
+	TupleTableSlot *slot;
+
+	SPI_connect();
+	if (entry->insert_plan == NULL)
+		reapply_prepare(entry, rel);
+	slot = reapply_to_slot(entry, rel, payload);
+	ExecDropSingleTupleTableSlot(slot);
+	SPI_finish();
+}
+
+/*
+ * Would payload, as the new payload of a row captured from rel, be
+ * re-applied as a row of rel?  It must be a JSON object whose every key is
+ * a column of rel (22023: a replay would silently drop the others), and
+ * convert into rel's row type, as the table's owner in a
+ * security-restricted operation like the replay itself (the input
+ * functions' and domains' errors raise as they are).  See capture.h.
+ */
+void
+dlq_reapply_check_payload(Relation rel, Jsonb *payload)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	DlqCallerScope owner_scope;
+	MemoryContext callercxt = CurrentMemoryContext;
+
+	if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload of a row captured from table %s must be a JSON object",
+						RelationGetRelationName(rel)),
+				 errdetail("Its keys are the columns of the table.")));
+
+	it = JsonbIteratorInit(&payload->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+		AttrNumber	attnum;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		attnum = get_attnum(RelationGetRelid(rel), key);
+		if (attnum == InvalidAttrNumber || attnum < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("column \"%s\" of table %s does not exist", key,
+							RelationGetRelationName(rel)),
+					 errdetail("The payload of a captured row may only have keys that are columns of the table it was captured from.")));
+	}
+
+	dlq_as_relowner_begin(rel->rd_rel->relowner, &owner_scope);
+	PG_TRY();
+	{
+		reapply_check_as_owner(rel, payload);
+	}
+	PG_FINALLY();
+	{
+		dlq_as_relowner_end(&owner_scope);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(callercxt);
 }

@@ -46,6 +46,7 @@
 
 #include "capture.h"
 #include "dlq.h"
+#include "history.h"
 #include "version.h"
 
 /* At most this many failures are listed in a replay summary. */
@@ -65,6 +66,8 @@ typedef struct ReplayQueue
 	DlqIdTally	reapplied;		/* re-applied to the target */
 	DlqIdTally	failed;			/* re-apply failed */
 	DlqIdTally	refused;		/* not captured from the target: to review */
+	DlqAttemptLog *failed_log;	/* the failed attempts, for replay_failed */
+	DlqAttemptLog *refused_log; /* the refused ones */
 } ReplayQueue;
 
 typedef struct ReplayState
@@ -128,7 +131,7 @@ replay_queue(ReplayState *st, const char *queue)
 /*
  * Read a queue's settings and check that its messages may be replayed now:
  * not paused (55000); a consumer listening unless the queue does without
- * (55000); privileges on the replay target (42501).  Once per queue per
+ * (DLQ01); privileges on the replay target (42501).  Once per queue per
  * call; an error undoes the whole call.
  */
 static void
@@ -180,7 +183,7 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 		if (!OidIsValid(rq->target) && require_listener &&
 			!dlq_consumer_alive(rq->queue))
 			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					(errcode(ERRCODE_DLQ_NO_CONSUMER),
 					 errmsg("no consumer is listening on queue \"%s\"", rq->queue),
 					 errdetail("Nothing was replayed: replayed messages would wait until a consumer appears."),
 					 errhint("Start a consumer that calls dlq_listen('%s'), or configure the queue with require_listener => false.",
@@ -283,7 +286,8 @@ replay_prepare(void)
 										   "   >= m.max_attempts THEN NULL"
 										   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
 										   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
-										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1",
+										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
+										   " RETURNING m.attempts",
 										   8, failed_types);
 	reapplied_plan = dlq_prepare_kept(dlq_schema_sql(
 									  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
@@ -296,9 +300,34 @@ replay_prepare(void)
 }
 
 /*
+ * The attempt log of a queue's failed (or refused) re-applies, made on
+ * first use in the context of the call.
+ */
+static DlqAttemptLog *
+replay_attempt_log(ReplayState *st, ReplayQueue *rq, bool refused)
+{
+	DlqAttemptLog **log = refused ? &rq->refused_log : &rq->failed_log;
+
+	if (*log == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(MemoryContextGetParent(st->batch_cxt));
+		char	   *extra = NULL;
+
+		if (refused)
+			extra = psprintf("\"sqlstate\": \"42501\", \"reason\": \"not captured from the replay target\", \"replay_target\": %s",
+							 dlq_json_quote(DatumGetCString(DirectFunctionCall1(regclassout,
+																			   ObjectIdGetDatum(rq->target)))));
+		*log = dlq_attempt_log_create("replay_failed", st->actor, rq->queue,
+									  st->request_id, extra);
+		MemoryContextSwitchTo(old);
+	}
+	return *log;
+}
+
+/*
  * Record a failed re-apply on its message: the new error, back to pending
  * (review once max_attempts are used, or at once when refused), and in the
- * call's tallies and failure list.
+ * call's tallies, attempt logs and failure list.
  */
 static void
 replay_record_failure(ReplayState *st, ReplayQueue *rq, int64 id, bool was_review,
@@ -306,6 +335,8 @@ replay_record_failure(ReplayState *st, ReplayQueue *rq, int64 id, bool was_revie
 {
 	Datum		values[8];
 	char		nulls[8];
+	bool		isnull;
+	int32		attempt;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(id);
@@ -322,9 +353,15 @@ replay_record_failure(ReplayState *st, ReplayQueue *rq, int64 id, bool was_revie
 	values[5] = st->request_id;
 	values[6] = BoolGetDatum(was_review);
 	values[7] = BoolGetDatum(refused);
-	if (dlq_execute_kept(reapply_failed_plan, values, nulls, false, 0, SPI_OK_UPDATE) != 1)
+	if (dlq_execute_kept(reapply_failed_plan, values, nulls, false, 0,
+						 SPI_OK_UPDATE_RETURNING) != 1)
 		elog(ERROR, "could not record the failed replay of message " INT64_FORMAT, id);
+	attempt = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+										  &isnull));
+	SPI_freetuptable(SPI_tuptable);
 	dlq_tally_add(refused ? &rq->refused : &rq->failed, id);
+	dlq_attempt_log_add(replay_attempt_log(st, rq, refused), id, attempt,
+						result->sqlstate, result->error ? result->error : "replay failed");
 	replay_add_failure(st, id, result->sqlstate, result->error);
 }
 
@@ -498,17 +535,6 @@ replay_init(ReplayState *st, DlqOwnerContext *owner, bool force)
 	initStringInfo(&st->failures);
 }
 
-/* Detail of the audit event of refused messages. */
-static Jsonb *
-replay_refused_detail(Oid target)
-{
-	char	   *json = psprintf("{\"sqlstate\": \"42501\", \"reason\": \"not captured from the replay target\", \"replay_target\": %s}",
-								dlq_json_quote(DatumGetCString(DirectFunctionCall1(regclassout,
-																				   ObjectIdGetDatum(target)))));
-
-	return dlq_jsonb(json);
-}
-
 static int
 replay_queue_cmp(const ListCell *a, const ListCell *b)
 {
@@ -554,11 +580,11 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 						st->request_id, NULL);
 		dlq_tally_audit(&rq->reapplied, "replayed", st->actor, rq->queue,
 						st->request_id, NULL);
-		dlq_tally_audit(&rq->failed, "replay_failed", st->actor, rq->queue,
-						st->request_id, NULL);
-		if (rq->refused.count > 0)
-			dlq_tally_audit(&rq->refused, "replay_failed", st->actor, rq->queue,
-							st->request_id, replay_refused_detail(rq->target));
+		/* What is left of the failed attempts (history.c). */
+		if (rq->failed_log != NULL)
+			dlq_attempt_log_flush(rq->failed_log);
+		if (rq->refused_log != NULL)
+			dlq_attempt_log_flush(rq->refused_log);
 		if (touched > 0)
 		{
 			Datum		value = CStringGetTextDatum(rq->queue);

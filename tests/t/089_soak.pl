@@ -83,8 +83,9 @@ END $$;
 
 -- Replay a few messages from a random point of the queue: pending ones
 -- (mode 0, 1), review ones with force (2), or the first pending ones with
--- dlq_reprocess_all (3).  soak_b refuses with 55000 while no consumer has
--- called dlq_listen (after the crash, until one does).
+-- dlq_reprocess_all (3).  soak_b refuses with DLQ01 while no consumer has
+-- called dlq_listen (after the crash, until one does); any queue with 55000
+-- while paused.
 CREATE FUNCTION soak_reprocess(q text, mode int) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
@@ -100,7 +101,7 @@ BEGIN
         RETURN NULL;
     END IF;
     RETURN dlq_reprocess(ids, force => mode = 2);
-EXCEPTION WHEN object_not_in_prerequisite_state THEN
+EXCEPTION WHEN object_not_in_prerequisite_state OR SQLSTATE 'DLQ01' THEN
     INSERT INTO soak_trapped VALUES ('reprocess', SQLSTATE, SQLERRM);
     RETURN NULL;
 END $$;
