@@ -15,7 +15,8 @@
  * included (bgw_restart_time), and the launcher starts the workers again.
  *
  * A worker runs a round every naptime: it returns timed-out replays,
- * expires, requests automatic retries, purges and alerts.  Each step is one
+ * expires (past expires_at, and beyond a queue's max_messages), requests
+ * automatic retries (of the messages retry_on allows), purges and alerts.  Each step is one
  * bounded batch (dlq.batch_size) in a transaction of its own, repeated
  * until a batch comes back short; the statements are the SQL functions
  * dlq.worker_* (dlq--1.0.sql, "Worker", and dlq--1.0--1.1.sql), which take
@@ -436,6 +437,7 @@ typedef enum DlqPlanId
 	DLQ_PLAN_CHECK,
 	DLQ_PLAN_RECOVER,
 	DLQ_PLAN_EXPIRE,
+	DLQ_PLAN_CAP,
 	DLQ_PLAN_STEP_QUEUES,
 	DLQ_PLAN_RETRY_DUE,
 	DLQ_PLAN_RETRY_QUEUE,
@@ -481,6 +483,10 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		"SELECT dlq.worker_expire($1, $2, $3)",
 		3, {INT4OID, TEXTOID, TEXTOID},
 	"{pending}"},
+	[DLQ_PLAN_CAP] = {"expiring messages beyond max_messages",
+		"SELECT dlq.worker_cap($1, $2, $3)",
+		3, {INT4OID, TEXTOID, TEXTOID},
+	"{pending,review}"},
 	[DLQ_PLAN_STEP_QUEUES] = {"finding the queues of a step",
 		"SELECT queue FROM dlq.counts WHERE status = ANY ($1::dlq.status[])"
 		" GROUP BY queue HAVING sum(n) > 0 ORDER BY queue",
@@ -944,6 +950,8 @@ worker_step_name(DlqPlanId id)
 			return "recover";
 		case DLQ_PLAN_EXPIRE:
 			return "expire";
+		case DLQ_PLAN_CAP:
+			return "cap";
 		case DLQ_PLAN_STEP_QUEUES:
 			return NULL;
 		case DLQ_PLAN_RETRY_DUE:
@@ -1452,6 +1460,8 @@ worker_round(void)
 
 	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
 	expired = worker_repeat(DLQ_PLAN_EXPIRE, values);
+	/* Queues above max_messages: their oldest open messages, counted as expired. */
+	expired += worker_repeat(DLQ_PLAN_CAP, values);
 
 	retried = worker_retry();
 
