@@ -138,7 +138,10 @@ store_prepare(void)
 		"  error = excluded.error, sqlstate = excluded.sqlstate,"
 		"  error_class = excluded.error_class,"
 		"  error_detail = excluded.error_detail,"
-		"  last_failed_at = now()";
+		"  last_failed_at = now()"
+		"[[, next_retry_at = CASE WHEN m.status = 'pending'"
+		"  THEN coalesce(m.next_retry_at, excluded.next_retry_at)"
+		"  ELSE m.next_retry_at END]]";
 	const char *class = current ? DLQ_QUEUE_ERROR_CLASS("$5", "q") : "$6";
 	const char *fast_retry = "NULL::timestamptz";
 	const char *full_retry = current ?
