@@ -47,18 +47,25 @@ SELECT dlq_store('rc_q', '{"n": 4}', 'deadlock detected', sqlstate => '40P01') I
 SELECT rc_state('rc_q');
 -- All due now (as a nack or a failed replay may leave them): the worker's
 -- retry step takes the transient ones only, and the permanent ones lose
--- next_retry_at and stay pending for an operator.
+-- next_retry_at and stay pending for an operator.  (In a transaction that
+-- puts the retries off again, so that the running worker never sees them due.)
+BEGIN;
 UPDATE dlq.messages SET next_retry_at = now() - interval '1 second' WHERE queue = 'rc_q';
 SELECT rc_state('rc_q');
 SELECT * FROM rc_due();
 SELECT rc_state('rc_q');
 SELECT * FROM rc_due();
+UPDATE dlq.messages SET next_retry_at = now() + interval '1 hour'
+ WHERE queue = 'rc_q' AND next_retry_at IS NOT NULL;
+COMMIT;
 
 -- retry_on => 'all': every pending message is scheduled again at once.
 SELECT retry_on FROM dlq_configure('rc_q', retry_on => 'all');
 SELECT rc_state('rc_q');
+BEGIN;
 UPDATE dlq.messages SET next_retry_at = now() - interval '1 second' WHERE queue = 'rc_q';
 SELECT * FROM rc_due();
+ROLLBACK;
 SELECT retry_on FROM dlq_configure('rc_q', retry_on => 'transient');
 SELECT rc_state('rc_q');
 
