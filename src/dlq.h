@@ -232,6 +232,7 @@ typedef struct DlqStoreArgs
 
 extern int64 dlq_store_message(const DlqStoreArgs *args);
 extern void dlq_ensure_queue(const char *queue, Oid created_by);
+/* Raise 22023 when a queue's components refuse a component (store.c). */
 extern void dlq_check_component(const char *queue, const char *component);
 
 /*

@@ -15,8 +15,7 @@
  * included (bgw_restart_time), and the launcher starts the workers again.
  *
  * A worker runs a round every naptime: it returns timed-out replays,
- * expires (past expires_at, and beyond a queue's max_messages), requests
- * automatic retries (of the messages retry_on allows), purges and alerts.  Each step is one
+ * expires, requests automatic retries, purges and alerts.  Each step is one
  * bounded batch (dlq.batch_size) in a transaction of its own, repeated
  * until a batch comes back short; the statements are the SQL functions
  * dlq.worker_* (dlq--1.0.sql, "Worker", and dlq--1.0--1.1.sql), which take
@@ -1460,7 +1459,10 @@ worker_round(void)
 
 	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
 	expired = worker_repeat(DLQ_PLAN_EXPIRE, values);
-	/* Queues above max_messages: their oldest open messages, counted as expired. */
+	/*
+	 * Queues above max_messages: their oldest pending and review messages
+	 * expire too (dlq.worker_cap), counted with the expired ones.
+	 */
 	expired += worker_repeat(DLQ_PLAN_CAP, values);
 
 	retried = worker_retry();
