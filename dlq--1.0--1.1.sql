@@ -1057,33 +1057,42 @@ GRANT EXECUTE ON FUNCTION @extschema@.dlq_configure(text, integer, interval, int
  */
 CREATE OR REPLACE FUNCTION dlq.worker_retry_due(batch_size integer)
 RETURNS TABLE (queue text, message_ids bigint[])
-LANGUAGE sql VOLATILE STRICT
+LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH due AS (
-        SELECT m.queue, m.message_id,
-               q.retry_on = 'all'
-               OR dlq.sqlstate_class(m.sqlstate, q.transient_sqlstates, q.permanent_sqlstates)
-                  = 'transient' AS retry
-          FROM dlq.messages m JOIN dlq.queues q ON q.queue = m.queue
-         WHERE m.slot = 0 AND m.status = 'pending' AND m.next_retry_at <= now()
-           AND q.auto_retry AND NOT q.paused
-         ORDER BY m.next_retry_at
-         LIMIT batch_size
-    ), held AS (
+#variable_conflict use_column
+DECLARE
+    retry bigint[];
+    waiting bigint[];
+BEGIN
+    SELECT coalesce(array_agg(d.message_id) FILTER (WHERE d.retry), '{}'),
+           coalesce(array_agg(d.message_id) FILTER (WHERE NOT d.retry), '{}')
+      INTO retry, waiting
+      FROM (SELECT m.message_id,
+                   q.retry_on = 'all'
+                   OR dlq.sqlstate_class(m.sqlstate, q.transient_sqlstates, q.permanent_sqlstates)
+                      = 'transient' AS retry
+              FROM dlq.messages m JOIN dlq.queues q ON q.queue = m.queue
+             WHERE m.slot = 0 AND m.status = 'pending' AND m.next_retry_at <= now()
+               AND q.auto_retry AND NOT q.paused
+             ORDER BY m.next_retry_at
+             LIMIT batch_size) d;
+    /* Written only when there is something to write (a round takes no row lock otherwise). */
+    IF cardinality(waiting) > 0 THEN
         UPDATE dlq.messages m SET next_retry_at = NULL
          WHERE m.slot = 0 AND m.message_id = ANY (ARRAY(
                    SELECT s.message_id FROM dlq.messages s
-                    WHERE s.slot = 0
-                      AND s.message_id = ANY (ARRAY(SELECT d.message_id FROM due d WHERE NOT d.retry))
+                    WHERE s.slot = 0 AND s.message_id = ANY (waiting)
                       AND s.status = 'pending' AND s.next_retry_at <= now()
-                      FOR UPDATE SKIP LOCKED))
-    )
-    SELECT d.queue, array_agg(d.message_id ORDER BY d.message_id)
-      FROM due d
-     WHERE d.retry
-     GROUP BY d.queue
-     ORDER BY d.queue
+                      FOR UPDATE SKIP LOCKED));
+    END IF;
+    RETURN QUERY
+        SELECT m.queue, array_agg(m.message_id ORDER BY m.message_id)
+          FROM dlq.messages m
+         WHERE m.slot = 0 AND m.message_id = ANY (retry)
+         GROUP BY m.queue
+         ORDER BY m.queue;
+END
 $$;
 COMMENT ON FUNCTION dlq.worker_retry_due(integer) IS
     'worker step: pending messages of auto_retry queues due for a retry that retry_on allows, at most batch_size looked at, grouped by queue; the due ones it does not allow lose next_retry_at';
