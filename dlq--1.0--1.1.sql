@@ -975,6 +975,202 @@ ALTER TABLE dlq.queues
     ADD COLUMN components text[];
 ALTER TABLE dlq.queues ALTER COLUMN archive_retention SET DEFAULT '90 days';
 
+/*
+ * auto_retry retries transient errors only (retry_on 'transient', the
+ * default), or every error (retry_on 'all').  Queues that exist at the
+ * update keep 1.0's behaviour, in which auto_retry retried every message
+ * whatever its SQLSTATE (including the many stored without one, which are
+ * permanent): they get 'all', and an operator chooses 'transient' with
+ * dlq_configure.  A fresh install has no queue here.
+ */
+UPDATE dlq.queues SET retry_on = 'all';
+
+COMMENT ON COLUMN dlq.queues.retry_on IS
+    'which messages auto_retry retries: transient (error_class transient only, the default) or all';
+COMMENT ON COLUMN dlq.queues.transient_sqlstates IS
+    'SQLSTATEs (5 characters) or classes (2) counted as transient on this queue, before the built-in classes';
+COMMENT ON COLUMN dlq.queues.permanent_sqlstates IS
+    'SQLSTATEs (5 characters) or classes (2) counted as permanent on this queue, before the built-in classes';
+COMMENT ON COLUMN dlq.queues.max_messages IS
+    'most open (pending, replaying, review) messages; beyond it the worker expires the oldest pending and review ones (event capped); NULL: no cap';
+COMMENT ON COLUMN dlq.queues.components IS
+    'the only components dlq_store accepts for this queue (NULL component always accepted); NULL: any';
+
+/*
+ * The error class of a SQLSTATE under a queue's overrides (src/store.c):
+ * a listed 5-character code, then a listed 2-character class, permanent
+ * before transient, then the built-in classes.  dlq_store and capture
+ * compute error_class with it in their INSERT, dlq_configure recomputes
+ * the open messages' with it, the worker decides retries with it.
+ * Immutable and in C so that dlq_store's plan stays a plain index scan.
+ */
+CREATE FUNCTION dlq.sqlstate_class(sqlstate text, transient_sqlstates text[],
+                                   permanent_sqlstates text[])
+RETURNS text
+LANGUAGE c IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'dlq_sqlstate_class';
+COMMENT ON FUNCTION dlq.sqlstate_class(text, text[], text[]) IS
+    'error class (transient or permanent) of a SQLSTATE under a queue''s transient_sqlstates and permanent_sqlstates, then the built-in classes';
+
+/* dlq_configure gains the settings above, at the end of its arguments. */
+DROP FUNCTION @extschema@.dlq_configure(text, integer, interval, interval, regclass, text,
+    boolean, boolean, interval, double precision, interval, bigint, interval);
+CREATE FUNCTION @extschema@.dlq_configure(
+    queue text,
+    max_attempts integer DEFAULT NULL,
+    retention interval DEFAULT NULL,
+    resolved_retention interval DEFAULT NULL,
+    replay_target regclass DEFAULT NULL,
+    channel text DEFAULT NULL,
+    require_listener boolean DEFAULT NULL,
+    auto_retry boolean DEFAULT NULL,
+    retry_base interval DEFAULT NULL,
+    retry_factor double precision DEFAULT NULL,
+    retry_max interval DEFAULT NULL,
+    alert_threshold bigint DEFAULT NULL,
+    alert_cooldown interval DEFAULT NULL,
+    retry_on text DEFAULT NULL,
+    transient_sqlstates text[] DEFAULT NULL,
+    permanent_sqlstates text[] DEFAULT NULL,
+    archive_retention interval DEFAULT NULL,
+    max_messages bigint DEFAULT NULL,
+    components text[] DEFAULT NULL)
+RETURNS dlq.queues
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_configure';
+COMMENT ON FUNCTION @extschema@.dlq_configure(text, integer, interval, interval, regclass, text,
+    boolean, boolean, interval, double precision, interval, bigint, interval,
+    text, text[], text[], interval, bigint, text[]) IS
+    'change the named settings of a queue (NULL keeps one), creating it if new; replay_target => 0, max_messages => 0 and an empty array clear theirs';
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_configure(text, integer, interval, interval, regclass,
+    text, boolean, boolean, interval, double precision, interval, bigint, interval,
+    text, text[], text[], interval, bigint, text[]) TO dlq_operator;
+
+/*
+ * Automatic retries by error class: of the due messages, those auto_retry
+ * may retry (retry_on 'all', or transient under the queue's overrides,
+ * computed from the SQLSTATE now, whoever set next_retry_at: a nack, a
+ * failed replay, the recovery of a timed-out one) are returned; the others
+ * lose next_retry_at and wait for an operator, so that each is looked at
+ * once and none crowds the retryable ones out of a batch.  Rows that others
+ * hold are skipped until the next round.
+ */
+CREATE OR REPLACE FUNCTION dlq.worker_retry_due(batch_size integer)
+RETURNS TABLE (queue text, message_ids bigint[])
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    retry bigint[];
+    waiting bigint[];
+BEGIN
+    SELECT coalesce(array_agg(d.message_id) FILTER (WHERE d.retry), '{}'),
+           coalesce(array_agg(d.message_id) FILTER (WHERE NOT d.retry), '{}')
+      INTO retry, waiting
+      FROM (SELECT m.message_id,
+                   q.retry_on = 'all'
+                   OR dlq.sqlstate_class(m.sqlstate, q.transient_sqlstates, q.permanent_sqlstates)
+                      = 'transient' AS retry
+              FROM dlq.messages m JOIN dlq.queues q ON q.queue = m.queue
+             WHERE m.slot = 0 AND m.status = 'pending' AND m.next_retry_at <= now()
+               AND q.auto_retry AND NOT q.paused
+             ORDER BY m.next_retry_at
+             LIMIT batch_size) d;
+    /* Written only when there is something to write (a round takes no row lock otherwise). */
+    IF cardinality(waiting) > 0 THEN
+        UPDATE dlq.messages m SET next_retry_at = NULL
+         WHERE m.slot = 0 AND m.message_id = ANY (ARRAY(
+                   SELECT s.message_id FROM dlq.messages s
+                    WHERE s.slot = 0 AND s.message_id = ANY (waiting)
+                      AND s.status = 'pending' AND s.next_retry_at <= now()
+                      FOR UPDATE SKIP LOCKED));
+    END IF;
+    RETURN QUERY
+        SELECT m.queue, array_agg(m.message_id ORDER BY m.message_id)
+          FROM dlq.messages m
+         WHERE m.slot = 0 AND m.message_id = ANY (retry)
+         GROUP BY m.queue
+         ORDER BY m.queue;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_retry_due(integer) IS
+    'worker step: pending messages of auto_retry queues due for a retry that retry_on allows, at most batch_size looked at, grouped by queue; the due ones it does not allow lose next_retry_at';
+
+/*
+ * max_messages: a queue with more open (pending, replaying, review)
+ * messages than that, as dlq.counts has it (no count of rows), has its
+ * oldest pending and review messages (lowest message_id first) expired
+ * until it is back at the cap; replaying ones are left to their consumer.
+ * One 'capped' event per queue and batch, with the ids when at most 100.
+ * Like dlq.worker_expire: at most batch_size messages, of one queue or
+ * (NULL) every queue, rows others hold skipped.  PL/pgSQL, because the
+ * event kind 'capped' is new in this script (see above).
+ */
+CREATE FUNCTION dlq.worker_cap(batch_size integer, actor text DEFAULT current_user,
+                               queue text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    q record;
+    budget bigint := greatest(coalesce(batch_size, 0), 0);
+    take bigint;
+    picked bigint[];
+    done bigint[];
+    total bigint := 0;
+BEGIN
+    FOR q IN
+        SELECT s.queue, s.max_messages, c.open
+          FROM dlq.queues s
+         CROSS JOIN LATERAL (
+               SELECT coalesce(sum(n.n), 0) AS open FROM dlq.counts n
+                WHERE n.queue = s.queue AND n.status IN ('pending', 'replaying', 'review')) c
+         WHERE s.max_messages IS NOT NULL AND c.open > s.max_messages
+           AND (worker_cap.queue IS NULL OR s.queue = worker_cap.queue)
+         ORDER BY s.queue
+    LOOP
+        EXIT WHEN budget <= 0;
+        take := least(q.open - q.max_messages, budget);
+        picked := ARRAY(
+            SELECT o.message_id
+              FROM ((SELECT m.message_id FROM dlq.messages m
+                      WHERE m.slot = 0 AND m.queue = q.queue AND m.status = 'pending'
+                      ORDER BY m.message_id LIMIT take)
+                    UNION ALL
+                    (SELECT m.message_id FROM dlq.messages m
+                      WHERE m.slot = 0 AND m.queue = q.queue AND m.status = 'review'
+                      ORDER BY m.message_id LIMIT take)) o
+             ORDER BY o.message_id
+             LIMIT take);
+        WITH gone AS (
+            UPDATE dlq.messages m
+               SET status = 'expired', resolved_at = now(), next_retry_at = NULL,
+                   slot = (SELECT r.slot FROM dlq.slots r WHERE r.state = 'current')
+             WHERE m.slot = 0 AND m.message_id = ANY (ARRAY(
+                       SELECT s.message_id FROM dlq.messages s
+                        WHERE s.slot = 0 AND s.message_id = ANY (picked)
+                          AND s.status IN ('pending', 'review')
+                          FOR UPDATE SKIP LOCKED))
+            RETURNING m.message_id
+        )
+        SELECT array_agg(gone.message_id ORDER BY gone.message_id) INTO done FROM gone;
+        CONTINUE WHEN done IS NULL;
+        INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+        VALUES (actor, 'capped', q.queue, cardinality(done),
+                CASE WHEN cardinality(done) <= 100 THEN done END,
+                jsonb_build_object('max_messages', q.max_messages, 'open', q.open));
+        total := total + cardinality(done);
+        budget := budget - cardinality(done);
+    END LOOP;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_cap(integer, text, text) IS
+    'worker step: expire the oldest pending and review messages of queues above max_messages open messages, at most batch_size, of one queue or (NULL) all; audited as capped; returns how many';
+
+
 /* ---- Operator workflow: list filters and facets (list.c, facets.c) ---- */
 
 /* ---- Operator workflow: bulk calls, filters, dry runs, resolution, move (replay.c, lifecycle.c, move.c) ---- */

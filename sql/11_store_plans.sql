@@ -17,9 +17,10 @@ $$;
 SELECT sp_gap(dlq_store('sp_plain', '{"n": 1}', 'e'));
 SELECT sp_gap(dlq_store('sp_plain', '{"n": 2}', 'e'));
 
--- An auto_retry queue (set directly: dlq_configure comes with the replay issue).
+-- An auto_retry queue (set directly: dlq_configure comes with the replay issue);
+-- retry_on 'all' retries the messages stored without a SQLSTATE (permanent).
 SELECT dlq_store('sp_retry', '{"n": 0}', 'creates the queue') IS NOT NULL AS created;
-UPDATE dlq.queues SET auto_retry = true, retry_base = '10 min' WHERE queue = 'sp_retry';
+UPDATE dlq.queues SET auto_retry = true, retry_on = 'all', retry_base = '10 min' WHERE queue = 'sp_retry';
 SELECT sp_gap(dlq_store('sp_retry', '{"n": 1}', 'e'));
 SELECT sp_gap(dlq_store('sp_retry', '{"n": 2}', 'e'));
 -- Interleaved with a queue without it.

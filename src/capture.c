@@ -274,10 +274,13 @@ capture_batch_plan_get(void)
 		"INSERT INTO dlq.messages"
 		" (queue, component, payload, error, sqlstate, error_class, error_detail,"
 		"  source_relation, operation, max_attempts, expires_at, next_retry_at)"
-		" SELECT u.queue, u.component, u.payload, u.error, u.sqlstate, u.error_class,"
+		" SELECT u.queue, u.component, u.payload, u.error, u.sqlstate,"
+		"  " DLQ_QUEUE_ERROR_CLASS("u.sqlstate", "q") ","
 		"  u.error_detail, u.source_relation, u.operation, q.max_attempts,"
 		"  now() + q.retention,"
-		"  CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END"
+		"  CASE WHEN q.auto_retry AND (q.retry_on = 'all' OR "
+		DLQ_QUEUE_ERROR_CLASS("u.sqlstate", "q") " = 'transient')"
+		"   THEN now() + dlq.retry_delay(q, 1) END"
 		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) WITH ORDINALITY"
 		"  AS u(queue, component, payload, error, sqlstate, error_class,"
 		"       error_detail, source_relation, operation, ord)"
@@ -296,11 +299,22 @@ capture_store_rows(CaptureBuffered *rows, int n)
 	SPIPlanPtr	plan;
 
 	capture_batch_arrays(rows, n, values);
-	plan = capture_batch_plan_get();
-	/* Queues seen for the first time are created, recording who diverted the row. */
+	/*
+	 * Queues seen for the first time are created, recording who diverted the
+	 * row; a queue whose components do not include the trigger's component
+	 * refuses the rows (22023), once per run of rows of one queue and component.
+	 */
 	for (int i = 0; i < n; i++)
-		if (i == 0 || strcmp(rows[i].queue, rows[i - 1].queue) != 0)
+	{
+		bool		new_queue = i == 0 || strcmp(rows[i].queue, rows[i - 1].queue) != 0;
+
+		if (new_queue || (rows[i].component == NULL) != (rows[i - 1].component == NULL) ||
+			(rows[i].component && strcmp(rows[i].component, rows[i - 1].component) != 0))
+			dlq_check_component(rows[i].queue, rows[i].component);
+		if (new_queue)
 			dlq_ensure_queue(rows[i].queue, rows[i].created_by);
+	}
+	plan = capture_batch_plan_get();
 	if (dlq_execute_kept(plan, values, NULL, false, 0, SPI_OK_INSERT) != n)
 		elog(ERROR, "could not store %d captured rows", n);
 }

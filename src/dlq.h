@@ -243,6 +243,16 @@ typedef struct DlqStoreArgs
 
 extern int64 dlq_store_message(const DlqStoreArgs *args);
 extern void dlq_ensure_queue(const char *queue, Oid created_by);
+/* Raise 22023 when a queue's components refuse a component (store.c). */
+extern void dlq_check_component(const char *queue, const char *component);
+
+/*
+ * SQL: a message's error class under the overrides of its queue q (a
+ * dlq.queues row alias), for a SQLSTATE expression (store.c,
+ * dlq.sqlstate_class).
+ */
+#define DLQ_QUEUE_ERROR_CLASS(sqlstate, q) \
+	"dlq.sqlstate_class(" sqlstate ", " q ".transient_sqlstates, " q ".permanent_sqlstates)"
 
 /*
  * etl_status (status.c): thresholds of the health rules, and test-only

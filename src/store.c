@@ -19,6 +19,12 @@
  *	  fast plan does not find (auto_retry, or not created yet) goes to the
  *	  full plan; the last auto_retry queue seen goes there directly.
  *
+ *	  Since 1.1 the queue's row also decides the message's error_class (its
+ *	  transient_sqlstates and permanent_sqlstates before the built-in
+ *	  classes, dlq.sqlstate_class below), whether auto_retry schedules it
+ *	  (retry_on) and whether its component is accepted (components), all in
+ *	  the same statement: no extra round trip per call.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -38,6 +44,7 @@
 static SPIPlanPtr store_plans[2][2];
 static bool store_plans_current;
 static SPIPlanPtr ensure_queue_plan = NULL;
+static SPIPlanPtr component_plan = NULL;
 
 /* The last queue found to need the full plan (auto_retry), or "". */
 static char auto_retry_queue[DLQ_MAX_NAME_BYTES + 1];
@@ -96,6 +103,14 @@ store_run(SPIPlanPtr plan, Datum *values, char *nulls, int64 *id, bool *maybe_re
 /*
  * The four INSERT plans of dlq_store_message: with or without dedup_key,
  * and for a queue without auto_retry (no next_retry_at to compute) or any.
+ *
+ * On the 1.1 schema the SELECT also classifies the SQLSTATE with the
+ * queue's transient_sqlstates and permanent_sqlstates
+ * (dlq.sqlstate_class(), immutable, so the fast plan stays a plain index
+ * scan), finds no queue row when its components refuse the component (then
+ * store_refuse_component says why), and the full plan schedules a retry
+ * only for a message auto_retry may retry (retry_on).  A 1.0 schema gets
+ * 1.0's statements, with the built-in class computed in C ($6).
  */
 static void
 store_prepare(void)
@@ -107,9 +122,9 @@ store_prepare(void)
 		" (queue, component, payload, error, sqlstate, error_class,"
 		"  error_detail, metadata, dedup_key, source_relation, operation,"
 		"  max_attempts, expires_at, next_retry_at)"
-		" SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+		" SELECT $1, $2, $3, $4, $5, %s, $7, $8, $9, $10, $11,"
 		"  q.max_attempts, now() + q.retention, %s"
-		" FROM dlq.queues q WHERE q.queue = $1%s";
+		" FROM dlq.queues q WHERE q.queue = $1%s%s";
 	/*
 	 * The unique index over open messages' keys includes the partition key
 	 * slot since 1.1 (dlq--1.0--1.1.sql, "Storage"): a session that
@@ -123,10 +138,19 @@ store_prepare(void)
 		"  error = excluded.error, sqlstate = excluded.sqlstate,"
 		"  error_class = excluded.error_class,"
 		"  error_detail = excluded.error_detail,"
-		"  last_failed_at = now()";
+		"  last_failed_at = now()"
+		"[[, next_retry_at = CASE WHEN m.status = 'pending'"
+		"  THEN coalesce(m.next_retry_at, excluded.next_retry_at)"
+		"  ELSE m.next_retry_at END]]";
+	const char *class = current ? DLQ_QUEUE_ERROR_CLASS("$5", "q") : "$6";
 	const char *fast_retry = "NULL::timestamptz";
-	const char *full_retry =
+	const char *full_retry = current ?
+		"CASE WHEN q.auto_retry AND (q.retry_on = 'all' OR "
+		DLQ_QUEUE_ERROR_CLASS("$5", "q") " = 'transient')"
+		" THEN now() + dlq.retry_delay(q, 1) END" :
 		"CASE WHEN q.auto_retry THEN now() + dlq.retry_delay(q, 1) END";
+	const char *components = current ?
+		" AND (q.components IS NULL OR $2 IS NULL OR $2 = ANY (q.components))" : "";
 
 	if (store_plans[0][0] != NULL && store_plans_current == current)
 		return;
@@ -134,21 +158,59 @@ store_prepare(void)
 	for (int d = 0; d < 2; d++)
 		for (int full = 0; full < 2; full++)
 		{
-			char	   *sql = psprintf(insert, full ? full_retry : fast_retry,
-									   full ? "" : " AND NOT q.auto_retry");
+			char	   *sql = psprintf(insert, class, full ? full_retry : fast_retry,
+									   full ? "" : " AND NOT q.auto_retry", components);
 
 			/*
 			 * The second column is false only for a message inserted
-			 * without next_retry_at: its queue has no auto_retry (now).
+			 * without next_retry_at that auto_retry would have retried:
+			 * its queue has no auto_retry (now).
 			 */
 			if (store_plans[d][full] != NULL)
 				SPI_freeplan(store_plans[d][full]);
 			store_plans[d][full] =
 				dlq_prepare_kept(dlq_schema_sql(psprintf("%s%s RETURNING m.message_id,"
-														 " m.occurrences > 1 OR m.next_retry_at IS NOT NULL",
+														 " m.occurrences > 1 OR m.next_retry_at IS NOT NULL"
+														 " OR m.error_class = 'permanent'",
 														 sql, d ? dedup : "")),
 							  STORE_NARGS, types);
 		}
+}
+
+/*
+ * Raise 22023 when the queue exists and its components refuse component
+ * (a NULL component is always accepted); nothing for a queue that does not
+ * exist (yet).  On a 1.0 schema, which has no components, nothing.  Inside
+ * SPI, as the owner.  dlq_store finds a refused component without this
+ * (no queue row for its INSERT) and calls it only to say so.
+ */
+void
+dlq_check_component(const char *queue, const char *component)
+{
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	bool		isnull;
+
+	if (component == NULL || !dlq_schema_current())
+		return;
+	if (component_plan == NULL)
+	{
+		Oid			types[2] = {TEXTOID, TEXTOID};
+
+		component_plan = dlq_prepare_kept(
+										  "SELECT components IS NULL OR $2 = ANY (components)"
+										  " FROM dlq.queues WHERE queue = $1",
+										  2, types);
+	}
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = CStringGetTextDatum(component);
+	if (dlq_execute_kept(component_plan, values, nulls, true, 1, SPI_OK_SELECT) == 1 &&
+		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("component \"%s\" is not one of queue \"%s\"'s components",
+						component, queue),
+				 errhint("An operator lists the components a queue accepts with dlq_configure(queue, components => ...); an empty array accepts any.")));
 }
 
 /*
@@ -203,11 +265,74 @@ dlq_store_message(const DlqStoreArgs *args)
 				auto_retry_queue[0] = '\0';
 			return id;
 		}
-		/* First message of this queue: create it, then insert again. */
+		/* Refused by the queue's components, or its first message. */
+		dlq_check_component(args->queue, args->component);
 		dlq_ensure_queue(args->queue, args->created_by);
 	}
 	elog(ERROR, "queue \"%s\" vanished while a message was stored", args->queue);
 	return 0;					/* keep compiler quiet */
+}
+
+PG_FUNCTION_INFO_V1(dlq_sqlstate_class);
+
+/*
+ * dlq.sqlstate_class(sqlstate text, transient_sqlstates text[],
+ *					  permanent_sqlstates text[]) returns text
+ *
+ * The error class of a SQLSTATE for a queue with these overrides (each may
+ * be NULL): a listed 5-character code first, then a listed 2-character
+ * class, then the built-in classes (dlq_error_class).  A code or class in
+ * both lists, which dlq_configure refuses, counts as permanent.  A NULL
+ * SQLSTATE is permanent.  Immutable, so that it costs dlq_store's INSERT
+ * one call and no change of plan.
+ */
+Datum
+dlq_sqlstate_class(PG_FUNCTION_ARGS)
+{
+	char		sqlstate[6];
+	int			found = 0;		/* 2: a code matched, 1: a class, 0: neither */
+	bool		permanent = false;
+
+	if (PG_ARGISNULL(0) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)) != 5)
+		PG_RETURN_TEXT_P(cstring_to_text("permanent"));
+	text_to_cstring_buffer(PG_GETARG_TEXT_PP(0), sqlstate, sizeof(sqlstate));
+
+	for (int list = 1; list <= 2; list++)
+	{
+		ArrayIterator it;
+		Datum		elem;
+		bool		isnull;
+
+		if (PG_ARGISNULL(list))
+			continue;
+		it = array_create_iterator(PG_GETARG_ARRAYTYPE_P(list), 0, NULL);
+		while (array_iterate(it, &elem, &isnull))
+		{
+			text	   *t;
+			int			len;
+			int			match;
+
+			if (isnull)
+				continue;
+			t = DatumGetTextPP(elem);
+			len = VARSIZE_ANY_EXHDR(t);
+			if (len == 5 && strncmp(VARDATA_ANY(t), sqlstate, 5) == 0)
+				match = 2;
+			else if (len == 2 && strncmp(VARDATA_ANY(t), sqlstate, 2) == 0)
+				match = 1;
+			else
+				continue;
+			if (match > found || (match == found && list == 2))
+			{
+				found = match;
+				permanent = list == 2;
+			}
+		}
+		array_free_iterator(it);
+	}
+	if (found == 0)
+		PG_RETURN_TEXT_P(cstring_to_text(dlq_error_class(sqlstate)));
+	PG_RETURN_TEXT_P(cstring_to_text(permanent ? "permanent" : "transient"));
 }
 
 PG_FUNCTION_INFO_V1(dlq_store);

@@ -436,6 +436,7 @@ typedef enum DlqPlanId
 	DLQ_PLAN_CHECK,
 	DLQ_PLAN_RECOVER,
 	DLQ_PLAN_EXPIRE,
+	DLQ_PLAN_CAP,
 	DLQ_PLAN_STEP_QUEUES,
 	DLQ_PLAN_RETRY_DUE,
 	DLQ_PLAN_RETRY_QUEUE,
@@ -481,6 +482,10 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		"SELECT dlq.worker_expire($1, $2, $3)",
 		3, {INT4OID, TEXTOID, TEXTOID},
 	"{pending}"},
+	[DLQ_PLAN_CAP] = {"expiring messages beyond max_messages",
+		"SELECT dlq.worker_cap($1, $2, $3)",
+		3, {INT4OID, TEXTOID, TEXTOID},
+	"{pending,review}"},
 	[DLQ_PLAN_STEP_QUEUES] = {"finding the queues of a step",
 		"SELECT queue FROM dlq.counts WHERE status = ANY ($1::dlq.status[])"
 		" GROUP BY queue HAVING sum(n) > 0 ORDER BY queue",
@@ -944,6 +949,8 @@ worker_step_name(DlqPlanId id)
 			return "recover";
 		case DLQ_PLAN_EXPIRE:
 			return "expire";
+		case DLQ_PLAN_CAP:
+			return "cap";
 		case DLQ_PLAN_STEP_QUEUES:
 			return NULL;
 		case DLQ_PLAN_RETRY_DUE:
@@ -1452,6 +1459,11 @@ worker_round(void)
 
 	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
 	expired = worker_repeat(DLQ_PLAN_EXPIRE, values);
+	/*
+	 * Queues above max_messages: their oldest pending and review messages
+	 * expire too (dlq.worker_cap), counted with the expired ones.
+	 */
+	expired += worker_repeat(DLQ_PLAN_CAP, values);
 
 	retried = worker_retry();
 

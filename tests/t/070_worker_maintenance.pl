@@ -153,7 +153,7 @@ $node->safe_psql('postgres', q{ALTER SYSTEM SET dlq.replay_timeout = '1h'; SELEC
 wait_rounds('postgres', 2);
 $node->safe_psql('postgres', q{
     SELECT dlq_store('w_retry', '{}', 'first');
-    UPDATE dlq.queues SET auto_retry = true, retry_role = current_user::regrole, require_listener = false,
+    UPDATE dlq.queues SET auto_retry = true, retry_on = 'all', retry_role = current_user::regrole, require_listener = false,
            retry_base = '1 hour', retry_factor = 3, retry_max = '1 day', max_attempts = 3
      WHERE queue = 'w_retry';
     SELECT dlq_store('w_retry', jsonb_build_object('i', i), 'failed') FROM generate_series(1, 3) i;
@@ -211,7 +211,7 @@ ok($node->poll_query_until('postgres', q{
 # one) is put off by one backoff step, not tried again every naptime.
 $node->safe_psql('postgres', q{
     SELECT dlq_store('w_nolisten', '{}', 'first');
-    UPDATE dlq.queues SET auto_retry = true, retry_role = current_user::regrole, retry_base = '1 hour',
+    UPDATE dlq.queues SET auto_retry = true, retry_on = 'all', retry_role = current_user::regrole, retry_base = '1 hour',
            retry_factor = 2
      WHERE queue = 'w_nolisten';
     SELECT dlq_store('w_nolisten', '{"i": 1}', 'failed');

@@ -72,7 +72,7 @@ as_role('tw_op', q{
     END $$;
     CREATE TRIGGER aaa_pwn BEFORE INSERT ON tw.op_t FOR EACH ROW EXECUTE FUNCTION tw.op_pwn();
     SELECT dlq_attach('tw.op_t', 'tw_q');
-    SELECT dlq_configure('tw_q', auto_retry => true, retry_base => '1 second', retry_max => '1 second');
+    SELECT dlq_configure('tw_q', auto_retry => true, retry_on => 'all', retry_base => '1 second', retry_max => '1 second');
 });
 is(query(q{SELECT retry_role FROM dlq.queues WHERE queue = 'tw_q'}),
 	'tw_op', 'the role that turned auto_retry on is the queue\'s retry_role');
@@ -116,7 +116,7 @@ as_role('tw_writer', q{
     SELECT dlq_attach('tww.t', 'tww_q');
 });
 is($node->safe_psql('postgres', q{
-    SELECT retry_role FROM dlq_configure('tww_q', auto_retry => true, retry_base => '1 second',
+    SELECT retry_role FROM dlq_configure('tww_q', auto_retry => true, retry_on => 'all', retry_base => '1 second',
                                          retry_max => '1 second')}),
 	$node->safe_psql('postgres', 'SELECT current_user'),
 	'a superuser turned auto_retry on: it is the retry_role');
@@ -190,7 +190,7 @@ is(query(q{SELECT count(*) FROM tw.op_t WHERE id = 99}), '0',
 # --- a queue from 1.0 with auto_retry and no retry_role is suspended --------
 $node->safe_psql('postgres', q{
     SELECT dlq_configure('tw_legacy', require_listener => false);
-    UPDATE dlq.queues SET auto_retry = true, retry_base = '1 second', retry_max = '1 second'
+    UPDATE dlq.queues SET auto_retry = true, retry_on = 'all', retry_base = '1 second', retry_max = '1 second'
      WHERE queue = 'tw_legacy';
 });
 my $offset = -s $node->logfile;
@@ -212,7 +212,7 @@ $node->safe_psql('postgres', q{SELECT dlq_configure('tw_legacy', auto_retry => f
 # in the same batch after both, is still recovered.
 $node->safe_psql('postgres', q{
     SELECT dlq_configure('tw_ovf', max_attempts => 1000, retry_factor => 1000, require_listener => false);
-    UPDATE dlq.queues SET auto_retry = true WHERE queue = 'tw_ovf';
+    UPDATE dlq.queues SET auto_retry = true, retry_on = 'all' WHERE queue = 'tw_ovf';
     SELECT dlq_configure('tw_poison', require_listener => false);
     SELECT dlq_configure('tw_ok', require_listener => false);
     CREATE FUNCTION public.tw_poison() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -112,7 +112,7 @@ GRANT EXECUTE ON FUNCTION soak_nack(bigint), soak_reprocess(text, int) TO soak_o
 $node->safe_psql('postgres', q{
 SELECT dlq_configure('soak_a', require_listener => false);
 SELECT dlq_configure('soak_b', require_listener => true, max_attempts => 4);
-SELECT dlq_configure('soak_r', require_listener => false, auto_retry => true, max_attempts => 3,
+SELECT dlq_configure('soak_r', require_listener => false, auto_retry => true, retry_on => 'all', max_attempts => 3,
                      retry_base => '1 second', retry_factor => 1.5, retry_max => '3 seconds',
                      resolved_retention => '2 seconds');
 SELECT dlq_configure('soak_d', require_listener => false, max_attempts => 2,

@@ -128,6 +128,11 @@ is($node->safe_psql('old', q{
       FULL JOIN (SELECT queue, status, n FROM dlq.counts WHERE n <> 0) c USING (queue, status)
      WHERE m.n IS DISTINCT FROM c.n}),
     '0', 'dlq.counts equals count(*) per queue and state after the update');
+# Queues of 1.0 keep retrying every message (retry_on 'all'); new queues
+# retry transient errors only (dlq--1.0--1.1.sql, "Operator workflow: queue settings").
+is($node->safe_psql('old', q{
+    SELECT string_agg(queue || ':' || retry_on, ' ' ORDER BY queue) FROM dlq.queues}),
+    'items:all orders:all', 'queues of 1.0 keep retry_on all');
 
 # The same schema as a fresh install: every member of the extension, with
 # definitions, grants and comments (OIDs differ between databases; the
