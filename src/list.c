@@ -428,28 +428,37 @@ list_time_bounds(ListArgs *a, int64 *lower, int64 *upper)
  *
  * The equality filters that have an index (queue, status, and component or
  * sqlstate: see dlq--1.0--1.1.sql, "Storage" and "list filters") form a
- * prefix P, and the page is written as row comparisons over (P, message_id)
- * ordered by (P, message_id):
+ * prefix P, and the page is
  *
- *	  (P, message_id) > (values, $2) AND (P, message_id) < (values, $8)
+ *	  P = values AND $2 < message_id AND message_id < $8
+ *	  ORDER BY P, message_id
  *
- * which means exactly "P = values AND $2 < message_id < $8" but can only be
- * served, in that order, by the index on (P, message_id), and both ends are
- * bounds of its range scan.  Written as plain equalities, the planner may
- * prefer walking the primary key and filtering, which reads every row of
- * other queues between the cursor and the page, and keeps doing so in a
- * cached generic plan.  With both component and sqlstate, the component
- * index serves the page and sqlstate is checked on the rows of its range;
- * without a queue, component and sqlstate are plain filters over the range
- * of the state (as in 1.0); error_class and the exact stored_at range are
- * always filters.  Each partition of dlq.messages has these indexes; the
- * planner merges their ranges.
+ * with the first column of P written as "= ANY (ARRAY[value])".  Every
+ * column of P is then an equality key of the index on (P, message_id), so
+ * both ends of the message_id range are where its range scan starts and
+ * stops: a page reads its own rows and no more, however many rows of the
+ * same prefix lie beyond the range (the end of since/until, a short last
+ * page).  The array keeps the first column out of the planner's
+ * equivalence classes, so ORDER BY keeps it and only an index that leads
+ * with it can deliver the order: with plain equalities the order would be
+ * just message_id, which the primary key also delivers, and the planner
+ * may prefer walking it and filtering (every row of other queues between
+ * the cursor and the page), and keep doing so in a cached generic plan.
+ * (1.0 used row comparisons for this; in PostgreSQL 15 a row comparison
+ * ends a range scan only where its first column changes, so its upper
+ * bound would not stop at the end of the range.)
+ *
+ * With both component and sqlstate, the component index serves the page
+ * and sqlstate is checked on the rows of its range; without a queue,
+ * component and sqlstate are plain filters over the range of the state (as
+ * in 1.0); error_class and the exact stored_at range are always filters.
+ * Each partition of dlq.messages has these indexes; the planner merges
+ * their ranges.
  */
 static void
 list_page_sql(StringInfo sql, int flags, const char *status)
 {
-	StringInfoData cols;
-	StringInfoData vals;
+	StringInfoData prefix;
 	StringInfoData order;
 	bool		desc = (flags & LIST_DESC) != 0;
 	bool		indexed = (flags & LIST_QUEUE) && status != NULL;
@@ -457,13 +466,14 @@ list_page_sql(StringInfo sql, int flags, const char *status)
 	bool		sqlstate_in_index = indexed && !component_in_index &&
 		(flags & LIST_SQLSTATE) && !(flags & LIST_SCHEMA_1_0);
 
-	initStringInfo(&cols);
-	initStringInfo(&vals);
+	initStringInfo(&prefix);
 	initStringInfo(&order);
 #define PREFIX(col, val) \
 	do { \
-		appendStringInfo(&cols, "%sm.%s", cols.len ? ", " : "", col); \
-		appendStringInfo(&vals, "%s%s", vals.len ? ", " : "", val); \
+		if (prefix.len == 0) \
+			appendStringInfo(&prefix, "m.%s = ANY (ARRAY[%s]) AND ", col, val); \
+		else \
+			appendStringInfo(&prefix, "m.%s = %s AND ", col, val); \
 		appendStringInfo(&order, "m.%s%s, ", col, desc ? " DESC" : ""); \
 	} while (0)
 	if (flags & LIST_QUEUE)
@@ -476,13 +486,9 @@ list_page_sql(StringInfo sql, int flags, const char *status)
 		PREFIX("sqlstate", "$6::pg_catalog.bpchar");
 #undef PREFIX
 
-	appendStringInfo(sql, "SELECT %s FROM dlq.message m WHERE ",
-					 (flags & LIST_JSON) ? "pg_catalog.to_jsonb(m), m.message_id" : "m.*");
-	if (cols.len > 0)
-		appendStringInfo(sql, "(%s, m.message_id) > (%s, $2) AND (%s, m.message_id) < (%s, $8)",
-						 cols.data, vals.data, cols.data, vals.data);
-	else
-		appendStringInfoString(sql, "m.message_id > $2 AND m.message_id < $8");
+	appendStringInfo(sql, "SELECT %s FROM dlq.message m WHERE %sm.message_id > $2 AND m.message_id < $8",
+					 (flags & LIST_JSON) ? "pg_catalog.to_jsonb(m), m.message_id" : "m.*",
+					 prefix.data);
 	if ((flags & LIST_COMPONENT) && !component_in_index)
 		appendStringInfoString(sql, " AND m.component = $5");
 	if ((flags & LIST_SQLSTATE) && !sqlstate_in_index)
@@ -545,8 +551,8 @@ list_get_plan(int flags)
  *
  * The plan is made with sorts, sequential and bitmap scans disabled, so that
  * the planner takes the index that delivers (P, message_id) in order even
- * when its estimates say otherwise: row comparisons are estimated on their
- * first column only, and on a small table a sort looks as cheap, but a page
+ * when its estimates say otherwise: on a small table a sort or a scan of
+ * the whole table looks as cheap, but a page
  * must stay a bounded range scan as the table grows under a cached plan.
  * The merge of a status 'any' page still sorts (at most six pages): its
  * cost then counts as disabled, far above jit_above_cost, and JIT would
