@@ -995,8 +995,11 @@ ALTER TABLE dlq.queues ALTER COLUMN archive_retention SET DEFAULT '90 days';
  * and a page by sqlstate alone would walk every entry of the state; an
  * index on stored_at for since and until is not needed (list_time_bounds
  * maps them onto message_id through the primary key).  Created on the
- * parent, it is created on every partition.
+ * parent, it is created on every partition (adopting the live partition's,
+ * named like the other indexes there).
  */
+CREATE INDEX messages_live_queue_status_sqlstate_id ON dlq.messages_live (queue, status, sqlstate, message_id)
+    INCLUDE (error_class);
 CREATE INDEX messages_queue_status_sqlstate_id ON dlq.messages (queue, status, sqlstate, message_id)
     INCLUDE (error_class);
 

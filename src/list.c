@@ -233,7 +233,8 @@ list_parse_args(FunctionCallInfo fcinfo, ListArgs *a)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("since must be earlier than until"),
 				 errdetail("since is %s and until is %s.",
-						   timestamptz_to_str(a->since), timestamptz_to_str(a->until))));
+						   pstrdup(timestamptz_to_str(a->since)),
+						   pstrdup(timestamptz_to_str(a->until)))));
 
 	/* Only the 1.1 schema has the archived state. */
 	if (strcmp(status, "archived") == 0)
@@ -259,7 +260,7 @@ list_check_component(ListArgs *a)
 	{
 		Oid			types[2] = {TEXTOID, TEXTOID};
 
-		components_plan = dlq_prepare_kept("SELECT pg_catalog.coalesce($2 = ANY (q.components), false)"
+		components_plan = dlq_prepare_kept("SELECT coalesce($2 = ANY (q.components), false)"
 										   " FROM dlq.queues q"
 										   " WHERE q.queue = $1 AND q.components IS NOT NULL",
 										   2, types);
@@ -448,8 +449,10 @@ list_time_bounds(ListArgs *a, int64 *lower, int64 *upper)
  * ends a range scan only where its first column changes, so its upper
  * bound would not stop at the end of the range.)
  *
- * With both component and sqlstate, the component index serves the page
- * and sqlstate is checked on the rows of its range; without a queue,
+ * With both component and sqlstate, either index serves the page (the
+ * columns after the first are constants to the planner, so both deliver
+ * the order), whichever the planner estimates narrower, and the other
+ * filter is checked on the rows of its range; without a queue,
  * component and sqlstate are plain filters over the range of the state (as
  * in 1.0); error_class and the exact stored_at range are always filters.
  * Each partition of dlq.messages has these indexes; the planner merges

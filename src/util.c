@@ -470,6 +470,14 @@ dlq_check_status(text *value, bool allow_any)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("status must not be null")));
+	/* No state is that long: a huge argument is not quoted back. */
+	if (VARSIZE_ANY_EXHDR(value) > DLQ_MAX_NAME_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid status"),
+				 errdetail("It is %zu bytes long.", VARSIZE_ANY_EXHDR(value)),
+				 errhint("Use one of pending, replaying, resolved, review, expired, archived%s.",
+						 allow_any ? " or any" : "")));
 	s = text_to_cstring(value);
 	for (int i = 0; i < lengthof(statuses); i++)
 		if (strcmp(s, statuses[i]) == 0)
