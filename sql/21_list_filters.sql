@@ -56,7 +56,7 @@ SELECT '23505 + [10:00, 30:00) newest first', pg_temp.ids(array_agg(m))
   FROM dlq_list('lf_orders', sqlstate => '23505', since => '2026-01-01 10:00+00', until => '2026-01-02 06:00+00', newest_first => true) m
 UNION ALL
 SELECT 'all queues, 40001, since', pg_temp.ids(array_agg(m))
-  FROM dlq_list(sqlstate => '40001', since => '2026-01-01 20:00+00') m WHERE m.queue LIKE 'lf\_%'
+  FROM dlq_list(sqlstate => '40001', since => '2026-01-01 20:00+00', until => '2026-02-01') m WHERE m.queue LIKE 'lf\_%'
 UNION ALL
 SELECT 'all queues, sink, until, newest first', pg_temp.ids(array_agg(m))
   FROM dlq_list(component => 'sink', until => '2026-01-01 12:00+00', newest_first => true) m WHERE m.queue LIKE 'lf\_%'
