@@ -10,9 +10,15 @@ SELECT count(dlq_store(CASE WHEN i % 3 = 0 THEN 'lf_noise' ELSE 'lf_orders' END,
                  sqlstate => CASE WHEN i % 10 = 0 THEN NULL WHEN i % 5 = 0 THEN '40001'
                                   WHEN i % 7 = 0 THEN '23503' ELSE '23505' END))
   FROM generate_series(1, 60) i;
--- stored_at one hour apart in id order, from 2026-01-01 00:00 (i = 1).
-UPDATE dlq.messages m SET stored_at = timestamptz '2026-01-01 00:00+00' + ((m.payload->>'i')::int - 1) * interval '1 hour',
-       last_failed_at = timestamptz '2026-01-01 00:00+00' + ((m.payload->>'i')::int - 1) * interval '1 hour'
+-- stored_at one hour apart in id order, from hour 0 (i = 1), hour 0 being
+-- a day from now: stored_at must grow with message_id as it does when
+-- messages are stored (src/list.c, list_time_bounds), also across the
+-- messages other tests stored before.
+CREATE TEMP TABLE lf_t0 AS SELECT date_trunc('hour', now()) + interval '1 day' AS t0;
+CREATE FUNCTION pg_temp.at(h int, m int DEFAULT 0) RETURNS timestamptz LANGUAGE sql AS $$
+    SELECT t0 + h * interval '1 hour' + m * interval '1 minute' FROM lf_t0
+$$;
+UPDATE dlq.messages m SET stored_at = (SELECT pg_temp.at(0)) + ((m.payload->>'i')::int - 1) * interval '1 hour'
  WHERE m.queue IN ('lf_orders', 'lf_noise');
 -- a list of messages as their numbers (i), in the order returned
 CREATE FUNCTION pg_temp.ids(ms dlq.message[]) RETURNS text LANGUAGE sql AS $$
@@ -35,11 +41,11 @@ SELECT 'error_class transient' AS f, pg_temp.ids(array_agg(m)) FROM dlq_list('lf
 UNION ALL
 SELECT 'error_class permanent', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', error_class => 'permanent') m
 UNION ALL
-SELECT 'since 2026-01-02 12:00', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', since => '2026-01-02 12:00+00') m
+SELECT 'since hour 36', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', since => pg_temp.at(36)) m
 UNION ALL
-SELECT 'until 2026-01-01 10:00', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', until => '2026-01-01 10:00+00') m
+SELECT 'until hour 10', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', until => pg_temp.at(10)) m
 UNION ALL
-SELECT 'since = stored_at of i=8 (inclusive)', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', since => '2026-01-01 07:00+00', until => '2026-01-01 11:00+00') m
+SELECT 'since = stored_at of i=8 (inclusive)', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', since => pg_temp.at(7), until => pg_temp.at(11)) m
 UNION ALL
 SELECT 'sqlstate 23503', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', sqlstate => '23503') m
 UNION ALL
@@ -47,25 +53,25 @@ SELECT 'component sink', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', co
 
 -- Combinations, with and without a queue, oldest or newest first.
 SELECT 'sink + 23505 + since' AS f, pg_temp.ids(array_agg(m))
-  FROM dlq_list('lf_orders', component => 'sink', sqlstate => '23505', since => '2026-01-01 20:00+00') m
+  FROM dlq_list('lf_orders', component => 'sink', sqlstate => '23505', since => pg_temp.at(20)) m
 UNION ALL
 SELECT 'ingest + transient', pg_temp.ids(array_agg(m))
   FROM dlq_list('lf_orders', component => 'ingest', error_class => 'transient') m
 UNION ALL
-SELECT '23505 + [10:00, 30:00) newest first', pg_temp.ids(array_agg(m))
-  FROM dlq_list('lf_orders', sqlstate => '23505', since => '2026-01-01 10:00+00', until => '2026-01-02 06:00+00', newest_first => true) m
+SELECT '23505 + [hour 10, hour 30) newest first', pg_temp.ids(array_agg(m))
+  FROM dlq_list('lf_orders', sqlstate => '23505', since => pg_temp.at(10), until => pg_temp.at(30), newest_first => true) m
 UNION ALL
 SELECT 'all queues, 40001, since', pg_temp.ids(array_agg(m))
-  FROM dlq_list(sqlstate => '40001', since => '2026-01-01 20:00+00', until => '2026-02-01') m WHERE m.queue LIKE 'lf\_%'
+  FROM dlq_list(sqlstate => '40001', since => pg_temp.at(20), until => pg_temp.at(100)) m WHERE m.queue LIKE 'lf\_%'
 UNION ALL
 SELECT 'all queues, sink, until, newest first', pg_temp.ids(array_agg(m))
-  FROM dlq_list(component => 'sink', until => '2026-01-01 12:00+00', newest_first => true) m WHERE m.queue LIKE 'lf\_%'
+  FROM dlq_list(component => 'sink', until => pg_temp.at(12), newest_first => true) m WHERE m.queue LIKE 'lf\_%'
 UNION ALL
-SELECT 'all queues, permanent, [20:00, 26:00)', pg_temp.ids(array_agg(m))
-  FROM dlq_list(error_class => 'permanent', since => '2026-01-01 20:00+00', until => '2026-01-02 02:00+00') m WHERE m.queue LIKE 'lf\_%'
+SELECT 'all queues, permanent, [hour 20, hour 26)', pg_temp.ids(array_agg(m))
+  FROM dlq_list(error_class => 'permanent', since => pg_temp.at(20), until => pg_temp.at(26)) m WHERE m.queue LIKE 'lf\_%'
 UNION ALL
 SELECT 'nothing in range', pg_temp.ids(array_agg(m))
-  FROM dlq_list('lf_orders', since => '2027-01-01', until => '2028-01-01') m
+  FROM dlq_list('lf_orders', since => pg_temp.at(500), until => pg_temp.at(600)) m
 UNION ALL
 SELECT 'infinite range', pg_temp.ids(array_agg(m))
   FROM dlq_list('lf_orders', error_class => 'transient', since => '-infinity', until => 'infinity') m
@@ -85,8 +91,8 @@ SELECT 'since near the beginning of time', pg_temp.ids(array_agg(m))
 -- Cursors with filters: pages of 3, forward and backward, as dlq_list and
 -- as dlq_list_page (next_cursor and has_more exact, also for a page that
 -- ends exactly at the last match).
-SELECT pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', cursor => NULL, batch_size => 3, sqlstate => '23505', since => '2026-01-01 10:00+00', until => '2026-01-02 06:00+00') m;
-SELECT pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', cursor => (SELECT message_id FROM dlq.messages WHERE payload->>'i' = '17'), batch_size => 3, sqlstate => '23505', since => '2026-01-01 10:00+00', until => '2026-01-02 06:00+00') m;
+SELECT pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', cursor => NULL, batch_size => 3, sqlstate => '23505', since => pg_temp.at(10), until => pg_temp.at(30)) m;
+SELECT pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', cursor => (SELECT message_id FROM dlq.messages WHERE payload->>'i' = '17'), batch_size => 3, sqlstate => '23505', since => pg_temp.at(10), until => pg_temp.at(30)) m;
 CREATE TEMP TABLE walk (dir text, page int, shown text);
 DO $$
 DECLARE
@@ -101,7 +107,7 @@ BEGIN
         LOOP
             i := i + 1;
             p := dlq_list_page('lf_orders', cur, 3, 'pending', NULL, '23505', d, 'permanent',
-                               '2026-01-01 10:00+00', '2026-01-02 06:00+00');
+                               pg_temp.at(10), pg_temp.at(30));
             INSERT INTO walk VALUES (CASE WHEN d THEN 'newest first' ELSE 'oldest first' END, i, pg_temp.page(p));
             EXIT WHEN NOT (p->>'has_more')::bool OR i > 10;
             cur := (p->>'next_cursor')::bigint;
@@ -110,10 +116,10 @@ BEGIN
 END $$;
 SELECT * FROM walk ORDER BY dir DESC, page;
 -- exactly the matches: has_more false on a full page
-SELECT pg_temp.page(dlq_list_page('lf_orders', batch_size => 4, error_class => 'transient', since => '2026-01-01 05:00+00'));
-SELECT pg_temp.page(dlq_list_page('lf_orders', batch_size => 3, error_class => 'transient', since => '2026-01-01 05:00+00'));
-SELECT pg_temp.page(dlq_list_page('lf_orders', batch_size => 3, error_class => 'transient', since => '2026-01-01 05:00+00', newest_first => true));
-SELECT pg_temp.page(dlq_list_page('lf_orders', cursor => :base + 1000000, newest_first => true, batch_size => 2, component => 'ingest', until => '2026-01-01 09:00+00'));
+SELECT pg_temp.page(dlq_list_page('lf_orders', batch_size => 4, error_class => 'transient', since => pg_temp.at(5)));
+SELECT pg_temp.page(dlq_list_page('lf_orders', batch_size => 3, error_class => 'transient', since => pg_temp.at(5)));
+SELECT pg_temp.page(dlq_list_page('lf_orders', batch_size => 3, error_class => 'transient', since => pg_temp.at(5), newest_first => true));
+SELECT pg_temp.page(dlq_list_page('lf_orders', cursor => :base + 1000000, newest_first => true, batch_size => 2, component => 'ingest', until => pg_temp.at(9)));
 
 -- status 'archived', and 'any' covers it.
 UPDATE dlq.messages SET status = 'resolved', resolved_at = stored_at,
@@ -126,13 +132,13 @@ SELECT 'archived' AS f, pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', sta
 UNION ALL
 SELECT 'archived, transient', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', status => 'archived', error_class => 'transient') m
 UNION ALL
-SELECT 'any, until 08:00', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', status => 'any', until => '2026-01-01 08:00+00') m
+SELECT 'any, until 08:00', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', status => 'any', until => pg_temp.at(8)) m
 UNION ALL
-SELECT 'any, until 08:00, newest first, 4', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', status => 'any', until => '2026-01-01 08:00+00', newest_first => true, batch_size => 4) m
+SELECT 'any, until 08:00, newest first, 4', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', status => 'any', until => pg_temp.at(8), newest_first => true, batch_size => 4) m
 UNION ALL
-SELECT 'any, all queues, sqlstate 23505, until 05:00', pg_temp.ids(array_agg(m)) FROM dlq_list(status => 'any', sqlstate => '23505', until => '2026-01-01 05:00+00') m WHERE m.queue LIKE 'lf\_%'
+SELECT 'any, all queues, sqlstate 23505, until 05:00', pg_temp.ids(array_agg(m)) FROM dlq_list(status => 'any', sqlstate => '23505', until => pg_temp.at(5)) m WHERE m.queue LIKE 'lf\_%'
 UNION ALL
-SELECT 'pending, until 08:00', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', until => '2026-01-01 08:00+00') m;
+SELECT 'pending, until 08:00', pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', until => pg_temp.at(8)) m;
 SELECT pg_temp.page(dlq_list_page('lf_orders', status => 'archived', batch_size => 2));
 
 -- since and until map onto message ids, with an hour of slack for messages
@@ -142,20 +148,20 @@ SELECT pg_temp.page(dlq_list_page('lf_orders', status => 'archived', batch_size 
 -- and is still found; i=56 gets one 30 hours older than its neighbours
 -- (outside the slack) and is missed by an until that falls before its
 -- neighbours, as documented; since alone still finds it.
-UPDATE dlq.messages SET stored_at = timestamptz '2026-01-03 09:10+00' WHERE queue = 'lf_orders' AND payload->>'i' = '59';
-UPDATE dlq.messages SET stored_at = timestamptz '2026-01-01 01:30+00' WHERE queue = 'lf_orders' AND payload->>'i' = '56';
-SELECT 'within the slack: [09:05, 09:20) on Jan 3' AS f, pg_temp.ids(array_agg(m))
-  FROM dlq_list('lf_orders', since => '2026-01-03 09:05+00', until => '2026-01-03 09:20+00') m
+UPDATE dlq.messages SET stored_at = (SELECT pg_temp.at(57, 10)) WHERE queue = 'lf_orders' AND payload->>'i' = '59';
+UPDATE dlq.messages SET stored_at = (SELECT pg_temp.at(1, 30)) WHERE queue = 'lf_orders' AND payload->>'i' = '56';
+SELECT 'within the slack: [hour 57:05, hour 57:20)' AS f, pg_temp.ids(array_agg(m))
+  FROM dlq_list('lf_orders', since => pg_temp.at(57, 5), until => pg_temp.at(57, 20)) m
 UNION ALL
-SELECT 'outside the slack: [01:00, 02:00) on Jan 1', pg_temp.ids(array_agg(m))
-  FROM dlq_list('lf_orders', since => '2026-01-01 01:00+00', until => '2026-01-01 02:00+00') m
+SELECT 'outside the slack: [hour 1, hour 2)', pg_temp.ids(array_agg(m))
+  FROM dlq_list('lf_orders', since => pg_temp.at(1), until => pg_temp.at(2)) m
 UNION ALL
 SELECT 'since alone finds it (no upper bound)', pg_temp.ids(array_agg(m))
-  FROM dlq_list('lf_orders', since => '2026-01-01 01:00+00', batch_size => 1000) m
+  FROM dlq_list('lf_orders', since => pg_temp.at(1), batch_size => 1000) m
 UNION ALL
 SELECT 'until alone misses it too', pg_temp.ids(array_agg(m))
-  FROM dlq_list('lf_orders', until => '2026-01-01 02:00+00') m;
-UPDATE dlq.messages m SET stored_at = timestamptz '2026-01-01 00:00+00' + ((m.payload->>'i')::int - 1) * interval '1 hour'
+  FROM dlq_list('lf_orders', until => pg_temp.at(2)) m;
+UPDATE dlq.messages m SET stored_at = (SELECT pg_temp.at(0)) + ((m.payload->>'i')::int - 1) * interval '1 hour'
  WHERE m.queue = 'lf_orders' AND payload->>'i' IN ('56', '59');
 
 -- A queue's components list: a component not on it is an error when the
@@ -293,7 +299,9 @@ SELECT pg_temp.index_of($$EXECUTE page_qsc_desc('lf_orders', 0, 100, 'pending', 
 -- With many other queues' messages, and many of this queue in other
 -- states, before and after, the same holds.
 SELECT count(dlq_store('a_lf_noise', '{}', 'noise', sqlstate => '23505')) FROM generate_series(1, 3000);
-UPDATE dlq.messages SET status = 'review' WHERE queue = 'a_lf_noise' AND message_id % 2 = 0;
+UPDATE dlq.messages SET stored_at = (SELECT pg_temp.at(1000)),
+       status = CASE WHEN message_id % 2 = 0 THEN 'review' ELSE status END
+ WHERE queue = 'a_lf_noise';
 ANALYZE dlq.messages;
 SELECT pg_temp.range_scan($$EXECUTE page_qs_sqlstate('lf_orders', 5, 100, 'pending', NULL, '23505', 0, 9000000000, 'permanent', '2026-01-01', '2026-01-02')$$);
 SELECT pg_temp.range_scan($$EXECUTE page_qs_until('lf_orders', 0, 100, 'pending', 1, 500, '2026-01-02')$$);
@@ -312,7 +320,7 @@ RESET enable_bitmapscan;
 RESET enable_sort;
 RESET enable_incremental_sort;
 -- and the filtered pages still answer the same
-SELECT pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', sqlstate => '23505', since => '2026-01-01 10:00+00', until => '2026-01-02 06:00+00') m;
+SELECT pg_temp.ids(array_agg(m)) FROM dlq_list('lf_orders', sqlstate => '23505', since => pg_temp.at(10), until => pg_temp.at(30)) m;
 
 -- Bad input: every argument is checked before anything is read.
 SELECT dlq_test.err($$SELECT * FROM dlq_list(error_class => 'fatal')$$);
@@ -344,10 +352,11 @@ SELECT dlq_test.err($$SELECT * FROM dlq_list('lf_orders', component => 'enrich',
 UPDATE dlq.queues SET components = NULL WHERE queue = 'lf_orders';
 
 -- Who may call: dlq_reader (and so dlq_operator), not dlq_writer alone.
+SELECT pg_temp.at(0) AS h0 \gset
 CREATE ROLE lf_reader LOGIN IN ROLE dlq_reader;
 CREATE ROLE lf_writer LOGIN IN ROLE dlq_writer;
 SET ROLE lf_reader;
-SELECT count(*) FROM dlq_list('lf_orders', error_class => 'permanent', since => '2026-01-01');
+SELECT count(*) FROM dlq_list('lf_orders', error_class => 'permanent', since => :'h0');
 SELECT (dlq_list_page('lf_orders', status => 'archived'))->>'has_more' AS has_more;
 SET ROLE lf_writer;
 SELECT dlq_test.err($$SELECT * FROM dlq_list('lf_orders', error_class => 'permanent')$$);

@@ -81,7 +81,8 @@ SELECT b AS by,
 -- Counts by component and sqlstate (and error_class, an INCLUDE column of
 -- the sqlstate index) are one pass over an index, index-only; by status,
 -- dlq.counts and two probes per state.  These are the statements
--- src/facets.c prepares, planned as it plans them.
+-- src/facets.c prepares, planned as it plans them (without the two
+-- lookups of stored_at by message_id per part).
 CREATE FUNCTION pg_temp.scans(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     line text;
@@ -99,9 +100,7 @@ SET enable_seqscan = off;
 SET enable_bitmapscan = off;
 SET max_parallel_workers_per_gather = 0;
 SET jit = off;
-SELECT pg_temp.scans($$SELECT g.queue, g.value::pg_catalog.text, g.n,
- (SELECT s.stored_at FROM dlq.messages s WHERE s.message_id = g.first_id),
- (SELECT s.stored_at FROM dlq.messages s WHERE s.message_id = g.last_id)
+SELECT pg_temp.scans($$SELECT g.queue, g.value::pg_catalog.text, g.n
  FROM (SELECT m.queue, m.sqlstate AS value, pg_catalog.count(*) AS n,
         pg_catalog.min(m.message_id) AS first_id, pg_catalog.max(m.message_id) AS last_id
         FROM dlq.messages m WHERE true AND m.queue = 'fc_orders' AND m.status = 'pending'::text::dlq.status

@@ -132,6 +132,32 @@ facet_get_plan(FacetBy by, int flags)
 	return facet_plans[by][flags];
 }
 
+/*
+ * Validate "by": one of facet_names, else 22023, quoting the value back
+ * only when it is short.
+ */
+static FacetBy
+facet_check_by(text *value)
+{
+	char	   *s;
+
+	if (VARSIZE_ANY_EXHDR(value) > DLQ_MAX_NAME_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid by"),
+				 errdetail("It is %zu bytes long.", VARSIZE_ANY_EXHDR(value)),
+				 errhint("Use one of component, sqlstate, error_class, status, source_relation.")));
+	s = text_to_cstring(value);
+	for (int i = 0; i < FACET_NBY; i++)
+		if (strcmp(s, facet_names[i]) == 0)
+			return (FacetBy) i;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid by \"%s\"", s),
+			 errhint("Use one of component, sqlstate, error_class, status, source_relation.")));
+	return FACET_NBY;			/* keep compiler quiet */
+}
+
 PG_FUNCTION_INFO_V1(dlq_facets);
 
 /*
@@ -147,7 +173,7 @@ dlq_facets(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *queue;
 	const char *status;
-	FacetBy		by = FACET_NBY;
+	FacetBy		by;
 	int			flags = 0;
 	Datum		values[2] = {0, 0};
 	char		nulls[2] = {'n', 'n'};
@@ -165,24 +191,7 @@ dlq_facets(PG_FUNCTION_ARGS)
 	}
 
 	dlq_check_not_null(fcinfo, 1, "by");
-	{
-		text	   *t = PG_GETARG_TEXT_PP(1);
-
-		if (VARSIZE_ANY_EXHDR(t) > DLQ_MAX_NAME_BYTES)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid by"),
-					 errdetail("It is %zu bytes long.", VARSIZE_ANY_EXHDR(t)),
-					 errhint("Use one of component, sqlstate, error_class, status, source_relation.")));
-		for (int i = 0; i < FACET_NBY; i++)
-			if (strcmp(text_to_cstring(t), facet_names[i]) == 0)
-				by = (FacetBy) i;
-		if (by == FACET_NBY)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid by \"%s\"", text_to_cstring(t)),
-					 errhint("Use one of component, sqlstate, error_class, status, source_relation.")));
-	}
+	by = facet_check_by(PG_GETARG_TEXT_PP(1));
 
 	status = dlq_check_status(PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2), true);
 	if (strcmp(status, "any") != 0)
