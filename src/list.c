@@ -273,7 +273,8 @@ list_check_component(ListArgs *a)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("component \"%s\" is not one of queue \"%s\"'s components",
-						a->component, a->queue)));
+						a->component, a->queue),
+				 errhint("An operator lists the components a queue accepts with dlq_configure(queue, components => ...); an empty array accepts any.")));
 }
 
 /*
