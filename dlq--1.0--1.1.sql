@@ -1173,6 +1173,95 @@ COMMENT ON FUNCTION dlq.worker_cap(integer, text, text) IS
 
 /* ---- Operator workflow: list filters and facets (list.c, facets.c) ---- */
 
+/*
+ * dlq_list and dlq_list_page gain the filters error_class, since and until
+ * (stored_at >= since AND stored_at < until), and status 'archived' ('any'
+ * covers it too).  Their argument lists grow, so they are dropped and
+ * created again; the library still serves 1.0's seven arguments.
+ *
+ * A page filtered by sqlstate must be a bounded range scan like one by
+ * component, so it needs an index whose prefix is (queue, status, sqlstate)
+ * and whose last key is message_id (src/list.c, list_page_sql).  Every
+ * index slows dlq_store, so there is exactly one more, and it serves three
+ * things: sqlstate pages, and the sqlstate and error_class facets of
+ * dlq_facets as index-only scans (error_class is an INCLUDE column: a few
+ * bytes more per entry, no second index).  The alternatives cost more or
+ * do not bound the page: widening the component index to (queue, status,
+ * component, sqlstate, message_id) serves sqlstate only under a component,
+ * and a page by sqlstate alone would walk every entry of the state; an
+ * index on stored_at for since and until is not needed (list_time_bounds
+ * maps them onto message_id through the primary key).  Created on the
+ * parent, it is created on every partition (adopting the live partition's,
+ * named like the other indexes there).
+ */
+CREATE INDEX messages_live_queue_status_sqlstate_id ON dlq.messages_live (queue, status, sqlstate, message_id)
+    INCLUDE (error_class);
+CREATE INDEX messages_queue_status_sqlstate_id ON dlq.messages (queue, status, sqlstate, message_id)
+    INCLUDE (error_class);
+
+DROP FUNCTION @extschema@.dlq_list(text, bigint, integer, text, text, text, boolean);
+CREATE FUNCTION @extschema@.dlq_list(
+    queue text DEFAULT NULL,
+    cursor bigint DEFAULT NULL,
+    batch_size integer DEFAULT 100,
+    status text DEFAULT 'pending',
+    component text DEFAULT NULL,
+    sqlstate text DEFAULT NULL,
+    newest_first boolean DEFAULT false,
+    error_class text DEFAULT NULL,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL)
+RETURNS SETOF dlq.message
+LANGUAGE c STABLE PARALLEL RESTRICTED ROWS 100
+AS 'MODULE_PATHNAME', 'dlq_list';
+COMMENT ON FUNCTION @extschema@.dlq_list(text, bigint, integer, text, text, text, boolean, text, timestamptz, timestamptz) IS
+    'one keyset page of messages after cursor (before it when newest_first), filtered by status, component, sqlstate, error_class and stored_at in [since, until); non-destructive';
+GRANT EXECUTE ON FUNCTION
+    @extschema@.dlq_list(text, bigint, integer, text, text, text, boolean, text, timestamptz, timestamptz)
+    TO dlq_reader;
+
+DROP FUNCTION @extschema@.dlq_list_page(text, bigint, integer, text, text, text, boolean);
+CREATE FUNCTION @extschema@.dlq_list_page(
+    queue text DEFAULT NULL,
+    cursor bigint DEFAULT NULL,
+    batch_size integer DEFAULT 100,
+    status text DEFAULT 'pending',
+    component text DEFAULT NULL,
+    sqlstate text DEFAULT NULL,
+    newest_first boolean DEFAULT false,
+    error_class text DEFAULT NULL,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE c STABLE PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'dlq_list_page';
+COMMENT ON FUNCTION @extschema@.dlq_list_page(text, bigint, integer, text, text, text, boolean, text, timestamptz, timestamptz) IS
+    'the page of dlq_list as {"messages": [...], "next_cursor": id|null, "has_more": bool}';
+GRANT EXECUTE ON FUNCTION
+    @extschema@.dlq_list_page(text, bigint, integer, text, text, text, boolean, text, timestamptz, timestamptz)
+    TO dlq_reader;
+
+/*
+ * dlq_facets (src/facets.c): how a queue's messages in one state split by
+ * component, sqlstate, error_class, status or source_relation, with each
+ * part's count and the stored_at of its first and last message.
+ */
+CREATE FUNCTION @extschema@.dlq_facets(
+    queue text DEFAULT NULL,
+    by text DEFAULT 'sqlstate',
+    status text DEFAULT 'pending')
+RETURNS TABLE (
+    queue       text,
+    value       text,
+    count       bigint,
+    oldest_at   timestamptz,
+    newest_at   timestamptz)
+LANGUAGE c STABLE PARALLEL RESTRICTED ROWS 20
+AS 'MODULE_PATHNAME', 'dlq_facets';
+COMMENT ON FUNCTION @extschema@.dlq_facets(text, text, text) IS
+    'messages of a queue (or all) in a state (or any) counted by component, sqlstate, error_class, status or source_relation, largest first, with the stored_at of the first and last of each';
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_facets(text, text, text) TO dlq_reader;
+
 /* ---- Operator workflow: bulk calls, filters, dry runs, resolution, move (replay.c, lifecycle.c, move.c) ---- */
 
 /* ---- Operator workflow: edit, attempt history, SQLSTATEs (edit.c, history) ---- */

@@ -50,35 +50,39 @@ SELECT dlq_list_page('nosuchqueue');
 -- Every page is an index range scan, with no sort of the whole set.  These are
 -- the statements src/list.c prepares, checked as custom and as generic plans;
 -- dlq.messages is partitioned, so a page merges one range per partition, and
--- a status 'any' page sorts at most five such pages (one per state);
--- the row comparisons keep the planner off the primary key even when other
--- queues' messages come first (see list_get_plan), and list_run plans them
--- with sorts and sequential scans disabled, as here.
+-- a status 'any' page sorts at most six such pages (one per state);
+-- the first column as "= ANY (ARRAY[...])" keeps the planner off the primary
+-- key even when other queues' messages come first (see list_page_sql), and
+-- list_run plans them with sorts and sequential scans disabled, as here.
+-- sql/21_list_filters.sql checks that both ends of the id range bound the scan.
 PREPARE page_qs(text, bigint, int, text) AS SELECT m.* FROM dlq.message m
- WHERE (m.queue, m.status, m.message_id) > ($1, $4::dlq.status, $2) AND (m.queue, m.status) <= ($1, $4::dlq.status)
+ WHERE m.queue = ANY (ARRAY[$1]) AND m.status = $4::dlq.status AND m.message_id > $2 AND m.message_id < 9223372036854775807
  ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0;
 PREPARE page_qsc_desc(text, bigint, int, text, text) AS SELECT m.* FROM dlq.message m
- WHERE (m.queue, m.status, m.component, m.message_id) < ($1, $4::dlq.status, $5, $2)
-   AND (m.queue, m.status, m.component) >= ($1, $4::dlq.status, $5)
+ WHERE m.queue = ANY (ARRAY[$1]) AND m.status = $4::dlq.status AND m.component = $5
+   AND m.message_id > 0 AND m.message_id < $2
  ORDER BY m.queue DESC, m.status DESC, m.component DESC, m.message_id DESC LIMIT $3 + 0;
 PREPARE page_q_any(text, bigint, int) AS SELECT p.* FROM (
- (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'pending'::dlq.status, $2)
-   AND (m.queue, m.status) <= ($1, 'pending'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ (SELECT m.* FROM dlq.message m WHERE m.queue = ANY (ARRAY[$1]) AND m.status = 'pending'::dlq.status
+   AND m.message_id > $2 AND m.message_id < 9223372036854775807 ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
  UNION ALL
- (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'replaying'::dlq.status, $2)
-   AND (m.queue, m.status) <= ($1, 'replaying'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ (SELECT m.* FROM dlq.message m WHERE m.queue = ANY (ARRAY[$1]) AND m.status = 'replaying'::dlq.status
+   AND m.message_id > $2 AND m.message_id < 9223372036854775807 ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
  UNION ALL
- (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'review'::dlq.status, $2)
-   AND (m.queue, m.status) <= ($1, 'review'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ (SELECT m.* FROM dlq.message m WHERE m.queue = ANY (ARRAY[$1]) AND m.status = 'review'::dlq.status
+   AND m.message_id > $2 AND m.message_id < 9223372036854775807 ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
  UNION ALL
- (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'resolved'::dlq.status, $2)
-   AND (m.queue, m.status) <= ($1, 'resolved'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ (SELECT m.* FROM dlq.message m WHERE m.queue = ANY (ARRAY[$1]) AND m.status = 'resolved'::dlq.status
+   AND m.message_id > $2 AND m.message_id < 9223372036854775807 ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
  UNION ALL
- (SELECT m.* FROM dlq.message m WHERE (m.queue, m.status, m.message_id) > ($1, 'expired'::dlq.status, $2)
-   AND (m.queue, m.status) <= ($1, 'expired'::dlq.status) ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ (SELECT m.* FROM dlq.message m WHERE m.queue = ANY (ARRAY[$1]) AND m.status = 'expired'::dlq.status
+   AND m.message_id > $2 AND m.message_id < 9223372036854775807 ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
+ UNION ALL
+ (SELECT m.* FROM dlq.message m WHERE m.queue = ANY (ARRAY[$1]) AND m.status = 'archived'::dlq.status
+   AND m.message_id > $2 AND m.message_id < 9223372036854775807 ORDER BY m.queue, m.status, m.message_id LIMIT $3 + 0)
  ) p ORDER BY p.message_id LIMIT $3 + 0;
 PREPARE page_s(bigint, int, text) AS SELECT m.* FROM dlq.message m
- WHERE (m.status, m.message_id) > ($3::dlq.status, $1) AND (m.status) <= ($3::dlq.status)
+ WHERE m.status = ANY (ARRAY[$3::dlq.status]) AND m.message_id > $1 AND m.message_id < 9223372036854775807
  ORDER BY m.status, m.message_id LIMIT $2 + 0;
 CREATE FUNCTION pg_temp.index_only(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -94,8 +98,8 @@ BEGIN
             RETURN 'index range scan';
         END IF;
         IF plan ~ '^Limit\n  ->  Sort\n' AND (SELECT count(*) FROM regexp_matches(plan, '(^|->  )Sort\n', 'g')) = 1
-           AND (SELECT count(*) FROM regexp_matches(plan, '->  Limit\n', 'g')) = 5 THEN
-            RETURN 'five index range pages, merged';
+           AND (SELECT count(*) FROM regexp_matches(plan, '->  Limit\n', 'g')) = 6 THEN
+            RETURN 'six index range pages, merged';
         END IF;
     END IF;
     RETURN plan;

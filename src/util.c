@@ -456,18 +456,28 @@ dlq_check_json_object(const char *what, Jsonb *value)
 
 /*
  * Validate a status name; "any" only where allow_any.  Returns the name.
+ * "archived" is a state of the 1.1 schema: a caller that puts it into SQL
+ * on a 1.0 schema must call dlq_require_current_schema() first.
  */
 const char *
 dlq_check_status(text *value, bool allow_any)
 {
 	static const char *const statuses[] =
-	{"pending", "replaying", "resolved", "review", "expired"};
+	{"pending", "replaying", "resolved", "review", "expired", "archived"};
 	char	   *s;
 
 	if (value == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("status must not be null")));
+	/* No state is that long: a huge argument is not quoted back. */
+	if (VARSIZE_ANY_EXHDR(value) > DLQ_MAX_NAME_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid status"),
+				 errdetail("It is %zu bytes long.", VARSIZE_ANY_EXHDR(value)),
+				 errhint("Use one of pending, replaying, resolved, review, expired, archived%s.",
+						 allow_any ? " or any" : "")));
 	s = text_to_cstring(value);
 	for (int i = 0; i < lengthof(statuses); i++)
 		if (strcmp(s, statuses[i]) == 0)
@@ -477,7 +487,7 @@ dlq_check_status(text *value, bool allow_any)
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid status \"%s\"", s),
-			 errhint("Use one of pending, replaying, resolved, review, expired%s.",
+			 errhint("Use one of pending, replaying, resolved, review, expired, archived%s.",
 					 allow_any ? " or any" : "")));
 	return NULL;				/* keep compiler quiet */
 }
