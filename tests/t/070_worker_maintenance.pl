@@ -72,6 +72,8 @@ $node->safe_psql('postgres', q{
     SELECT dlq_store('w_keep', jsonb_build_object('i', i), 'failed') FROM generate_series(1, 5) i;
     UPDATE dlq.queues SET resolved_retention = '1 hour' WHERE queue = 'w_keep';
     UPDATE dlq.queues SET resolved_retention = '10 minutes' WHERE queue = 'w_exp';
+    -- purged, not archived (tests/t/075_archive.pl)
+    UPDATE dlq.queues SET archive_retention = '0' WHERE queue IN ('w_keep', 'w_exp');
     UPDATE dlq.messages SET status = 'resolved', resolved_at = now() - interval '30 minutes'
      WHERE queue = 'w_keep';
     UPDATE dlq.messages SET resolved_at = now() - interval '11 minutes'
