@@ -416,7 +416,7 @@ is( $node->safe_psql(
     SELECT coalesce(string_agg(message_id || ':' || status, ',' ORDER BY message_id), '')
       FROM dlq.messages
      WHERE (status <> 'replaying' AND (claimed_by IS NOT NULL OR claim_expires_at IS NOT NULL))
-        OR (status IN ('resolved', 'expired')) <> (resolved_at IS NOT NULL)
+        OR (status IN ('resolved', 'expired', 'archived')) <> (resolved_at IS NOT NULL)
         OR (status = 'pending' AND attempts >= max_attempts)
         OR occurrences < 1}),
 	'', 'no message holds a claim unless replaying, resolved_at is set exactly on closed ones, '
