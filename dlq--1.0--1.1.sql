@@ -339,8 +339,9 @@ COMMENT ON FUNCTION dlq.slot_contents(integer, timestamptz) IS
     'messages of a slot of a ring per queue and state, from dlq.counts, and whether they are all past retention';
 
 /*
- * Empty one closed slot of a ring: under an ACCESS EXCLUSIVE lock on its
- * partition (taken within lock_wait, else nothing is done and NULL
+ * Empty one closed slot of a ring: under an EXCLUSIVE lock on its partition
+ * (no writer, readers allowed), then an ACCESS EXCLUSIVE one for the
+ * TRUNCATE (each taken within lock_wait, else nothing is done and NULL
  * returned),
  *  - move the messages of queues not yet due that are still within their
  *    retention into the slot dest of the same ring (in the archive ring a
@@ -354,9 +355,9 @@ COMMENT ON FUNCTION dlq.slot_contents(integer, timestamptz) IS
  * then take the slot off dlq.counts and TRUNCATE the partition.  Nothing
  * reads the partition but the move and the copy, which read only their
  * queues' rows, and the ids of small events.  Returns {"purged": n,
- * "moved": n, "archived": n}.  The lock makes it exact: a transaction
- * closing a message into this slot has committed before (its message and
- * its counts are seen) or waits and lands in an emptied slot.
+ * "moved": n, "archived": n}.  The EXCLUSIVE lock makes it exact: a
+ * transaction closing a message into this slot has committed before (its
+ * message and its counts are seen) or waits and lands in an emptied slot.
  */
 CREATE FUNCTION dlq.slot_empty(slot integer, dest integer, actor text, lock_wait interval)
 RETURNS jsonb
@@ -392,117 +393,125 @@ BEGIN
     /*
      * The parent first, as every statement on dlq.messages takes it: a DDL
      * on dlq.messages (which locks the parent, then each partition) then
-     * waits for this one instead of deadlocking with it.  The archive
-     * ring's live slot, which the copy writes, after the slot emptied.
+     * waits for this one instead of deadlocking with it.  The slot in
+     * EXCLUSIVE mode, which keeps out every writer (a transaction closing a
+     * message into it has committed, or waits) but lets readers in while
+     * messages are moved and copied; ACCESS EXCLUSIVE only for the
+     * TRUNCATE.  The archive ring's live slot, which the copy writes, after
+     * the slot emptied.  When a lock is not had within lock_wait,
+     * everything is undone and NULL returned.
      */
     BEGIN
         PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text, true);
         LOCK TABLE ONLY dlq.messages IN ROW EXCLUSIVE MODE;
-        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', s.partition);
+        EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', s.partition);
         IF arch.slot IS NOT NULL THEN
             EXECUTE format('LOCK TABLE %s IN ROW EXCLUSIVE MODE', arch.partition);
         END IF;
         PERFORM set_config('lock_timeout', saved_timeout, true);
+
+        /*
+         * What the slot holds, read once (nothing enters it any more), and
+         * whether the messages of each queue that leave are archived.
+         */
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'queue', c.queue, 'status', c.status, 'n', c.n, 'due', c.due,
+                   'archive', arch.slot IS NOT NULL AND coalesce(q.archive_retention > interval '0', false))), '[]')
+          INTO contents
+          FROM dlq.slot_contents(s.slot, s.closed_at) c LEFT JOIN dlq.queues q ON q.queue = c.queue;
+
+        /*
+         * Only the queues not yet due are read, through their index, and the
+         * slot is a constant so that the plan holds that one partition.
+         */
+        keep := ARRAY(SELECT DISTINCT x.queue FROM jsonb_to_recordset(contents) AS x(queue text, due boolean)
+                       WHERE NOT x.due);
+        moved := '[]';
+        IF cardinality(keep) > 0 THEN
+            EXECUTE format($move$
+                WITH m AS (
+                    UPDATE dlq.messages m SET slot = $1
+                      FROM dlq.queues q
+                     WHERE m.slot = %s AND q.queue = m.queue AND m.queue = ANY ($2)
+                       AND m.resolved_at > now() - q.resolved_retention%s
+                    RETURNING m.queue, m.status
+                )
+                SELECT coalesce(jsonb_agg(jsonb_build_object('queue', x.queue, 'status', x.status, 'n', x.n)), '[]')
+                  FROM (SELECT m.queue, m.status, count(*) AS n FROM m GROUP BY 1, 2) x$move$,
+                s.slot, CASE s.ring WHEN 'archive' THEN ' - q.archive_retention' ELSE '' END)
+            INTO moved USING dest, keep;
+        END IF;
+
+        /*
+         * The messages of archiving queues that leave are copied, every column
+         * but status and slot as it is (whatever columns dlq.messages has), and
+         * this slot's copies go with the TRUNCATE: one write per message.
+         */
+        to_archive := ARRAY(SELECT DISTINCT x.queue FROM jsonb_to_recordset(contents) AS x(queue text, archive boolean)
+                             WHERE x.archive);
+        IF cardinality(to_archive) > 0 THEN
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+              FROM pg_attribute a
+             WHERE a.attrelid = 'dlq.messages'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = '' AND a.attname NOT IN ('status', 'slot');
+            EXECUTE format($copy$
+                WITH a AS (
+                    INSERT INTO dlq.messages (%1$s, status, slot) OVERRIDING SYSTEM VALUE
+                    SELECT %1$s, 'archived', $1 FROM %2$s m WHERE m.queue = ANY ($2)
+                    RETURNING queue
+                )
+                SELECT coalesce(jsonb_object_agg(x.queue, x.n), '{}')
+                  FROM (SELECT a.queue, count(*) AS n FROM a GROUP BY 1) x$copy$, cols, s.partition)
+            INTO archived USING arch.slot, to_archive;
+        END IF;
+
+        /* dlq.counts does not have the moves yet: they are written at commit. */
+        EXECUTE format($gone$
+            WITH gone AS (
+                SELECT c.queue, c.status, c.n - coalesce(mv.n, 0) AS n, c.archive
+                  FROM jsonb_to_recordset($3) AS c(queue text, status dlq.status, n bigint, archive boolean)
+                  LEFT JOIN jsonb_to_recordset($4) AS mv(queue text, status dlq.status, n bigint)
+                    USING (queue, status)
+            ), per AS (
+                SELECT gone.queue, bool_or(gone.archive) AS archive, sum(gone.n) AS n,
+                       coalesce(sum(gone.n) FILTER (WHERE gone.status = 'resolved'), 0) AS resolved,
+                       coalesce(sum(gone.n) FILTER (WHERE gone.status = 'expired'), 0) AS expired
+                  FROM gone GROUP BY gone.queue
+            ), audit AS (
+                INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+                SELECT $1, CASE WHEN p.archive THEN 'archived' ELSE 'purged' END::dlq.event_kind, p.queue, x.n,
+                       CASE WHEN x.n <= 100
+                            THEN ARRAY(SELECT m.message_id FROM %1$s m WHERE m.queue = p.queue ORDER BY 1) END,
+                       CASE WHEN $6 = 'archive'
+                            THEN jsonb_build_object('archived', p.n, 'partition', $2)
+                            ELSE jsonb_build_object('resolved', p.resolved, 'expired', p.expired, 'partition', $2)
+                       END
+                       || CASE WHEN p.archive THEN jsonb_build_object('archive', $7) ELSE '{}' END
+                  FROM per p
+                 CROSS JOIN LATERAL (SELECT CASE WHEN p.archive THEN coalesce(($5 ->> p.queue)::bigint, 0)
+                                                 ELSE p.n END) AS x(n)
+                 WHERE x.n > 0
+            )
+            SELECT coalesce(sum(p.n) FILTER (WHERE NOT p.archive), 0) FROM per p$gone$, s.partition)
+        INTO purged USING actor, s.partition::text, contents, moved, archived, s.ring, arch.partition::text;
+
+        /*
+         * The slot's counts go; the moved messages' own -n for this slot comes
+         * at commit, so +n stands in for them until then.  The copies are
+         * counted in the archive slot's shards by the trigger, at commit too.
+         */
+        DELETE FROM dlq.counts c WHERE c.shard BETWEEN -(s.slot * 64 + 64) AND -(s.slot * 64 + 1);
+        INSERT INTO dlq.counts (queue, status, shard, n)
+        SELECT mv.queue, mv.status, -(s.slot * 64 + 1), mv.n
+          FROM jsonb_to_recordset(moved) AS mv(queue text, status dlq.status, n bigint);
+        PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text, true);
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', s.partition);
+        PERFORM set_config('lock_timeout', saved_timeout, true);
+        EXECUTE format('TRUNCATE %s', s.partition);
     EXCEPTION WHEN lock_not_available THEN
         PERFORM set_config('lock_timeout', saved_timeout, true);
         RETURN NULL;
     END;
-
-    /*
-     * What the slot holds, read once (nothing enters it any more), and
-     * whether the messages of each queue that leave are archived.
-     */
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'queue', c.queue, 'status', c.status, 'n', c.n, 'due', c.due,
-               'archive', arch.slot IS NOT NULL AND coalesce(q.archive_retention > interval '0', false))), '[]')
-      INTO contents
-      FROM dlq.slot_contents(s.slot, s.closed_at) c LEFT JOIN dlq.queues q ON q.queue = c.queue;
-
-    /*
-     * Only the queues not yet due are read, through their index, and the
-     * slot is a constant so that the plan holds that one partition.
-     */
-    keep := ARRAY(SELECT DISTINCT x.queue FROM jsonb_to_recordset(contents) AS x(queue text, due boolean)
-                   WHERE NOT x.due);
-    moved := '[]';
-    IF cardinality(keep) > 0 THEN
-        EXECUTE format($move$
-            WITH m AS (
-                UPDATE dlq.messages m SET slot = $1
-                  FROM dlq.queues q
-                 WHERE m.slot = %s AND q.queue = m.queue AND m.queue = ANY ($2)
-                   AND m.resolved_at > now() - q.resolved_retention%s
-                RETURNING m.queue, m.status
-            )
-            SELECT coalesce(jsonb_agg(jsonb_build_object('queue', x.queue, 'status', x.status, 'n', x.n)), '[]')
-              FROM (SELECT m.queue, m.status, count(*) AS n FROM m GROUP BY 1, 2) x$move$,
-            s.slot, CASE s.ring WHEN 'archive' THEN ' - q.archive_retention' ELSE '' END)
-        INTO moved USING dest, keep;
-    END IF;
-
-    /*
-     * The messages of archiving queues that leave are copied, every column
-     * but status and slot as it is (whatever columns dlq.messages has), and
-     * this slot's copies go with the TRUNCATE: one write per message.
-     */
-    to_archive := ARRAY(SELECT DISTINCT x.queue FROM jsonb_to_recordset(contents) AS x(queue text, archive boolean)
-                         WHERE x.archive);
-    IF cardinality(to_archive) > 0 THEN
-        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
-          FROM pg_attribute a
-         WHERE a.attrelid = 'dlq.messages'::regclass AND a.attnum > 0 AND NOT a.attisdropped
-           AND a.attgenerated = '' AND a.attname NOT IN ('status', 'slot');
-        EXECUTE format($copy$
-            WITH a AS (
-                INSERT INTO dlq.messages (%1$s, status, slot) OVERRIDING SYSTEM VALUE
-                SELECT %1$s, 'archived', $1 FROM %2$s m WHERE m.queue = ANY ($2)
-                RETURNING queue
-            )
-            SELECT coalesce(jsonb_object_agg(x.queue, x.n), '{}')
-              FROM (SELECT a.queue, count(*) AS n FROM a GROUP BY 1) x$copy$, cols, s.partition)
-        INTO archived USING arch.slot, to_archive;
-    END IF;
-
-    /* dlq.counts does not have the moves yet: they are written at commit. */
-    EXECUTE format($gone$
-        WITH gone AS (
-            SELECT c.queue, c.status, c.n - coalesce(mv.n, 0) AS n, c.archive
-              FROM jsonb_to_recordset($3) AS c(queue text, status dlq.status, n bigint, archive boolean)
-              LEFT JOIN jsonb_to_recordset($4) AS mv(queue text, status dlq.status, n bigint)
-                USING (queue, status)
-        ), per AS (
-            SELECT gone.queue, bool_or(gone.archive) AS archive, sum(gone.n) AS n,
-                   coalesce(sum(gone.n) FILTER (WHERE gone.status = 'resolved'), 0) AS resolved,
-                   coalesce(sum(gone.n) FILTER (WHERE gone.status = 'expired'), 0) AS expired
-              FROM gone GROUP BY gone.queue
-        ), audit AS (
-            INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
-            SELECT $1, CASE WHEN p.archive THEN 'archived' ELSE 'purged' END::dlq.event_kind, p.queue, x.n,
-                   CASE WHEN x.n <= 100
-                        THEN ARRAY(SELECT m.message_id FROM %1$s m WHERE m.queue = p.queue ORDER BY 1) END,
-                   CASE WHEN $6 = 'archive'
-                        THEN jsonb_build_object('archived', p.n, 'partition', $2)
-                        ELSE jsonb_build_object('resolved', p.resolved, 'expired', p.expired, 'partition', $2)
-                   END
-                   || CASE WHEN p.archive THEN jsonb_build_object('archive', $7) ELSE '{}' END
-              FROM per p
-             CROSS JOIN LATERAL (SELECT CASE WHEN p.archive THEN coalesce(($5 ->> p.queue)::bigint, 0)
-                                             ELSE p.n END) AS x(n)
-             WHERE x.n > 0
-        )
-        SELECT coalesce(sum(p.n) FILTER (WHERE NOT p.archive), 0) FROM per p$gone$, s.partition)
-    INTO purged USING actor, s.partition::text, contents, moved, archived, s.ring, arch.partition::text;
-
-    /*
-     * The slot's counts go; the moved messages' own -n for this slot comes
-     * at commit, so +n stands in for them until then.  The copies are
-     * counted in the archive slot's shards by the trigger, at commit too.
-     */
-    DELETE FROM dlq.counts c WHERE c.shard BETWEEN -(s.slot * 64 + 64) AND -(s.slot * 64 + 1);
-    INSERT INTO dlq.counts (queue, status, shard, n)
-    SELECT mv.queue, mv.status, -(s.slot * 64 + 1), mv.n
-      FROM jsonb_to_recordset(moved) AS mv(queue text, status dlq.status, n bigint);
-    EXECUTE format('TRUNCATE %s', s.partition);
     RETURN jsonb_build_object('purged', purged,
                               'moved', (SELECT coalesce(sum((e ->> 'n')::bigint), 0)
                                           FROM jsonb_array_elements(moved) e),

@@ -178,6 +178,21 @@ sql(q{
 rotate('0', '1 day');    # closed slot 2 closes
 ok($node->poll_query_until('postgres', q{SELECT closed_at + interval '1.1 seconds' < now() FROM dlq.slots WHERE slot = 2}),
 	'closed slot 2 is due');
+# A reader of the slot does not stop the copy (EXCLUSIVE lock), but the
+# TRUNCATE's ACCESS EXCLUSIVE is not had: the copy is undone, nothing is lost
+# or doubled, and the next round tries again.
+$reader = $node->background_psql('postgres');
+$reader->query_safe(q{BEGIN; SELECT count(*) FROM dlq.messages_closed_2});
+is(rotate('1 day', '1 day'),
+	'{"moved": 0, "purged": 0, "emptied": 0, "rotated": false, "archived": 0, "archive_rotated": false}',
+	'a transaction reading closed slot 2: nothing done');
+is(sql(q{SELECT (SELECT count(*) FROM dlq.messages WHERE queue IN ('a_short', 'a_long')) || ' '
+             || (SELECT count(*) FROM dlq.messages_closed_2) || ' '
+             || (SELECT count(*) FROM dlq.events WHERE queue IN ('a_short', 'a_long') AND kind = 'archived')}),
+	'5 6 0', '... the copy was undone: 5 messages, all still in slot 2, no event');
+ok(counts_exact(), '... dlq.counts equals count(*)');
+$reader->query_safe('COMMIT');
+$reader->quit;
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '1 day', archive_every => '0') - 'rotated' - 'emptied'}),
 	'{"moved": 1, "purged": 0, "archived": 5, "archive_rotated": true}',
 	'archive slot 10 closes; 5 archived into slot 11 (keep\'s message moved on in the closed ring)');
