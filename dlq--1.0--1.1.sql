@@ -71,6 +71,8 @@ AS 'MODULE_PATHNAME', 'dlq_etl_watermark';
  *   slot 1..8   dlq.messages_closed_1..8: a ring of partitions for closed
  *               (resolved, expired) messages.  Closing a message moves it
  *               into the ring's current slot (UPDATE ... SET slot).
+ *   slot 9..16  dlq.messages_archive_1..8: a second ring, for archived
+ *               messages (issue 13).
  *
  * The worker turns the ring (dlq.worker_rotate): every
  * dlq.partition_interval the current slot is closed and the next one, once
@@ -85,6 +87,15 @@ AS 'MODULE_PATHNAME', 'dlq_etl_watermark';
  * (no ACCESS EXCLUSIVE lock on dlq.messages), and dump/restore sees the
  * same tables on both sides.  CONTRIBUTING.md, "Storage", has the reasons
  * and tests/bench/README.md the figures.
+ *
+ * When it leaves, a message of a queue whose archive_retention is above 0
+ * is not purged but copied once, as 'archived', into the live slot of the
+ * archive ring, which the worker turns the same way every
+ * dlq.archive_interval (16 days: eight slots span 128 days, so the default
+ * 90 days of archive_retention move no message); an archive slot is
+ * emptied by TRUNCATE once past every queue's archive_retention.  An
+ * archived message thus stays between archive_retention and
+ * archive_retention + dlq.archive_interval.
  *
  * A unique index of a partitioned table must contain the partition key:
  * dedup is (queue, dedup_key, slot) over open messages, which all live in
@@ -162,9 +173,9 @@ PERFORM pg_catalog.setval('dlq.messages_message_id_seq', next_id, false);
 END
 $convert$;
 COMMENT ON TABLE dlq.messages IS
-    'one row per failed message or captured row; message_id is the keyset cursor; partitioned by slot (0 open, 1-8 closed)';
+    'one row per failed message or captured row; message_id is the keyset cursor; partitioned by slot (0 open, 1-8 closed, 9-16 archived)';
 COMMENT ON COLUMN dlq.messages.slot IS
-    'partition: 0 for open messages, else the closed slot (dlq.slots) the message was closed into';
+    'partition: 0 for open messages, else the slot of the ring (dlq.slots) the message was closed or archived into';
 
 ALTER TABLE dlq.messages ATTACH PARTITION dlq.messages_live FOR VALUES IN (0);
 
@@ -183,18 +194,30 @@ CREATE INDEX messages_replaying_claim ON dlq.messages (claim_expires_at) WHERE s
 CREATE INDEX messages_retry_due ON dlq.messages (next_retry_at) WHERE status = 'pending' AND next_retry_at IS NOT NULL;
 CREATE INDEX messages_replaying_request ON dlq.messages (queue, replay_request_id) WHERE status = 'replaying';
 
-/* The ring of closed slots. */
+/*
+ * The two rings of slots: the ring of closed messages (slots 1-8, ring
+ * 'closed', whose live slot is in state 'current') and the ring of
+ * archived ones (slots 9-16, ring 'archive', whose live slot is in state
+ * 'archiving').  Each ring has exactly one live slot.  The archive ring's
+ * live slot has a state of its own so that "the current slot" (state
+ * 'current', DLQ_CLOSING_SLOT in src/dlq.h and the worker's statements)
+ * stays the one slot closing messages go to.
+ */
 CREATE TABLE dlq.slots (
-    slot        integer PRIMARY KEY CHECK (slot BETWEEN 1 AND 8),
+    slot        integer PRIMARY KEY CHECK (slot BETWEEN 1 AND 16),
+    ring        text NOT NULL CHECK (ring IN ('closed', 'archive')),
     partition   regclass NOT NULL,
-    state       text NOT NULL CHECK (state IN ('current', 'closed', 'empty')),
+    state       text NOT NULL CHECK (state IN ('current', 'archiving', 'closed', 'empty')),
     opened_at   timestamptz,
     closed_at   timestamptz,
-    check_after timestamptz
+    check_after timestamptz,
+    CONSTRAINT slots_ring_slots_check CHECK ((ring = 'closed') = (slot <= 8)),
+    CONSTRAINT slots_live_state_check CHECK (state <> CASE ring WHEN 'closed' THEN 'archiving' ELSE 'current' END)
 );
 COMMENT ON TABLE dlq.slots IS
-    'the ring of partitions of closed messages: one current (closing messages go there), closed ones waiting for their retention, empty ones';
+    'the rings of partitions of closed (slots 1-8) and archived (9-16) messages: in each ring one live slot (current, archiving) takes messages, closed ones wait for their retention, empty ones wait for their turn';
 CREATE UNIQUE INDEX slots_one_current ON dlq.slots ((true)) WHERE state = 'current';
+CREATE UNIQUE INDEX slots_one_archiving ON dlq.slots ((true)) WHERE state = 'archiving';
 
 DO $ring$
 BEGIN
@@ -206,11 +229,27 @@ BEGIN
         EXECUTE pg_catalog.format(
             'COMMENT ON TABLE dlq.messages_closed_%1$s IS %2$L', s,
             'partition of dlq.messages for closed messages, slot ' || s || ' of the ring (dlq.slots)');
-        INSERT INTO dlq.slots (slot, partition, state, opened_at)
-        VALUES (s, pg_catalog.format('dlq.messages_closed_%s', s)::regclass,
+        INSERT INTO dlq.slots (slot, ring, partition, state, opened_at)
+        VALUES (s, 'closed', pg_catalog.format('dlq.messages_closed_%s', s)::regclass,
                 CASE s WHEN 1 THEN 'current' ELSE 'empty' END,
                 CASE s WHEN 1 THEN pg_catalog.now() END);
         PERFORM pg_catalog.pg_extension_config_dump(pg_catalog.format('dlq.messages_closed_%s', s), '');
+    END LOOP;
+    /* The archive ring: dlq.messages_archive_1..8 are slots 9..16. */
+    FOR s IN 1..8 LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE TABLE dlq.messages_archive_%1$s PARTITION OF dlq.messages'
+            ' (CONSTRAINT messages_archive_%1$s_pkey PRIMARY KEY (message_id))'
+            ' FOR VALUES IN (%2$s)', s, s + 8);
+        EXECUTE pg_catalog.format(
+            'COMMENT ON TABLE dlq.messages_archive_%1$s IS %2$L', s,
+            'partition of dlq.messages for archived messages, slot ' || s + 8
+            || ' (archive ring, dlq.slots)');
+        INSERT INTO dlq.slots (slot, ring, partition, state, opened_at)
+        VALUES (s + 8, 'archive', pg_catalog.format('dlq.messages_archive_%s', s)::regclass,
+                CASE s WHEN 1 THEN 'archiving' ELSE 'empty' END,
+                CASE s WHEN 1 THEN pg_catalog.now() END);
+        PERFORM pg_catalog.pg_extension_config_dump(pg_catalog.format('dlq.messages_archive_%s', s), '');
     END LOOP;
 END
 $ring$;
@@ -270,13 +309,15 @@ REVOKE ALL ON dlq.messages_live FROM PUBLIC, dlq_reader;
 GRANT SELECT ON dlq.messages, dlq.slots TO dlq_reader;
 
 /*
- * What a slot of the ring holds, by queue and state, as dlq.counts has it
+ * What a slot of a ring holds, by queue and state, as dlq.counts has it
  * (the slot's own shards, src/counts.c: no scan of the partition), and
- * whether each queue's messages there are all past its resolved_retention.
- * A message entered the slot before the slot closed (closed_at), give or
- * take the commit of the rotation: one second is allowed for that.  A
- * queue no longer in dlq.queues counts as due; a slot without closed_at
- * (restored, say) as not due.
+ * whether each queue's messages there are all due to leave it: in the ring
+ * of closed messages once past the queue's resolved_retention, in the
+ * archive ring once past its archive_retention.  A message entered the
+ * slot before the slot closed (closed_at), give or take the commit of the
+ * rotation: one second is allowed for that.  A queue no longer in
+ * dlq.queues counts as due; a slot without closed_at (restored, say) as
+ * not due.
  */
 CREATE FUNCTION dlq.slot_contents(slot integer, closed_at timestamptz)
 RETURNS TABLE (queue text, status dlq.status, n bigint, due boolean)
@@ -284,25 +325,37 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT c.queue, c.status, sum(c.n)::bigint,
-           coalesce(slot_contents.closed_at + max(q.resolved_retention) + interval '1 second' <= now(),
+           coalesce(slot_contents.closed_at
+                    + max(CASE WHEN r.ring = 'archive' THEN q.archive_retention ELSE q.resolved_retention END)
+                    + interval '1 second' <= now(),
                     slot_contents.closed_at IS NOT NULL AND bool_and(q.queue IS NULL))
       FROM dlq.counts c LEFT JOIN dlq.queues q ON q.queue = c.queue
+      LEFT JOIN dlq.slots r ON r.slot = slot_contents.slot
      WHERE c.shard BETWEEN -(slot_contents.slot * 64 + 64) AND -(slot_contents.slot * 64 + 1)
      GROUP BY c.queue, c.status
     HAVING sum(c.n) <> 0
 $$;
 COMMENT ON FUNCTION dlq.slot_contents(integer, timestamptz) IS
-    'messages of a slot of the ring per queue and state, from dlq.counts, and whether they are all past retention';
+    'messages of a slot of a ring per queue and state, from dlq.counts, and whether they are all past retention';
 
 /*
- * Empty one closed slot of the ring: under an ACCESS EXCLUSIVE lock on its
- * partition (taken within lock_wait, else nothing is done and NULL
- * returned), move the messages of queues not yet due that are still within
- * their resolved_retention into the slot dest, audit the others as purged
- * per queue (naming them when at most 100, as 1.0 did per batch), take
- * them off dlq.counts and TRUNCATE the partition.  Nothing scans the
- * partition but the move, which reads only the queues not yet due.
- * Returns {"purged": n, "moved": n}.  The lock makes it exact: a
+ * Empty one closed slot of a ring: under an EXCLUSIVE lock on its partition
+ * (no writer, readers allowed), then an ACCESS EXCLUSIVE one for the
+ * TRUNCATE (each taken within lock_wait, else nothing is done and NULL
+ * returned),
+ *  - move the messages of queues not yet due that are still within their
+ *    retention into the slot dest of the same ring (in the archive ring a
+ *    message's retention is resolved_retention + archive_retention from
+ *    its resolved_at);
+ *  - in the ring of closed messages, copy the others of queues whose
+ *    archive_retention is above 0 into the archive ring's live slot as
+ *    'archived' (one INSERT ... SELECT), audited 'archived' per queue;
+ *  - audit the rest as purged per queue;
+ * naming the messages of an event when at most 100, as 1.0 did per batch;
+ * then take the slot off dlq.counts and TRUNCATE the partition.  Nothing
+ * reads the partition but the move and the copy, which read only their
+ * queues' rows, and the ids of small events.  Returns {"purged": n,
+ * "moved": n, "archived": n}.  The EXCLUSIVE lock makes it exact: a
  * transaction closing a message into this slot has committed before (its
  * message and its counts are seen) or waits and lands in an emptied slot.
  */
@@ -314,13 +367,18 @@ AS $$
 DECLARE
     saved_timeout text := current_setting('lock_timeout');
     s dlq.slots;
+    arch dlq.slots;
+    contents jsonb;
     keep text[];
+    to_archive text[];
+    cols text;
     moved jsonb;
+    archived jsonb := '{}';
     purged bigint;
 BEGIN
     SELECT * INTO s FROM dlq.slots r WHERE r.slot = slot_empty.slot;
-    IF NOT FOUND OR dest IS NULL OR NOT EXISTS (SELECT 1 FROM dlq.slots r WHERE r.slot = dest)
-       OR dest = s.slot THEN
+    IF NOT FOUND OR dest IS NULL OR dest = s.slot
+       OR NOT EXISTS (SELECT 1 FROM dlq.slots r WHERE r.slot = dest AND r.ring = s.ring) THEN
         RAISE EXCEPTION 'no such pair of slots of the ring: % into %', slot, dest
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -329,97 +387,173 @@ BEGIN
             USING ERRCODE = 'active_sql_transaction',
                   HINT = 'Under a snapshot taken before the lock, messages closed meanwhile would not be seen.';
     END IF;
+    IF s.ring = 'closed' THEN
+        SELECT * INTO arch FROM dlq.slots r WHERE r.state = 'archiving';
+    END IF;
     /*
      * The parent first, as every statement on dlq.messages takes it: a DDL
      * on dlq.messages (which locks the parent, then each partition) then
-     * waits for this one instead of deadlocking with it.
+     * waits for this one instead of deadlocking with it.  The slot in
+     * EXCLUSIVE mode, which keeps out every writer (a transaction closing a
+     * message into it has committed, or waits) but lets readers in while
+     * messages are moved and copied; ACCESS EXCLUSIVE only for the
+     * TRUNCATE.  The archive ring's live slot, which the copy writes, after
+     * the slot emptied.  When a lock is not had within lock_wait,
+     * everything is undone and NULL returned.
      */
     BEGIN
         PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text, true);
         LOCK TABLE ONLY dlq.messages IN ROW EXCLUSIVE MODE;
+        EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', s.partition);
+        IF arch.slot IS NOT NULL THEN
+            EXECUTE format('LOCK TABLE %s IN ROW EXCLUSIVE MODE', arch.partition);
+        END IF;
+        PERFORM set_config('lock_timeout', saved_timeout, true);
+
+        /*
+         * What the slot holds, read once (nothing enters it any more), and
+         * whether the messages of each queue that leave are archived.
+         */
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'queue', c.queue, 'status', c.status, 'n', c.n, 'due', c.due,
+                   'archive', arch.slot IS NOT NULL AND coalesce(q.archive_retention > interval '0', false))), '[]')
+          INTO contents
+          FROM dlq.slot_contents(s.slot, s.closed_at) c LEFT JOIN dlq.queues q ON q.queue = c.queue;
+
+        /*
+         * Only the queues not yet due are read, through their index, and the
+         * slot is a constant so that the plan holds that one partition.
+         */
+        keep := ARRAY(SELECT DISTINCT x.queue FROM jsonb_to_recordset(contents) AS x(queue text, due boolean)
+                       WHERE NOT x.due);
+        moved := '[]';
+        IF cardinality(keep) > 0 THEN
+            EXECUTE format($move$
+                WITH m AS (
+                    UPDATE dlq.messages m SET slot = $1
+                      FROM dlq.queues q
+                     WHERE m.slot = %s AND q.queue = m.queue AND m.queue = ANY ($2)
+                       AND m.resolved_at > now() - q.resolved_retention%s
+                    RETURNING m.queue, m.status
+                )
+                SELECT coalesce(jsonb_agg(jsonb_build_object('queue', x.queue, 'status', x.status, 'n', x.n)), '[]')
+                  FROM (SELECT m.queue, m.status, count(*) AS n FROM m GROUP BY 1, 2) x$move$,
+                s.slot, CASE s.ring WHEN 'archive' THEN ' - q.archive_retention' ELSE '' END)
+            INTO moved USING dest, keep;
+        END IF;
+
+        /*
+         * The messages of archiving queues that leave are copied, every column
+         * but status and slot as it is (whatever columns dlq.messages has), and
+         * this slot's copies go with the TRUNCATE: one write per message.
+         */
+        to_archive := ARRAY(SELECT DISTINCT x.queue FROM jsonb_to_recordset(contents) AS x(queue text, archive boolean)
+                             WHERE x.archive);
+        IF cardinality(to_archive) > 0 THEN
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+              FROM pg_attribute a
+             WHERE a.attrelid = 'dlq.messages'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = '' AND a.attname NOT IN ('status', 'slot');
+            EXECUTE format($copy$
+                WITH a AS (
+                    INSERT INTO dlq.messages (%1$s, status, slot) OVERRIDING SYSTEM VALUE
+                    SELECT %1$s, 'archived', $1 FROM %2$s m WHERE m.queue = ANY ($2)
+                    RETURNING queue
+                )
+                SELECT coalesce(jsonb_object_agg(x.queue, x.n), '{}')
+                  FROM (SELECT a.queue, count(*) AS n FROM a GROUP BY 1) x$copy$, cols, s.partition)
+            INTO archived USING arch.slot, to_archive;
+        END IF;
+
+        /* dlq.counts does not have the moves yet: they are written at commit. */
+        EXECUTE format($gone$
+            WITH gone AS (
+                SELECT c.queue, c.status, c.n - coalesce(mv.n, 0) AS n, c.archive
+                  FROM jsonb_to_recordset($3) AS c(queue text, status dlq.status, n bigint, archive boolean)
+                  LEFT JOIN jsonb_to_recordset($4) AS mv(queue text, status dlq.status, n bigint)
+                    USING (queue, status)
+            ), per AS (
+                SELECT gone.queue, bool_or(gone.archive) AS archive, sum(gone.n) AS n,
+                       coalesce(sum(gone.n) FILTER (WHERE gone.status = 'resolved'), 0) AS resolved,
+                       coalesce(sum(gone.n) FILTER (WHERE gone.status = 'expired'), 0) AS expired
+                  FROM gone GROUP BY gone.queue
+            ), audit AS (
+                INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
+                SELECT $1, CASE WHEN p.archive THEN 'archived' ELSE 'purged' END::dlq.event_kind, p.queue, x.n,
+                       CASE WHEN x.n <= 100
+                            THEN ARRAY(SELECT m.message_id FROM %1$s m WHERE m.queue = p.queue ORDER BY 1) END,
+                       CASE WHEN $6 = 'archive'
+                            THEN jsonb_build_object('archived', p.n, 'partition', $2)
+                            ELSE jsonb_build_object('resolved', p.resolved, 'expired', p.expired, 'partition', $2)
+                       END
+                       || CASE WHEN p.archive THEN jsonb_build_object('archive', $7) ELSE '{}' END
+                  FROM per p
+                 CROSS JOIN LATERAL (SELECT CASE WHEN p.archive THEN coalesce(($5 ->> p.queue)::bigint, 0)
+                                                 ELSE p.n END) AS x(n)
+                 WHERE x.n > 0
+            )
+            SELECT coalesce(sum(p.n) FILTER (WHERE NOT p.archive), 0) FROM per p$gone$, s.partition)
+        INTO purged USING actor, s.partition::text, contents, moved, archived, s.ring, arch.partition::text;
+
+        /*
+         * The slot's counts go; the moved messages' own -n for this slot comes
+         * at commit, so +n stands in for them until then.  The copies are
+         * counted in the archive slot's shards by the trigger, at commit too.
+         */
+        DELETE FROM dlq.counts c WHERE c.shard BETWEEN -(s.slot * 64 + 64) AND -(s.slot * 64 + 1);
+        INSERT INTO dlq.counts (queue, status, shard, n)
+        SELECT mv.queue, mv.status, -(s.slot * 64 + 1), mv.n
+          FROM jsonb_to_recordset(moved) AS mv(queue text, status dlq.status, n bigint);
+        PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text, true);
         EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', s.partition);
         PERFORM set_config('lock_timeout', saved_timeout, true);
+        EXECUTE format('TRUNCATE %s', s.partition);
     EXCEPTION WHEN lock_not_available THEN
         PERFORM set_config('lock_timeout', saved_timeout, true);
         RETURN NULL;
     END;
-
-    /*
-     * Only the queues not yet due are read, through their index, and the
-     * slot is a constant so that the plan holds that one partition.
-     */
-    keep := ARRAY(SELECT c.queue FROM dlq.slot_contents(s.slot, s.closed_at) c WHERE NOT c.due);
-    moved := '[]';
-    IF cardinality(keep) > 0 THEN
-        EXECUTE format($move$
-            WITH m AS (
-                UPDATE dlq.messages m SET slot = $1
-                  FROM dlq.queues q
-                 WHERE m.slot = %s AND q.queue = m.queue AND m.queue = ANY ($2)
-                   AND m.resolved_at > now() - q.resolved_retention
-                RETURNING m.queue, m.status
-            )
-            SELECT coalesce(jsonb_agg(jsonb_build_object('queue', x.queue, 'status', x.status, 'n', x.n)), '[]')
-              FROM (SELECT m.queue, m.status, count(*) AS n FROM m GROUP BY 1, 2) x$move$, s.slot)
-        INTO moved USING dest, keep;
-    END IF;
-
-    /* dlq.counts does not have the moves yet: they are written at commit. */
-    EXECUTE format($gone$
-        WITH gone AS (
-            SELECT c.queue, c.status, c.n - coalesce(mv.n, 0) AS n
-              FROM dlq.slot_contents($3, $4) c
-              LEFT JOIN jsonb_to_recordset($5) AS mv(queue text, status dlq.status, n bigint)
-                USING (queue, status)
-        ), audit AS (
-            INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
-            SELECT $1, 'purged', gone.queue, sum(gone.n),
-                   CASE WHEN sum(gone.n) <= 100
-                        THEN ARRAY(SELECT m.message_id FROM %1$s m WHERE m.queue = gone.queue ORDER BY 1) END,
-                   jsonb_build_object('resolved', coalesce(sum(gone.n) FILTER (WHERE gone.status = 'resolved'), 0),
-                                      'expired', coalesce(sum(gone.n) FILTER (WHERE gone.status = 'expired'), 0),
-                                      'partition', $2)
-              FROM gone GROUP BY gone.queue HAVING sum(gone.n) > 0
-        )
-        SELECT coalesce(sum(gone.n), 0) FROM gone$gone$, s.partition)
-    INTO purged USING actor, s.partition::text, s.slot, s.closed_at, moved;
-
-    /*
-     * The slot's counts go; the moved messages' own -n for this slot comes
-     * at commit, so +n stands in for them until then.
-     */
-    DELETE FROM dlq.counts c WHERE c.shard BETWEEN -(s.slot * 64 + 64) AND -(s.slot * 64 + 1);
-    INSERT INTO dlq.counts (queue, status, shard, n)
-    SELECT mv.queue, mv.status, -(s.slot * 64 + 1), mv.n
-      FROM jsonb_to_recordset(moved) AS mv(queue text, status dlq.status, n bigint);
-    EXECUTE format('TRUNCATE %s', s.partition);
     RETURN jsonb_build_object('purged', purged,
                               'moved', (SELECT coalesce(sum((e ->> 'n')::bigint), 0)
-                                          FROM jsonb_array_elements(moved) e));
+                                          FROM jsonb_array_elements(moved) e),
+                              'archived', (SELECT coalesce(sum(e.value::bigint), 0)
+                                             FROM jsonb_each_text(archived) e));
 END
 $$;
 COMMENT ON FUNCTION dlq.slot_empty(integer, integer, text, interval) IS
-    'worker step: empty one slot of the ring of closed messages (keeping those not yet due), with TRUNCATE';
+    'worker step: empty one closed slot of a ring (keeping those not yet due, archiving those of queues with an archive_retention), with TRUNCATE';
 
 /*
- * One turn of the ring, run by the worker every round:
- *  - a closed slot is emptied once emptying it purges at least as many
- *    messages as it may keep (move), so that purging never costs more row
- *    writes than it removes; when not, it is looked at again after every;
- *  - the current slot, once older than every, is closed and the next slot
- *    of the ring becomes current; when that one still holds messages it is
- *    emptied first, its messages not yet due moving into the closing slot.
+ * One turn of both rings, run by the worker every round; the archive ring
+ * first, so that what is archived in the round goes to its new live slot.
+ * In each ring:
+ *  - a closed slot is emptied once emptying it purges or archives at least
+ *    as many messages as it may keep (move), so that purging never costs
+ *    more row writes than it removes; when not, it is looked at again
+ *    after the ring's period, or when the first of the queues it keeps is
+ *    due if that comes sooner;
+ *  - the live slot (current, archiving), once older than the ring's period
+ *    (every: dlq.partition_interval, archive_every: dlq.archive_interval),
+ *    is closed and the next slot of the ring becomes live; when that one
+ *    still holds messages it is emptied first, its messages not yet due
+ *    moving into the closing slot.
  * Both read dlq.counts, never the partitions.  Returns {"rotated": bool,
- * "emptied": slots, "purged": n, "moved": n}.
+ * "archive_rotated": bool, "emptied": slots, "purged": n, "moved": n,
+ * "archived": n}.
  */
 CREATE FUNCTION dlq.worker_rotate(actor text DEFAULT current_user, every interval DEFAULT NULL,
-                                  lock_wait interval DEFAULT '100ms')
+                                  lock_wait interval DEFAULT '100ms',
+                                  archive_every interval DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    period interval := coalesce(every, current_setting('dlq.partition_interval', true)::interval, '1 day');
+    closed_period interval := coalesce(every, current_setting('dlq.partition_interval', true)::interval, '1 day');
+    archive_period interval := coalesce(archive_every, current_setting('dlq.archive_interval', true)::interval,
+                                        '16 days');
+    rg text;
+    live text;
+    period interval;
     cur dlq.slots;
     nxt dlq.slots;
     s dlq.slots;
@@ -429,60 +563,80 @@ DECLARE
     emptied integer := 0;
     purged bigint := 0;
     moved bigint := 0;
-    rotated boolean := false;
+    archived bigint := 0;
+    rotated jsonb := '{}';
 BEGIN
     /* Most rounds have nothing to do: then no lock, no transaction id. */
     IF NOT EXISTS (SELECT 1 FROM dlq.slots r
                     WHERE (r.state = 'closed' AND (r.check_after IS NULL OR r.check_after <= now()))
-                       OR (r.state = 'current' AND r.opened_at <= now() - period)) THEN
-        RETURN jsonb_build_object('rotated', false, 'emptied', 0, 'purged', 0, 'moved', 0);
+                       OR (r.state = 'current' AND r.opened_at <= now() - closed_period)
+                       OR (r.state = 'archiving' AND r.opened_at <= now() - archive_period)) THEN
+        RETURN jsonb_build_object('rotated', false, 'archive_rotated', false, 'emptied', 0, 'purged', 0,
+                                  'moved', 0, 'archived', 0);
     END IF;
-    SELECT * INTO cur FROM dlq.slots WHERE state = 'current' FOR UPDATE;
-    FOR s IN SELECT * FROM dlq.slots
-              WHERE state = 'closed' AND (check_after IS NULL OR check_after <= now())
-              ORDER BY closed_at FOR UPDATE LOOP
-        SELECT coalesce(sum(c.n) FILTER (WHERE NOT c.due), 0), coalesce(sum(c.n), 0)
-          INTO kept, total FROM dlq.slot_contents(s.slot, s.closed_at) c;
-        IF kept > total - kept THEN
-            UPDATE dlq.slots SET check_after = now() + period WHERE slot = s.slot;
-            CONTINUE;
-        END IF;
-        done := dlq.slot_empty(s.slot, cur.slot, actor, lock_wait);
-        CONTINUE WHEN done IS NULL;
-        UPDATE dlq.slots SET state = 'empty', opened_at = NULL, closed_at = NULL, check_after = NULL
-         WHERE slot = s.slot;
-        IF total > 0 THEN
-            emptied := emptied + 1;
-        END IF;
-        purged := purged + (done ->> 'purged')::bigint;
-        moved := moved + (done ->> 'moved')::bigint;
-    END LOOP;
-
-    IF cur.opened_at <= now() - period THEN
-        SELECT * INTO nxt FROM dlq.slots WHERE slot = cur.slot % 8 + 1 FOR UPDATE;
-        IF nxt.state = 'closed' THEN
-            done := dlq.slot_empty(nxt.slot, cur.slot, actor, lock_wait);
-            IF done IS NOT NULL THEN
+    /* Both live slots, always in this order. */
+    PERFORM FROM dlq.slots r WHERE r.state IN ('current', 'archiving') ORDER BY r.slot FOR UPDATE;
+    FOREACH rg IN ARRAY ARRAY['archive', 'closed'] LOOP
+        live := CASE rg WHEN 'closed' THEN 'current' ELSE 'archiving' END;
+        period := CASE rg WHEN 'closed' THEN closed_period ELSE archive_period END;
+        SELECT * INTO cur FROM dlq.slots r WHERE r.state = live;
+        FOR s IN SELECT * FROM dlq.slots r
+                  WHERE r.ring = rg AND r.state = 'closed' AND (r.check_after IS NULL OR r.check_after <= now())
+                  ORDER BY r.closed_at FOR UPDATE LOOP
+            SELECT coalesce(sum(c.n) FILTER (WHERE NOT c.due), 0), coalesce(sum(c.n), 0)
+              INTO kept, total FROM dlq.slot_contents(s.slot, s.closed_at) c;
+            IF kept > total - kept THEN
+                UPDATE dlq.slots r
+                   SET check_after = LEAST(now() + period,
+                         (SELECT min(s.closed_at + interval '1 second'
+                                     + CASE rg WHEN 'archive' THEN q.archive_retention ELSE q.resolved_retention END)
+                            FROM dlq.slot_contents(s.slot, s.closed_at) c
+                            JOIN dlq.queues q ON q.queue = c.queue
+                           WHERE NOT c.due))
+                 WHERE r.slot = s.slot;
+                CONTINUE;
+            END IF;
+            done := dlq.slot_empty(s.slot, cur.slot, actor, lock_wait);
+            CONTINUE WHEN done IS NULL;
+            UPDATE dlq.slots r SET state = 'empty', opened_at = NULL, closed_at = NULL, check_after = NULL
+             WHERE r.slot = s.slot;
+            IF total > 0 THEN
                 emptied := emptied + 1;
-                purged := purged + (done ->> 'purged')::bigint;
-                moved := moved + (done ->> 'moved')::bigint;
-                nxt.state := 'empty';
+            END IF;
+            purged := purged + (done ->> 'purged')::bigint;
+            moved := moved + (done ->> 'moved')::bigint;
+            archived := archived + (done ->> 'archived')::bigint;
+        END LOOP;
+
+        IF cur.opened_at <= now() - period THEN
+            SELECT * INTO nxt FROM dlq.slots r WHERE r.ring = rg
+             ORDER BY r.slot <= cur.slot, r.slot LIMIT 1 FOR UPDATE;
+            IF nxt.state = 'closed' THEN
+                done := dlq.slot_empty(nxt.slot, cur.slot, actor, lock_wait);
+                IF done IS NOT NULL THEN
+                    emptied := emptied + 1;
+                    purged := purged + (done ->> 'purged')::bigint;
+                    moved := moved + (done ->> 'moved')::bigint;
+                    archived := archived + (done ->> 'archived')::bigint;
+                    nxt.state := 'empty';
+                END IF;
+            END IF;
+            IF nxt.state = 'empty' THEN
+                /* clock_timestamp: the slot closes now, not when this transaction began */
+                UPDATE dlq.slots r SET state = 'closed', closed_at = clock_timestamp(), check_after = NULL
+                 WHERE r.slot = cur.slot;
+                UPDATE dlq.slots r SET state = live, opened_at = now(), closed_at = NULL, check_after = NULL
+                 WHERE r.slot = nxt.slot;
+                rotated := rotated || jsonb_build_object(rg, true);
             END IF;
         END IF;
-        IF nxt.state = 'empty' THEN
-            /* clock_timestamp: the slot closes now, not when this transaction began */
-            UPDATE dlq.slots SET state = 'closed', closed_at = clock_timestamp(), check_after = NULL
-             WHERE slot = cur.slot;
-            UPDATE dlq.slots SET state = 'current', opened_at = now(), closed_at = NULL, check_after = NULL
-             WHERE slot = nxt.slot;
-            rotated := true;
-        END IF;
-    END IF;
-    RETURN jsonb_build_object('rotated', rotated, 'emptied', emptied, 'purged', purged, 'moved', moved);
+    END LOOP;
+    RETURN jsonb_build_object('rotated', rotated ? 'closed', 'archive_rotated', rotated ? 'archive',
+                              'emptied', emptied, 'purged', purged, 'moved', moved, 'archived', archived);
 END
 $$;
-COMMENT ON FUNCTION dlq.worker_rotate(text, interval, interval) IS
-    'worker step: turn the ring of closed-message partitions; empties (TRUNCATE) slots whose messages are past retention';
+COMMENT ON FUNCTION dlq.worker_rotate(text, interval, interval, interval) IS
+    'worker step: turn the rings of closed-message and archive partitions; empties (TRUNCATE) slots whose messages are past retention, archiving those of queues with an archive_retention';
 
 
 

@@ -330,6 +330,7 @@ extern int	dlq_batch_size;
 extern int	dlq_replay_timeout;
 extern int	dlq_events_retention;
 extern int	dlq_partition_interval;
+extern int	dlq_archive_interval;
 extern char *dlq_databases;
 extern char *dlq_worker_role;
 

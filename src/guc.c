@@ -124,6 +124,7 @@ int			dlq_batch_size = 10000;
 int			dlq_replay_timeout = 300;
 int			dlq_events_retention = 90 * 24 * 3600;
 int			dlq_partition_interval = 24 * 3600;
+int			dlq_archive_interval = 16 * 24 * 3600;
 char	   *dlq_databases = NULL;
 char	   *dlq_worker_role = NULL;
 int			dlq_worker_cost_limit = DLQ_WORKER_COST_LIMIT_DEFAULT;
@@ -184,6 +185,14 @@ dlq_define_worker_gucs(void)
 							"A closed slot is emptied with TRUNCATE once its messages are past their queue's resolved_retention.",
 							&dlq_partition_interval,
 							24 * 3600, 1, 365 * 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("dlq.archive_interval",
+							"Time archived messages go to one slot of the archive ring of partitions before the next.",
+							"An archive slot is emptied with TRUNCATE once its messages are past their queue's archive_retention; the ring of eight should span more than archive_retention plus this.",
+							&dlq_archive_interval,
+							16 * 24 * 3600, 1, 365 * 24 * 3600,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 

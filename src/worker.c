@@ -509,10 +509,11 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 	[DLQ_PLAN_RETRY_DEFER] = {"deferring retries",
 		"SELECT dlq.worker_retry_defer($1)",
 	1, {INT8ARRAYOID}},
-	[DLQ_PLAN_ROTATE] = {"turning the ring of closed messages",
+	[DLQ_PLAN_ROTATE] = {"turning the rings of closed and archived messages",
 		"SELECT (r ->> 'purged')::int8"
-		"  FROM dlq.worker_rotate($1, $2 * interval '1 second') r",
-	2, {TEXTOID, FLOAT8OID}},
+		"  FROM dlq.worker_rotate($1, $2 * interval '1 second',"
+		"                         archive_every => $3 * interval '1 second') r",
+	3, {TEXTOID, FLOAT8OID, FLOAT8OID}},
 	[DLQ_PLAN_PURGE] = {"purging messages",
 		"SELECT dlq.worker_purge($1, $2, $3)",
 		3, {INT4OID, TEXTOID, TEXTOID},
@@ -1467,9 +1468,13 @@ worker_round(void)
 
 	retried = worker_retry();
 
-	/* Closed messages leave by TRUNCATE of a slot; 1.0's by DELETE. */
+	/*
+	 * Closed messages leave by TRUNCATE of a slot (archived on the way when
+	 * their queue keeps an archive), archived ones likewise; 1.0's by DELETE.
+	 */
 	values[0] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
 	values[1] = Float8GetDatum((double) dlq_partition_interval);
+	values[2] = Float8GetDatum((double) dlq_archive_interval);
 	purged = Max(worker_run(DLQ_PLAN_ROTATE, worker_state.owner, values, NULL, NULL), 0);
 	values[1] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
 	purged += worker_repeat(DLQ_PLAN_PURGE, values);

@@ -47,6 +47,8 @@ sub where_are
 sql(q{
     SELECT dlq_configure(q, require_listener => false, resolved_retention => r)
       FROM (VALUES ('short', interval '0'), ('long', interval '7 days')) v(q, r);
+    -- no archive here (tests/t/075_archive.pl): closed messages are purged
+    UPDATE dlq.queues SET archive_retention = '0';
     SELECT count(dlq_store(q, jsonb_build_object('i', i), 'failed'))
       FROM (VALUES ('short'), ('long')) v(q), generate_series(1, 10) i;
     SELECT dlq_reprocess_all(q, max_messages => 6) FROM (VALUES ('short'), ('long')) v(q);
@@ -76,14 +78,14 @@ is(sql(q{SELECT (dlq_get(min(message_id))).status FROM dlq.messages_closed_1}), 
 
 # --- rotate, then empty a slot whose messages are mostly due -----------------
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '0')}),
-	'{"moved": 0, "purged": 0, "emptied": 0, "rotated": true}',
+	'{"moved": 0, "purged": 0, "emptied": 0, "rotated": true, "archived": 0, "archive_rotated": false}',
 	'rotating closes slot 1; slot 2 is current');
-is(sql(q{SELECT string_agg(slot || ':' || state, ' ' ORDER BY slot) FROM dlq.slots}),
+is(sql(q{SELECT string_agg(slot || ':' || state, ' ' ORDER BY slot) FROM dlq.slots WHERE ring = 'closed'}),
 	'1:closed 2:current 3:empty 4:empty 5:empty 6:empty 7:empty 8:empty', '... as dlq.slots says');
 # A slot's messages count as due one second after it closed (dlq.slot_contents).
 sql(q{SELECT pg_sleep(1.1)});
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '1 day')}),
-	'{"moved": 5, "purged": 6, "emptied": 1, "rotated": false}',
+	'{"moved": 5, "purged": 6, "emptied": 1, "rotated": false, "archived": 0, "archive_rotated": false}',
 	'slot 1: 6 due messages purged, the 5 of the 7-day queue moved to the current slot');
 is(where_are('short'), 'dlq.messages_live:4', '... short queue: closed ones gone');
 is(where_are('long'), 'dlq.messages_closed_2:5 dlq.messages_live:5', '... long queue: kept, in slot 2');
@@ -91,13 +93,13 @@ is(sql(q{SELECT message_count || ' ' || (detail->>'resolved') || ' ' || (detail-
          FROM dlq.events WHERE kind = 'purged' AND queue = 'short'}),
 	'6 6 dlq.messages_closed_1', 'the purge is audited per queue');
 ok(counts_exact(), 'dlq.counts equals count(*) after the TRUNCATE');
-is(sql(q{SELECT string_agg(slot || ':' || state, ' ' ORDER BY slot) FROM dlq.slots}),
+is(sql(q{SELECT string_agg(slot || ':' || state, ' ' ORDER BY slot) FROM dlq.slots WHERE ring = 'closed'}),
 	'1:empty 2:current 3:empty 4:empty 5:empty 6:empty 7:empty 8:empty', 'slot 1 is empty again');
 
 # --- a slot that keeps more than it would purge waits ------------------------
 sql(q{SELECT dlq.worker_rotate('tester', every => '0')});    # 2 closed, 3 current
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '1 day')}),
-	'{"moved": 0, "purged": 0, "emptied": 0, "rotated": false}',
+	'{"moved": 0, "purged": 0, "emptied": 0, "rotated": false, "archived": 0, "archive_rotated": false}',
 	'slot 2 (5 messages not yet due) is left alone');
 is(sql(q{SELECT check_after > now() + interval '23 hours' FROM dlq.slots WHERE slot = 2}), 't',
 	'... and looked at again after dlq.partition_interval');
@@ -106,12 +108,12 @@ is(sql(q{SELECT check_after > now() + interval '23 hours' FROM dlq.slots WHERE s
 # 3 .. 8 and 1 take their turn; each closes without a message and is marked empty.
 is(sql(q{SELECT string_agg(r::text, ' ') FROM
         (SELECT dlq.worker_rotate('tester', every => '0') r FROM generate_series(1, 6)) x}),
-	join(' ', ('{"moved": 0, "purged": 0, "emptied": 0, "rotated": true}') x 6),
+	join(' ', ('{"moved": 0, "purged": 0, "emptied": 0, "rotated": true, "archived": 0, "archive_rotated": false}') x 6),
 	'six turns of the ring, nothing to purge');
-is(sql(q{SELECT string_agg(slot || ':' || state, ' ' ORDER BY slot) FROM dlq.slots}),
+is(sql(q{SELECT string_agg(slot || ':' || state, ' ' ORDER BY slot) FROM dlq.slots WHERE ring = 'closed'}),
 	'1:current 2:closed 3:empty 4:empty 5:empty 6:empty 7:empty 8:closed', 'slot 1 is current again');
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '0')}),
-	'{"moved": 5, "purged": 0, "emptied": 1, "rotated": true}',
+	'{"moved": 5, "purged": 0, "emptied": 1, "rotated": true, "archived": 0, "archive_rotated": false}',
 	'wrapping to slot 2 moves its 5 kept messages into the closing slot 1');
 is(where_are('long'), 'dlq.messages_closed_1:5 dlq.messages_live:5', '... which holds them now');
 ok(counts_exact(), 'dlq.counts equals count(*)');
@@ -122,13 +124,13 @@ sql(q{SELECT pg_sleep(1.1)});
 my $reader = $node->background_psql('postgres');
 $reader->query_safe(q{BEGIN; SELECT count(*) FROM dlq.messages_closed_1});
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '1 day')}),
-	'{"moved": 0, "purged": 0, "emptied": 0, "rotated": false}',
+	'{"moved": 0, "purged": 0, "emptied": 0, "rotated": false, "archived": 0, "archive_rotated": false}',
 	'a transaction holding slot 1: no wait, nothing done');
 is(where_are('long'), 'dlq.messages_closed_1:5 dlq.messages_live:5', '... nothing lost');
 $reader->query_safe('COMMIT');
 $reader->quit;
 is(sql(q{SELECT dlq.worker_rotate('tester', every => '1 day')}),
-	'{"moved": 0, "purged": 5, "emptied": 1, "rotated": false}',
+	'{"moved": 0, "purged": 5, "emptied": 1, "rotated": false, "archived": 0, "archive_rotated": false}',
 	'once it ends, the slot is emptied');
 
 # --- only under READ COMMITTED ----------------------------------------------
@@ -138,8 +140,10 @@ my ($rc, $out, $err) = $node->psql('postgres', q{
 like($err, qr/can only be emptied in a READ COMMITTED transaction/, 'REPEATABLE READ is refused');
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT dlq.slot_empty(2, 2, 'tester', '1s')});
 like($err, qr/no such pair of slots of the ring: 2 into 2/, 'a slot cannot be emptied into itself');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT dlq.slot_empty(17, 1, 'tester', '1s')});
+like($err, qr/no such pair of slots of the ring: 17 into 1/, '... nor a slot the ring does not have');
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT dlq.slot_empty(9, 1, 'tester', '1s')});
-like($err, qr/no such pair of slots of the ring: 9 into 1/, '... nor a slot the ring does not have');
+like($err, qr/no such pair of slots of the ring: 9 into 1/, '... nor a slot of one ring into the other');
 
 # --- nobody else may turn the ring -------------------------------------------
 sql(q{CREATE ROLE ring_operator LOGIN IN ROLE dlq_operator});
@@ -154,6 +158,7 @@ like($err, qr/permission denied for function slot_empty/, '... nor dlq.slot_empt
 # --- the worker turns the ring under load: nothing is lost -------------------
 sql(q{
     SELECT dlq_configure('soak', require_listener => false, resolved_retention => '0');
+    UPDATE dlq.queues SET archive_retention = '0' WHERE queue = 'soak';
     ALTER SYSTEM SET dlq.partition_interval = '1s';
     ALTER SYSTEM SET dlq.databases = '';
     SELECT pg_reload_conf();

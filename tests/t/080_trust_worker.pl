@@ -251,7 +251,10 @@ ok($node->poll_query_until('postgres', q{
 my $rounds = $node->safe_psql('postgres', 'SELECT rounds FROM dlq.worker_status()');
 ok($node->poll_query_until('postgres', "SELECT rounds > $rounds + 2 FROM dlq.worker_status()"),
 	'the worker goes on with its rounds');
-$node->safe_psql('postgres', 'DROP TRIGGER tw_poison ON dlq.messages');
+# DROP TRIGGER on a partitioned table locks the partitions (last first) before
+# the parent, the worker's statements the parent first: lock the parent first.
+$node->safe_psql('postgres',
+	'BEGIN; LOCK TABLE dlq.messages IN ACCESS EXCLUSIVE MODE; DROP TRIGGER tw_poison ON dlq.messages; COMMIT');
 ok($node->poll_query_until('postgres', q{
     SELECT status = 'pending' FROM dlq.messages WHERE queue = 'tw_poison'}),
 	'once the cause is gone that queue is recovered too');

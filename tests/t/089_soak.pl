@@ -46,6 +46,7 @@ dlq.naptime = 1s
 dlq.replay_timeout = 2s
 dlq.batch_size = 50
 dlq.partition_interval = 1s
+dlq.archive_interval = 2s
 });
 $node->start;
 
@@ -118,6 +119,12 @@ SELECT dlq_configure('soak_r', require_listener => false, auto_retry => true, re
 SELECT dlq_configure('soak_d', require_listener => false, max_attempts => 2,
                      retention => '4 seconds', resolved_retention => '1 second');
 }, extra_params => [ '-U', 'soak_op' ]);
+# soak_r's closed messages are archived (two-second slots of the archive
+# ring) and purged from there two seconds later; the others are purged from
+# the ring of closed messages as in 1.0 (tests/t/075_archive.pl).
+$node->safe_psql('postgres', q{
+UPDATE dlq.queues SET archive_retention = CASE queue WHEN 'soak_r' THEN interval '2 seconds' ELSE interval '0' END;
+});
 
 # --- the pgbench scripts ---------------------------------------------------------
 my $dir = PostgreSQL::Test::Utils::tempdir;
@@ -346,9 +353,9 @@ diag("errors trapped in SQL (allowed):\n" . $node->safe_psql('postgres', q{
 is( $node->safe_psql(
 		'postgres', q{
     SELECT string_agg(k, ',' ORDER BY k) FROM unnest(ARRAY['acked', 'nacked', 'replay_requested',
-        'discarded', 'resolved', 'retried', 'timed_out', 'expired', 'purged']) k
+        'discarded', 'resolved', 'retried', 'timed_out', 'expired', 'archived', 'purged']) k
      WHERE NOT EXISTS (SELECT 1 FROM dlq.events e WHERE e.kind::text = k)}),
-	'', 'the soak exercised acks, nacks, replays, discards, resolves, retries, timeouts, expiry and purge');
+	'', 'the soak exercised acks, nacks, replays, discards, resolves, retries, timeouts, expiry, archive and purge');
 
 # --- every message is accounted for ------------------------------------------------------
 # Messages leave dlq.messages only by dlq_discard (event "discarded") and the
@@ -410,7 +417,7 @@ is( $node->safe_psql(
     SELECT coalesce(string_agg(message_id || ':' || status, ',' ORDER BY message_id), '')
       FROM dlq.messages
      WHERE (status <> 'replaying' AND (claimed_by IS NOT NULL OR claim_expires_at IS NOT NULL))
-        OR (status IN ('resolved', 'expired')) <> (resolved_at IS NOT NULL)
+        OR (status IN ('resolved', 'expired', 'archived')) <> (resolved_at IS NOT NULL)
         OR (status = 'pending' AND attempts >= max_attempts)
         OR occurrences < 1}),
 	'', 'no message holds a claim unless replaying, resolved_at is set exactly on closed ones, '

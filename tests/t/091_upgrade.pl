@@ -195,8 +195,8 @@ is($node->safe_psql('old', q{SELECT qty FROM items WHERE id = 1}), '5',
 is($node->safe_psql('old', q{
     SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
      WHERE i.inhparent = 'dlq.messages'::regclass}),
-    join(',', (map { "messages_closed_$_" } 1 .. 8), 'messages_live'),
-    'dlq.messages is partitioned: the live partition and a ring of eight');
+    join(',', (map { "messages_archive_$_" } 1 .. 8), (map { "messages_closed_$_" } 1 .. 8), 'messages_live'),
+    'dlq.messages is partitioned: the live partition, a ring of eight closed and one of eight archive slots');
 is($node->safe_psql('old', qq{
     SELECT count(*) > 0 AND bool_and(tableoid = 'dlq.messages_live'::regclass)
       FROM dlq.messages WHERE message_id IN ($closed_1_0)}),
@@ -213,6 +213,29 @@ is($node->safe_psql('old', q{
       FULL JOIN (SELECT queue, status, sum(n) n FROM dlq.counts GROUP BY 1, 2 HAVING sum(n) <> 0) c
      USING (queue, status) WHERE m.n IS DISTINCT FROM c.n}),
     '0', 'dlq.counts still equals count(*)');
+
+# Archive (issue 13): queues that existed at the update keep 1.0's behaviour
+# (archive_retention 0: purged after resolved_retention); new ones keep an
+# archive for 90 days.  The archive ring is the fresh install's, and the
+# worker archives in the updated database once a queue asks for it.
+is($node->safe_psql('old', q{SELECT string_agg(queue || '=' || archive_retention, ',' ORDER BY queue) FROM dlq.queues}),
+    'items=00:00:00,orders=00:00:00', 'queues that existed at the update keep archive_retention 0');
+$node->safe_psql('old', q{SELECT dlq_configure('newq', max_attempts => 2)});
+is($node->safe_psql('old', q{SELECT archive_retention FROM dlq.queues WHERE queue = 'newq'}),
+    '90 days', 'a queue created after the update keeps an archive for 90 days');
+my $slots = q{SELECT string_agg(slot || ':' || ring || ':' || partition::text, ' ' ORDER BY slot) FROM dlq.slots};
+is($node->safe_psql('old', $slots), $node->safe_psql('fresh', $slots), 'the rings are those of a fresh install');
+$node->safe_psql('old', q{
+    UPDATE dlq.queues SET archive_retention = '1 hour' WHERE queue = 'orders';
+    SELECT dlq.worker_rotate('tester', every => '0');
+});
+ok($node->poll_query_until('old', q{
+    SELECT status = 'archived' AND tableoid = 'dlq.messages_archive_1'::regclass
+      FROM dlq.messages WHERE payload = '{"late": true}'}),
+    'the worker archives a message closed after the update once its queue keeps an archive');
+is($node->safe_psql('old', q{
+    SELECT actor || ' ' || message_count FROM dlq.events WHERE kind = 'archived' AND queue = 'orders'}),
+    'dlq worker 1', '... audited');
 
 $node->stop;
 done_testing();
