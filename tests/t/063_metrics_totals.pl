@@ -28,8 +28,8 @@ $node->safe_psql('postgres', 'CREATE EXTENSION dlq');
 # The totals of a queue as "stored replayed replay_failed resolved discarded expired".
 sub totals
 {
-	my ($queue) = @_;
-	return $node->safe_psql('postgres', qq{
+	my ($queue, $db) = @_;
+	return $node->safe_psql($db // 'postgres', qq{
         SELECT string_agg(coalesce((SELECT value FROM dlq.metrics
                                      WHERE metric = 'dlq_messages_' || w || '_total' AND queue = '$queue'), -1)::text,
                           ' ' ORDER BY o)
@@ -160,6 +160,22 @@ is(join('|', map { totals($_) } qw(mt_a mt_tab mt_b)), $before, 'TRUNCATE dlq.me
 is($node->safe_psql('postgres', q{SELECT coalesce(sum(n), 0) FROM dlq.counts}), '0', '... and zeroes the counts');
 $node->safe_psql('postgres', q{SELECT dlq_store('mt_b', '{}', 'boom')});
 is(totals('mt_b'), '19 0 0 0 0 0', 'and they go on from there');
+
+# pg_dump keeps them (dlq.counts is in the dump's data)
+my $dump = $node->basedir . '/totals.dump';
+$node->command_ok([ 'pg_dump', '-Fc', '-d', $node->connstr('postgres'), '-f', $dump ], 'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE mt_restored');
+$node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $node->connstr('mt_restored'), $dump ], 'pg_restore');
+is(join('|', map { totals($_, 'mt_restored') } qw(mt_a mt_tab mt_b)),
+	join('|', map { totals($_) } qw(mt_a mt_tab mt_b)), 'a dump and restore keeps the totals');
+$node->safe_psql('mt_restored', q{SELECT dlq_store('mt_b', '{}', 'boom')});
+is(totals('mt_b', 'mt_restored'), '20 0 0 0 0 0', '... and they go on from there');
+
+# etl_status_json carries them per queue
+is($node->safe_psql('postgres', q{
+    SELECT q -> 'totals' FROM jsonb_array_elements(etl_status_json() -> 'queues') q WHERE q ->> 'name' = 'mt_tab'}),
+	'{"stored": 3, "expired": 0, "replayed": 2, "resolved": 1, "discarded": 0, "replay_failed": 3}',
+	'etl_status_json() has each queue\'s totals');
 
 # readers see them through dlq.metrics only
 $node->safe_psql('postgres', q{CREATE ROLE mt_reader LOGIN IN ROLE dlq_reader});

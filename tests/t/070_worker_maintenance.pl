@@ -256,7 +256,7 @@ like($w_crit[0] // '', qr/"severity": "critical"/, 'severity is critical at 5x t
 is($node->safe_psql('postgres', qq{
     SELECT last_alert_at = '$first_alert' FROM dlq.queues WHERE queue = 'w_alert'}),
 	't', 'last_alert_at kept from the one alert');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM dlq.events WHERE kind = 'alert' AND message_count = 0}), '2',
+is($node->safe_psql('postgres', q{SELECT count(*) FROM dlq.events WHERE kind = 'alert' AND message_count = 0 AND queue IN ('w_alert', 'w_crit')}), '2',
 	'alerts change no message; since 1.1 each is an audit event (its alert_id)');
 # Past the cooldown it fires again.
 $node->safe_psql('postgres', q{UPDATE dlq.queues SET alert_cooldown = '0' WHERE queue = 'w_alert'});
@@ -294,7 +294,14 @@ ok($node->poll_query_until('postgres', q{
 	'the other steps go on');
 is($node->safe_psql('postgres', 'SELECT pid FROM dlq.worker_status()'), $pid, 'the worker did not exit');
 ok($node->log_contains(qr/ERROR:  poisoned row/), 'the error is in the server log');
-$node->safe_psql('postgres', 'DROP TRIGGER w_poison ON dlq.messages');
+# DROP TRIGGER locks the partitions (last first) but not the parent: the lock
+# on the parent first keeps it from deadlocking with the worker's steps.
+$node->safe_psql('postgres', q{
+    BEGIN;
+    LOCK TABLE dlq.messages IN ACCESS EXCLUSIVE MODE;
+    DROP TRIGGER w_poison ON dlq.messages;
+    COMMIT;
+});
 ok($node->poll_query_until('postgres', q{
     SELECT status = 'expired' FROM dlq.messages WHERE queue = 'w_bad'}),
 	'once the cause is gone the batch succeeds');
