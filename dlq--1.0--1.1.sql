@@ -990,7 +990,7 @@ ALTER TABLE dlq.queues ALTER COLUMN archive_retention SET DEFAULT '90 days';
  * queue was created.  They are columns of dlq.counts, written by the same
  * statement trigger (src/counts.c) in the same row updates at commit as
  * the counts, in the writer's own shard: a dlq_store adds nothing but
- * one more column to the update it already made.  Totals live in the rows
+ * a few columns to the update it already made.  Totals live in the rows
  * of the open messages' shards (shard >= 0), never in a slot's (which
  * dlq.slot_empty takes away).  dlq.recount() and TRUNCATE dlq.messages
  * reset the counts and keep the totals; dlq.counts is in pg_dump's data
@@ -1142,7 +1142,7 @@ AS $$
     ), facts AS (
         SELECT d.queue, d.depth, d.alert_threshold,
                CASE WHEN d.depth >= 5 * d.alert_threshold THEN 'critical' ELSE 'warning' END AS severity,
-               floor(extract(epoch FROM now() - least(
+               least(
                    (SELECT m.stored_at FROM dlq.messages m
                      WHERE (m.queue, m.status, m.message_id) > (d.queue, 'pending'::dlq.status, 0)
                        AND (m.queue, m.status) <= (d.queue, 'pending'::dlq.status)
@@ -1150,8 +1150,14 @@ AS $$
                    (SELECT m.stored_at FROM dlq.messages m
                      WHERE (m.queue, m.status, m.message_id) > (d.queue, 'replaying'::dlq.status, 0)
                        AND (m.queue, m.status) <= (d.queue, 'replaying'::dlq.status)
-                     ORDER BY m.queue, m.status, m.message_id LIMIT 1))))::bigint AS oldest
+                     ORDER BY m.queue, m.status, m.message_id LIMIT 1)) AS oldest_at
           FROM due d
+    ), aged AS (
+        /* a store that began after this transaction did is not in the future: 0 */
+        SELECT f.queue, f.depth, f.alert_threshold, f.severity,
+               CASE WHEN f.oldest_at IS NOT NULL
+                    THEN greatest(0, floor(extract(epoch FROM now() - f.oldest_at)))::bigint END AS oldest
+          FROM facts f
     ), said AS (
         SELECT f.*,
                format('queue "%s" has %s pending or replaying %s (threshold %s)%s',
@@ -1162,7 +1168,7 @@ AS $$
                                                     WHEN f.oldest < 7200 THEN f.oldest / 60 || ' min'
                                                     WHEN f.oldest < 172800 THEN f.oldest / 3600 || ' h'
                                                     ELSE f.oldest / 86400 || ' d' END END) AS message
-          FROM facts f
+          FROM aged f
     ), ev AS (
         INSERT INTO dlq.events (actor, kind, queue, message_count, detail)
         SELECT worker_alert.actor, 'alert', s.queue, 0,

@@ -34,7 +34,8 @@
  *	  The same trigger keeps each queue's cumulative totals (1.1): stored,
  *	  replayed, replay_failed, resolved, discarded, expired, in columns of
  *	  the same dlq.counts rows, written by the same statement at commit, so
- *	  that a dlq_store pays one more column in an update it made anyway.
+ *	  that a dlq_store pays a few more columns in the update it made anyway
+ *	  and no statement of its own.
  *	  They are told apart by what each row of a statement was and became
  *	  (counts_classify); the totals go to the row of an open state (shard
  *	  >= 0), which neither emptying a slot nor dlq.recount() takes away.
