@@ -513,9 +513,9 @@ counts_update(Tuplestorestate *oldrows, Tuplestorestate *newrows, TupleDesc desc
 }
 
 /*
- * The rows of an INSERT (sign +1: each a message stored) or a DELETE (sign
- * -1: an open message deleted is discarded; a closed one is purged, which
- * is no total).
+ * The rows of an INSERT (sign +1: each open message a message stored) or a
+ * DELETE (sign -1: an open message deleted is discarded).  Closed messages
+ * inserted or deleted (a purge, rows moved by hand) count in no total.
  */
 static void
 counts_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
@@ -534,20 +534,13 @@ counts_rows(Tuplestorestate *rows, TupleDesc desc, int sign, int level)
 		counts_read(tts, &a, &r);
 		counts_add(&r, sign, level, &last);
 		d = &pending_counts[last];
-		if (sign > 0)
-		{
-			if (r.slot == 0)
-				d->totals[TOTAL_STORED]++;
-			else
-				counts_total(&r, r.status, TOTAL_STORED, 1, level);
-		}
-		else if (counts_open(r.status))
-		{
-			if (r.slot == 0)
-				d->totals[TOTAL_DISCARDED]++;
-			else
-				counts_total(&r, r.status, TOTAL_DISCARDED, 1, level);
-		}
+		/* open messages only: a closed one inserted or deleted is moved or purged */
+		if (!counts_open(r.status))
+			continue;
+		if (r.slot == 0)
+			d->totals[sign > 0 ? TOTAL_STORED : TOTAL_DISCARDED]++;
+		else
+			counts_total(&r, r.status, sign > 0 ? TOTAL_STORED : TOTAL_DISCARDED, 1, level);
 	}
 	ExecDropSingleTupleTableSlot(tts);
 }
