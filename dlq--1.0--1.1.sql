@@ -1118,9 +1118,26 @@ COMMENT ON VIEW dlq.metrics IS
 DROP FUNCTION dlq.worker_alert();
 CREATE FUNCTION dlq.worker_alert(actor text DEFAULT current_user)
 RETURNS TABLE (alert_id bigint, severity text, message text)
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    /*
+     * Most rounds raise nothing: they read dlq.counts and dlq.queues only,
+     * and the statement below (which also locks the messages and
+     * dlq.events) runs when a queue looks due.  Fewer locks per round, less
+     * to collide with a DROP EXTENSION or other DDL running meanwhile.
+     */
+    IF NOT EXISTS (
+        SELECT 1
+          FROM dlq.counts c JOIN dlq.queues q ON q.queue = c.queue
+         WHERE c.status IN ('pending', 'replaying')
+           AND (q.last_alert_at IS NULL OR q.last_alert_at <= now() - q.alert_cooldown)
+         GROUP BY q.queue, q.alert_threshold
+        HAVING sum(c.n) >= q.alert_threshold) THEN
+        RETURN;
+    END IF;
     /*
      * Depth comes from dlq.counts (kept at commit by the counts triggers),
      * not from counting a million index entries; the oldest open message
@@ -1128,6 +1145,7 @@ AS $$
      * written as a row comparison so that no plan walks the primary key
      * through other queues.
      */
+    RETURN QUERY
     WITH depth AS (
         SELECT c.queue, sum(c.n) AS depth
           FROM dlq.counts c
@@ -1186,7 +1204,8 @@ AS $$
                                                     'at', ev.at))::text) AS notified
           FROM ev
     )
-    SELECT s.event_id, s.detail ->> 'severity', s.detail ->> 'message' FROM sent s ORDER BY s.event_id
+    SELECT s.event_id, s.detail ->> 'severity', s.detail ->> 'message' FROM sent s ORDER BY s.event_id;
+END
 $$;
 COMMENT ON FUNCTION dlq.worker_alert(text) IS
     'worker step: for every queue past its alert_threshold and out of its alert_cooldown, an alert event, a NOTIFY on dlq_alerts and a row (id, severity, message) for the server log';
