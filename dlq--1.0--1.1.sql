@@ -1636,6 +1636,233 @@ $$;
 
 /* ---- Operator workflow: totals, alerts, metrics (counts.c, status.c) ---- */
 
+/*
+ * Cumulative per-queue totals, for Prometheus rate(): how many messages
+ * were stored (new ones and dedup folds, i.e. every occurrence), replayed,
+ * failed a replay, resolved by dlq_resolve, discarded and expired since the
+ * queue was created.  They are columns of dlq.counts, written by the same
+ * statement trigger (src/counts.c) in the same row updates at commit as
+ * the counts, in the writer's own shard: a dlq_store adds nothing but
+ * a few columns to the update it already made.  Totals live in the rows
+ * of the open messages' shards (shard >= 0), never in a slot's (which
+ * dlq.slot_empty takes away).  dlq.recount() and TRUNCATE dlq.messages
+ * reset the counts and keep the totals; dlq.counts is in pg_dump's data
+ * (Storage, above), so a dump and restore keeps them too.  Updating from
+ * 1.0 starts them at 0.
+ */
+ALTER TABLE dlq.counts
+    ADD COLUMN stored_total bigint NOT NULL DEFAULT 0,
+    ADD COLUMN replayed_total bigint NOT NULL DEFAULT 0,
+    ADD COLUMN replay_failed_total bigint NOT NULL DEFAULT 0,
+    ADD COLUMN resolved_total bigint NOT NULL DEFAULT 0,
+    ADD COLUMN discarded_total bigint NOT NULL DEFAULT 0,
+    ADD COLUMN expired_total bigint NOT NULL DEFAULT 0;
+COMMENT ON TABLE dlq.counts IS
+    'message counts per queue, state and writer shard, and cumulative totals per queue, kept by triggers on dlq.messages; dlq.recount() rebuilds the counts and keeps the totals';
+COMMENT ON COLUMN dlq.counts.stored_total IS
+    'messages stored, dedup folds included (every occurrence), since the queue began (sum over rows)';
+COMMENT ON COLUMN dlq.counts.replayed_total IS
+    'messages replayed successfully: acknowledged by a consumer or re-applied to their table';
+COMMENT ON COLUMN dlq.counts.replay_failed_total IS
+    'replay attempts that failed: nacked, timed out, or a re-apply to the table that raised an error';
+COMMENT ON COLUMN dlq.counts.resolved_total IS
+    'open messages closed without a replay (dlq_resolve)';
+COMMENT ON COLUMN dlq.counts.discarded_total IS
+    'open messages deleted (dlq_discard, dlq_discard_all); purges of closed ones are not counted';
+COMMENT ON COLUMN dlq.counts.expired_total IS
+    'open messages expired (past expires_at, or beyond max_messages)';
+
+/* Rebuild the counts from the messages; the totals cannot be rebuilt and stay. */
+CREATE OR REPLACE FUNCTION dlq.recount() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    total bigint;
+BEGIN
+    LOCK TABLE dlq.messages IN SHARE MODE;
+    DELETE FROM dlq.counts c
+     WHERE c.shard < 0
+        OR (c.stored_total, c.replayed_total, c.replay_failed_total,
+            c.resolved_total, c.discarded_total, c.expired_total) = (0, 0, 0, 0, 0, 0);
+    UPDATE dlq.counts c SET n = 0, last_failed_at = NULL;
+    INSERT INTO dlq.counts AS c (queue, status, shard, n, last_failed_at)
+        SELECT m.queue, m.status, CASE WHEN m.slot > 0 THEN -(m.slot * 64 + 1) ELSE 0 END,
+               count(*), max(m.last_failed_at)
+          FROM dlq.messages m GROUP BY 1, 2, 3
+        ON CONFLICT (queue, status, shard) DO UPDATE
+           SET n = excluded.n, last_failed_at = excluded.last_failed_at;
+    SELECT coalesce(sum(c.n), 0) INTO total FROM dlq.counts c;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION dlq.recount() IS
+    'rebuild the counts of dlq.counts from dlq.messages (the cumulative totals stay); returns the number of messages counted';
+
+/*
+ * dlq.metrics gains the totals, one row per queue (of dlq.queues) and
+ * total, named for Prometheus counters: dlq_messages_<what>_total.
+ */
+CREATE OR REPLACE VIEW dlq.metrics AS
+WITH s AS (SELECT * FROM @extschema@.etl_status())
+SELECT f.metric, s.name AS queue, NULL::text AS stage, f.status, f.value
+  FROM s
+ CROSS JOIN LATERAL (VALUES
+        ('dlq_messages', 'pending', s.pending::float8),
+        ('dlq_messages', 'replaying', s.replaying::float8),
+        ('dlq_messages', 'review', s.review::float8),
+        ('dlq_messages', 'resolved', s.resolved::float8),
+        ('dlq_messages', 'expired', s.expired::float8),
+        ('dlq_queue_lag', NULL, s.lag::float8),
+        ('dlq_oldest_pending_age_seconds', NULL,
+         coalesce(extract(epoch FROM s.oldest_pending_age)::float8, 0)),
+        ('dlq_queue_replay_requests_in_flight', NULL, s.replay_requests_in_flight::float8),
+        ('dlq_queue_paused', NULL, s.paused::int::float8),
+        ('dlq_queue_health', NULL,
+         array_position(ARRAY['live', 'syncing', 'stale', 'error'], s.health)::float8 - 1))
+        AS f(metric, status, value)
+ WHERE s.kind = 'queue'
+UNION ALL
+SELECT f.metric, NULL, s.name, NULL, f.value
+  FROM s
+ CROSS JOIN LATERAL (VALUES
+        ('dlq_stage_lag', s.lag::float8),
+        ('dlq_stage_watermark', s.watermark::float8),
+        ('dlq_stage_source_max', s.source_max::float8),
+        ('dlq_stage_health',
+         array_position(ARRAY['live', 'syncing', 'stale', 'error'], s.health)::float8 - 1))
+        AS f(metric, value)
+ WHERE s.kind = 'stage' AND f.value IS NOT NULL
+UNION ALL
+SELECT f.metric, NULL, NULL, NULL, f.value
+  FROM dlq.etl_worker_state() w
+ CROSS JOIN LATERAL (VALUES
+        ('dlq_worker_up', (w.state = 'running')::int::float8),
+        ('dlq_worker_heartbeat_age_seconds',
+         extract(epoch FROM clock_timestamp() - w.last_heartbeat)::float8))
+        AS f(metric, value)
+ WHERE f.value IS NOT NULL
+UNION ALL
+SELECT f.metric, q.queue, NULL, NULL, f.value
+  FROM dlq.queues q
+  LEFT JOIN (SELECT c.queue, sum(c.stored_total) AS stored, sum(c.replayed_total) AS replayed,
+                    sum(c.replay_failed_total) AS replay_failed, sum(c.resolved_total) AS resolved,
+                    sum(c.discarded_total) AS discarded, sum(c.expired_total) AS expired
+               FROM dlq.counts c WHERE c.shard >= 0 GROUP BY c.queue) t ON t.queue = q.queue
+ CROSS JOIN LATERAL (VALUES
+        ('dlq_messages_stored_total', coalesce(t.stored, 0)::float8),
+        ('dlq_messages_replayed_total', coalesce(t.replayed, 0)::float8),
+        ('dlq_messages_replay_failed_total', coalesce(t.replay_failed, 0)::float8),
+        ('dlq_messages_resolved_total', coalesce(t.resolved, 0)::float8),
+        ('dlq_messages_discarded_total', coalesce(t.discarded, 0)::float8),
+        ('dlq_messages_expired_total', coalesce(t.expired, 0)::float8))
+        AS f(metric, value);
+COMMENT ON VIEW dlq.metrics IS
+    'etl_status as one row per queue or stage and figure, and each queue''s cumulative totals (*_total), with Prometheus metric names (contrib/prometheus/README.md)';
+
+/*
+ * Alerts carry an id, a time and a sentence: each is an 'alert' event in
+ * dlq.events (its event_id is the alert_id), the NOTIFY payload on
+ * dlq_alerts gains "alert_id", "at" and "message", and the worker writes
+ * the message to the server log (LOG) once the alert has committed.  The
+ * step returns one row per alert (id, severity, message) instead of their
+ * number.
+ */
+DROP FUNCTION dlq.worker_alert();
+CREATE FUNCTION dlq.worker_alert(actor text DEFAULT current_user)
+RETURNS TABLE (alert_id bigint, severity text, message text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    /*
+     * Most rounds raise nothing: they read dlq.counts and dlq.queues only,
+     * and the statement below (which also locks the messages and
+     * dlq.events) runs when a queue looks due.  Fewer locks per round, less
+     * to collide with a DROP EXTENSION or other DDL running meanwhile.
+     */
+    IF NOT EXISTS (
+        SELECT 1
+          FROM dlq.counts c JOIN dlq.queues q ON q.queue = c.queue
+         WHERE c.status IN ('pending', 'replaying')
+           AND (q.last_alert_at IS NULL OR q.last_alert_at <= now() - q.alert_cooldown)
+         GROUP BY q.queue, q.alert_threshold
+        HAVING sum(c.n) >= q.alert_threshold) THEN
+        RETURN;
+    END IF;
+    /*
+     * Depth comes from dlq.counts (kept at commit by the counts triggers),
+     * not from counting a million index entries; the oldest open message
+     * is the first entry of its queue's (queue, status, message_id) range,
+     * written as a row comparison so that no plan walks the primary key
+     * through other queues.
+     */
+    RETURN QUERY
+    WITH depth AS (
+        SELECT c.queue, sum(c.n) AS depth
+          FROM dlq.counts c
+         WHERE c.status IN ('pending', 'replaying')
+         GROUP BY c.queue
+    ), due AS (
+        SELECT q.queue, q.alert_threshold, d.depth
+          FROM dlq.queues q JOIN depth d ON d.queue = q.queue
+         WHERE (q.last_alert_at IS NULL OR q.last_alert_at <= now() - q.alert_cooldown)
+           AND d.depth >= q.alert_threshold
+           FOR UPDATE OF q SKIP LOCKED
+    ), facts AS (
+        SELECT d.queue, d.depth, d.alert_threshold,
+               CASE WHEN d.depth >= 5 * d.alert_threshold THEN 'critical' ELSE 'warning' END AS severity,
+               least(
+                   (SELECT m.stored_at FROM dlq.messages m
+                     WHERE (m.queue, m.status, m.message_id) > (d.queue, 'pending'::dlq.status, 0)
+                       AND (m.queue, m.status) <= (d.queue, 'pending'::dlq.status)
+                     ORDER BY m.queue, m.status, m.message_id LIMIT 1),
+                   (SELECT m.stored_at FROM dlq.messages m
+                     WHERE (m.queue, m.status, m.message_id) > (d.queue, 'replaying'::dlq.status, 0)
+                       AND (m.queue, m.status) <= (d.queue, 'replaying'::dlq.status)
+                     ORDER BY m.queue, m.status, m.message_id LIMIT 1)) AS oldest_at
+          FROM due d
+    ), aged AS (
+        /* a store that began after this transaction did is not in the future: 0 */
+        SELECT f.queue, f.depth, f.alert_threshold, f.severity,
+               CASE WHEN f.oldest_at IS NOT NULL
+                    THEN greatest(0, floor(extract(epoch FROM now() - f.oldest_at)))::bigint END AS oldest
+          FROM facts f
+    ), said AS (
+        SELECT f.*,
+               format('queue "%s" has %s pending or replaying %s (threshold %s)%s',
+                      f.queue, f.depth, CASE WHEN f.depth = 1 THEN 'message' ELSE 'messages' END,
+                      f.alert_threshold,
+                      CASE WHEN f.oldest IS NULL THEN ''
+                           ELSE ', oldest ' || CASE WHEN f.oldest < 120 THEN f.oldest || ' s'
+                                                    WHEN f.oldest < 7200 THEN f.oldest / 60 || ' min'
+                                                    WHEN f.oldest < 172800 THEN f.oldest / 3600 || ' h'
+                                                    ELSE f.oldest / 86400 || ' d' END END) AS message
+          FROM aged f
+    ), ev AS (
+        INSERT INTO dlq.events (actor, kind, queue, message_count, detail)
+        SELECT worker_alert.actor, 'alert', s.queue, 0,
+               jsonb_build_object('depth', s.depth, 'threshold', s.alert_threshold,
+                                  'severity', s.severity, 'oldest_age_seconds', s.oldest,
+                                  'message', s.message)
+          FROM said s
+        RETURNING event_id, at, queue, detail
+    ), mark AS (
+        UPDATE dlq.queues q SET last_alert_at = now()
+          FROM ev WHERE q.queue = ev.queue
+    ), sent AS (
+        SELECT ev.event_id, ev.detail, pg_notify('dlq_alerts',
+                   (ev.detail || jsonb_build_object('queue', ev.queue, 'alert_id', ev.event_id,
+                                                    'at', ev.at))::text) AS notified
+          FROM ev
+    )
+    SELECT s.event_id, s.detail ->> 'severity', s.detail ->> 'message' FROM sent s ORDER BY s.event_id;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_alert(text) IS
+    'worker step: for every queue past its alert_threshold and out of its alert_cooldown, an alert event, a NOTIFY on dlq_alerts and a row (id, severity, message) for the server log';
+
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */
 DO $grants$
 DECLARE

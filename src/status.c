@@ -41,6 +41,7 @@
 
 #include "dlq.h"
 #include "shmem.h"
+#include "version.h"
 
 typedef enum DlqHealth
 {
@@ -72,6 +73,8 @@ typedef struct StatusRow
 	bool		has_lag;
 	int64		lag;
 	int64		counts[5];		/* pending, replaying, review, resolved, expired */
+	bool		has_totals;		/* 1.1: the cumulative totals below */
+	int64		totals[6];		/* stored, replayed, replay_failed, resolved, discarded, expired */
 	bool		has_oldest;
 	TimestampTz oldest;
 	bool		has_last_failure;
@@ -87,9 +90,12 @@ typedef struct StatusRow
 } StatusRow;
 
 static const char *const count_names[] = {"pending", "replaying", "review", "resolved", "expired"};
+static const char *const total_names[] = {"stored", "replayed", "replay_failed", "resolved",
+"discarded", "expired"};
 
 static SPIPlanPtr queues_plan = NULL;
 static SPIPlanPtr stages_plan = NULL;
+static bool queues_plan_current = false;	/* prepared for the 1.1 schema */
 
 static SPIPlanPtr
 status_prepare_generic(const char *sql, int nargs, Oid *types)
@@ -243,15 +249,27 @@ static void
 status_prepare_plans(void)
 {
 	Oid			types[1] = {TEXTOID};
+	bool		current = dlq_schema_current();
 
-	if (queues_plan != NULL)
+	/* The totals are read once the schema has them (1.1). */
+	if (queues_plan != NULL && queues_plan_current == current)
 		return;
+	if (queues_plan != NULL)
+	{
+		SPI_freeplan(queues_plan);
+		SPI_freeplan(stages_plan);
+		queues_plan = stages_plan = NULL;
+	}
+	queues_plan_current = current;
 
-	queues_plan = status_prepare_generic(
+	queues_plan = status_prepare_generic(dlq_schema_sql(
 								 "SELECT q.queue, q.paused,"
 								 "  coalesce(c.pending, 0), coalesce(c.replaying, 0), coalesce(c.review, 0),"
 								 "  coalesce(c.resolved, 0), coalesce(c.expired, 0), c.last_failed_at,"
 								 "  o.stored_at, GREATEST(q.last_replay_at, e.at), f.n"
+								 "[[, coalesce(c.stored_total, 0), coalesce(c.replayed_total, 0),"
+								 "  coalesce(c.replay_failed_total, 0), coalesce(c.resolved_total, 0),"
+								 "  coalesce(c.discarded_total, 0), coalesce(c.expired_total, 0)]]"
 								 " FROM dlq.queues q"
 								 " LEFT JOIN LATERAL ("
 								 "  SELECT sum(c.n) FILTER (WHERE c.status = 'pending')::int8 AS pending,"
@@ -260,6 +278,12 @@ status_prepare_plans(void)
 								 "   sum(c.n) FILTER (WHERE c.status = 'resolved')::int8 AS resolved,"
 								 "   sum(c.n) FILTER (WHERE c.status = 'expired')::int8 AS expired,"
 								 "   max(c.last_failed_at) AS last_failed_at"
+								 "[[, sum(c.stored_total)::int8 AS stored_total,"
+								 "   sum(c.replayed_total)::int8 AS replayed_total,"
+								 "   sum(c.replay_failed_total)::int8 AS replay_failed_total,"
+								 "   sum(c.resolved_total)::int8 AS resolved_total,"
+								 "   sum(c.discarded_total)::int8 AS discarded_total,"
+								 "   sum(c.expired_total)::int8 AS expired_total]]"
 								 "  FROM dlq.counts c WHERE c.queue = q.queue) c ON true"
 								 " LEFT JOIN LATERAL ("
 								 "  SELECT m.stored_at FROM dlq.messages m"
@@ -284,7 +308,7 @@ status_prepare_plans(void)
 								 "   FROM r WHERE r.id IS NOT NULL)"
 								 "  SELECT count(r.id) AS n FROM r) f ON true"
 								 " WHERE $1 IS NULL OR q.queue = $1"
-								 " ORDER BY q.queue",
+								 " ORDER BY q.queue"),
 								 1, types);
 	stages_plan = dlq_prepare_kept(
 								 "SELECT s.stage, s.source::oid, s.key_column::text, s.watermark, s.watermark_at"
@@ -339,6 +363,12 @@ status_read_queues(Datum *arg, const char *nulls, int *nqueues,
 			r->activity = DatumGetTimestampTz(v);
 		if (status_get_col(tup, desc, 11, &v))
 			r->in_flight = DatumGetInt64(v);
+		r->has_totals = desc->natts >= 17;
+		for (int t = 0; r->has_totals && t < 6; t++)
+		{
+			status_get_col(tup, desc, 12 + t, &v);
+			r->totals[t] = DatumGetInt64(v);
+		}
 		r->has_lag = true;
 		r->lag = r->counts[0] + r->counts[1];
 		status_apply_rules(r, w, now);
@@ -607,6 +637,15 @@ status_json_row(StringInfo buf, const StatusRow *r, TimestampTz now)
 		status_json_ts(buf, "last_replay_at", r->has_activity, r->activity);
 		status_json_int(buf, "replay_requests_in_flight", true, r->in_flight);
 		appendStringInfo(buf, "\"paused\":%s,", r->paused ? "true" : "false");
+		if (r->has_totals)
+		{
+			status_json_key(buf, "totals");
+			appendStringInfoChar(buf, '{');
+			for (int t = 0; t < 6; t++)
+				appendStringInfo(buf, "%s\"%s\":" INT64_FORMAT,
+								 t ? "," : "", total_names[t], r->totals[t]);
+			appendStringInfoString(buf, "},");
+		}
 	}
 	else
 	{

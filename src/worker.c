@@ -530,8 +530,8 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		"         WHERE c.oid = pg_catalog.to_regclass('dlq.messages_live')) x",
 	0, {InvalidOid}},
 	[DLQ_PLAN_ALERT] = {"raising alerts",
-		"SELECT dlq.worker_alert()",
-	0, {InvalidOid}},
+		"SELECT alert_id, severity, message FROM dlq.worker_alert($1)",
+	1, {TEXTOID}},
 };
 
 static SPIPlanPtr dlq_plans[DLQ_NUM_PLANS];
@@ -546,6 +546,14 @@ typedef struct DlqWorkerState
 	bool		schema_warned;	/* an old schema reported */
 	bool		role_warned;	/* the ignored dlq.worker_role reported */
 } DlqWorkerState;
+
+/* An alert raised by DLQ_PLAN_ALERT, for the server log once committed. */
+typedef struct DlqAlert
+{
+	int64		alert_id;		/* event_id of its 'alert' event */
+	char	   *severity;
+	char	   *message;
+} DlqAlert;
 
 /* A queue's messages due for a retry. */
 typedef struct DlqRetryGroup
@@ -562,6 +570,7 @@ static MemoryContext round_cxt = NULL;	/* reset every round */
 static DlqWorkerState worker_state;
 static List *retry_groups = NIL;	/* result of DLQ_PLAN_RETRY_DUE */
 static List *step_queues = NIL; /* result of DLQ_PLAN_STEP_QUEUES */
+static List *alert_rows = NIL;	/* result of DLQ_PLAN_ALERT: DlqAlert */
 static TimestampTz last_unclaimed_check = 0;
 
 static void
@@ -632,6 +641,30 @@ worker_plan(DlqPlanId id)
 		dlq_plans[id] = plan;
 	}
 	return dlq_plans[id];
+}
+
+/*
+ * Keep the alerts DLQ_PLAN_ALERT raised, to be logged once their
+ * transaction has committed (an alert that rolled back was never sent).
+ */
+static void
+worker_keep_alerts(void)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(round_cxt);
+
+	alert_rows = NIL;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		DlqAlert   *a = palloc(sizeof(DlqAlert));
+		bool		isnull;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+		a->alert_id = isnull ? 0 : DatumGetInt64(id);
+		a->severity = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		a->message = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		alert_rows = lappend(alert_rows, a);
+	}
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /* Keep the rows of DLQ_PLAN_RETRY_DUE for the round. */
@@ -857,6 +890,8 @@ worker_run_body(void *arg)
 		worker_keep_retry_groups();
 	else if (run->id == DLQ_PLAN_STEP_QUEUES)
 		worker_keep_step_queues();
+	else if (run->id == DLQ_PLAN_ALERT)
+		worker_keep_alerts();
 	else if (SPI_processed > 0)
 	{
 		bool		isnull;
@@ -1410,6 +1445,37 @@ worker_vacuum_live(void)
 	MemoryContextSwitchTo(round_cxt);
 }
 
+/*
+ * Raise the alerts due and write each to the server log: one LOG line
+ * whose message is the alert's sentence (the NOTIFY on dlq_alerts carries
+ * the same with its id and time).  Returns how many were raised, -1 when
+ * the step failed.
+ */
+static int64
+worker_alert(void)
+{
+	Datum		values[1];
+	int64		ok;
+	ListCell   *lc;
+
+	alert_rows = NIL;
+	values[0] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	ok = worker_run(DLQ_PLAN_ALERT, worker_state.owner, values, NULL, NULL);
+	if (ok < 0)
+		return -1;
+	foreach(lc, alert_rows)
+	{
+		DlqAlert   *a = (DlqAlert *) lfirst(lc);
+
+		ereport(LOG,
+				(errmsg("%s", a->message ? a->message : "dlq alert"),
+				 errdetail("Severity %s, alert_id %lld (its event in dlq.events), database \"%s\".",
+						   a->severity ? a->severity : "warning", (long long) a->alert_id,
+						   worker_dbname)));
+	}
+	return list_length(alert_rows);
+}
+
 static void
 worker_round(void)
 {
@@ -1486,7 +1552,7 @@ worker_round(void)
 		events_purged = worker_repeat(DLQ_PLAN_PURGE_EVENTS, values);
 	}
 
-	alerts = worker_run(DLQ_PLAN_ALERT, worker_state.owner, NULL, NULL, NULL);
+	alerts = worker_alert();
 	worker_vacuum_live();
 
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);

@@ -86,7 +86,7 @@ is($node->safe_psql('postgres',
    '0', 'nacked messages carry the consumer error and no claim');
 is($node->safe_psql('postgres',
     q{SELECT string_agg(kind || ':' || message_count, ' ' ORDER BY kind::text) FROM
-        (SELECT kind, sum(message_count) AS message_count FROM dlq.events GROUP BY 1) e}),
+        (SELECT kind, sum(message_count) AS message_count FROM dlq.events WHERE kind <> 'alert' GROUP BY 1) e}),
    'acked:5000 nacked:5000 replay_requested:10000', 'audit trail counts every action');
 
 # A consumer dies holding claims.

@@ -54,9 +54,10 @@ is($node->safe_psql('dst2', 'SELECT dlq.recount() = (SELECT count(*) FROM dlq.me
 is($node->safe_psql('dst2', $mismatch), '0', 'after dlq.recount() the counts are exact');
 is($node->safe_psql('dst2', $status), $before, 'and the status equals the status before');
 
-# TRUNCATE empties the counts too.
+# TRUNCATE empties the counts too (1.1: rows that carry cumulative totals stay, at 0).
 $node->safe_psql('dst2', 'TRUNCATE dlq.messages');
-is($node->safe_psql('dst2', 'SELECT count(*) FROM dlq.counts'), '0', 'TRUNCATE dlq.messages empties dlq.counts');
+is($node->safe_psql('dst2', 'SELECT count(*) FROM dlq.counts WHERE n <> 0 OR shard < 0'), '0',
+    'TRUNCATE dlq.messages empties dlq.counts');
 is($node->safe_psql('dst2', "SELECT sum(pending) FROM etl_status() WHERE kind = 'queue'"), '0',
     'and etl_status counts nothing');
 
