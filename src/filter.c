@@ -75,12 +75,17 @@ dlq_filter_parse(FunctionCallInfo fcinfo, const DlqFilterArgs *args, DlqFilter *
 		filter->until = PG_GETARG_TIMESTAMPTZ(args->until);
 	}
 	if (filter->has_since && filter->has_until && filter->since >= filter->until)
+	{
+		/* timestamptz_to_str returns a static buffer */
+		char	   *since = pstrdup(timestamptz_to_str(filter->since));
+		char	   *until = pstrdup(timestamptz_to_str(filter->until));
+
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("since must be earlier than until"),
 				 errdetail("since is %s and until is %s; messages stored at or after since and before until are selected.",
-						   timestamptz_to_str(filter->since),
-						   timestamptz_to_str(filter->until))));
+						   since, until)));
+	}
 }
 
 /* Which filters are set, as the variant number of the statements. */
