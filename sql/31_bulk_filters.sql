@@ -273,3 +273,38 @@ RESET ROLE;
 SELECT actor, kind, message_count FROM dlq.events WHERE queue = 'bulk_a' ORDER BY event_id DESC LIMIT 1;
 
 DROP ROLE bulk_op, bulk_reader;
+
+-- ---------------------------------------------------------------------------
+-- A 1.0 schema is still served by this library (1.0's shorter signatures,
+-- no resolution column), and one session goes on across ALTER EXTENSION
+-- UPDATE: its plans prepared for 1.0 are prepared again.
+-- ---------------------------------------------------------------------------
+SELECT current_database() AS bulk_regress_db \gset
+CREATE DATABASE dlq_bulk_old;
+\c dlq_bulk_old
+SET client_min_messages = warning;
+CREATE EXTENSION dlq VERSION '1.0';
+INSERT INTO dlq.queues (queue, channel, require_listener, max_attempts)
+VALUES ('old_q', 'dlq_old_q', false, 3);
+SELECT count(dlq_store('old_q', jsonb_build_object('n', n), 'e', 'api', '23505')) FROM generate_series(1, 6) n;
+SELECT r - 'request_id' AS reprocess_1_0
+  FROM dlq_reprocess(ARRAY(SELECT message_id FROM dlq.messages WHERE payload->>'n' IN ('1', '2', '3'))) r;
+SELECT payload->>'n' AS n FROM dlq_claim('old_q') ORDER BY 1;
+SELECT r - 'request_id' AS resolve_1_0
+  FROM dlq_resolve(ARRAY(SELECT message_id FROM dlq.messages WHERE payload->>'n' = '4'), 'by hand') r;
+SELECT r - 'request_id' AS reprocess_all_1_0 FROM dlq_reprocess_all('old_q', 'api', 1, false) r;
+SELECT r - 'request_id' AS discard_all_1_0 FROM dlq_discard_all('old_q', 'resolved', 'api', NULL) r;
+SELECT string_agg(payload->>'n' || ':' || status, ' ' ORDER BY message_id) AS old_state FROM dlq.messages;
+ALTER EXTENSION dlq UPDATE;
+-- The same session after the update: resolution is there, and dlq_claim
+-- returns the new row type.
+SELECT r - 'request_id' AS resolve_1_1
+  FROM dlq_resolve(ARRAY(SELECT message_id FROM dlq.messages WHERE payload->>'n' = '6'), 'by hand', 'ignored') r;
+SELECT dlq_store('old_q', '{"n": 7}', 'e') > 0 AS stored;
+SELECT r - 'request_id' AS reprocess_1_1
+  FROM dlq_reprocess(ARRAY(SELECT message_id FROM dlq.messages WHERE payload->>'n' = '7'), reason => 'after update') r;
+SELECT payload->>'n' AS n, resolution FROM dlq_claim('old_q') ORDER BY 1;
+SELECT payload->>'n' AS n, status, resolution FROM dlq.messages ORDER BY message_id;
+SELECT kind, detail FROM dlq.events WHERE kind IN ('resolved', 'replay_requested') ORDER BY event_id;
+\c :bulk_regress_db
+DROP DATABASE dlq_bulk_old WITH (FORCE);
