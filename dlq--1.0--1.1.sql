@@ -1418,6 +1418,160 @@ GRANT EXECUTE ON FUNCTION @extschema@.dlq_facets(text, text, text) TO dlq_reader
 
 /* ---- Operator workflow: bulk calls, filters, dry runs, resolution, move (replay.c, lifecycle.c, move.c) ---- */
 
+/*
+ * Filters on the bulk calls (src/filter.c): component, sqlstate (a 5-character
+ * code), error_class ('transient' | 'permanent'), since and until (stored_at >=
+ * since AND stored_at < until), each NULL for "any"; and dry_run: the same
+ * summary, nothing changed, no event, no notification.  A function whose
+ * arguments grow is dropped and created again with its new arguments after
+ * the old ones, so that 1.0's positional calls keep working; the library
+ * still serves 1.0's shorter signatures (PG_NARGS) until the update.
+ *
+ * resolution: how a resolved message was closed by dlq_resolve or
+ * dlq_resolve_all (fixed, ignored, duplicate, manual); NULL for messages
+ * closed by a replay or an ack.  The API's row type dlq.message gets it at
+ * its end.
+ */
+ALTER TABLE dlq.messages ADD COLUMN resolution text
+    CONSTRAINT messages_resolution_check CHECK (resolution IN ('fixed', 'ignored', 'duplicate', 'manual'));
+COMMENT ON COLUMN dlq.messages.resolution IS
+    'how dlq_resolve or dlq_resolve_all closed the message: fixed, ignored, duplicate or manual; NULL otherwise';
+
+CREATE OR REPLACE VIEW dlq.message AS
+    SELECT message_id, queue, component, status, payload, error, sqlstate, error_class,
+           error_detail, metadata, dedup_key, occurrences, attempts, max_attempts, stored_at,
+           last_failed_at, expires_at, next_retry_at, replay_request_id, claimed_by,
+           claim_expires_at, resolved_at, source_relation, operation, resolution
+      FROM dlq.messages;
+
+DROP FUNCTION @extschema@.dlq_reprocess(bigint[], boolean);
+CREATE FUNCTION @extschema@.dlq_reprocess(
+    message_ids bigint[],
+    force boolean DEFAULT false,
+    reason text DEFAULT NULL,
+    ticket text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_reprocess';
+COMMENT ON FUNCTION @extschema@.dlq_reprocess(bigint[], boolean, text, text) IS
+    'replay messages: re-apply captured rows, or hand them to consumers with one NOTIFY per queue; force redrives review messages; reason and ticket go on the audit events';
+
+DROP FUNCTION @extschema@.dlq_reprocess_all(text, text, integer, boolean);
+CREATE FUNCTION @extschema@.dlq_reprocess_all(
+    queue text,
+    component text DEFAULT NULL,
+    max_messages integer DEFAULT NULL,
+    force boolean DEFAULT false,
+    sqlstate text DEFAULT NULL,
+    error_class text DEFAULT NULL,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL,
+    dry_run boolean DEFAULT false,
+    reason text DEFAULT NULL,
+    ticket text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_reprocess_all';
+COMMENT ON FUNCTION @extschema@.dlq_reprocess_all(text, text, integer, boolean, text, text,
+    timestamptz, timestamptz, boolean, text, text) IS
+    'replay every pending message of a queue (and review ones with force) that passes the filters, oldest first, in bounded batches; dry_run only counts';
+
+DROP FUNCTION @extschema@.dlq_discard_all(text, text, text, interval);
+CREATE FUNCTION @extschema@.dlq_discard_all(
+    queue text,
+    status text DEFAULT 'pending',
+    component text DEFAULT NULL,
+    older_than interval DEFAULT NULL,
+    sqlstate text DEFAULT NULL,
+    error_class text DEFAULT NULL,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL,
+    dry_run boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_discard_all';
+COMMENT ON FUNCTION @extschema@.dlq_discard_all(text, text, text, interval, text, text,
+    timestamptz, timestamptz, boolean) IS
+    'delete every message of a queue in one status that passes the filters, in bounded batches; audited; dry_run only counts';
+
+DROP FUNCTION @extschema@.dlq_resolve(bigint[], text);
+CREATE FUNCTION @extschema@.dlq_resolve(
+    message_ids bigint[],
+    note text DEFAULT NULL,
+    resolution text DEFAULT 'manual')
+RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_resolve';
+COMMENT ON FUNCTION @extschema@.dlq_resolve(bigint[], text, text) IS
+    'close open messages without replay, with a resolution (fixed, ignored, duplicate, manual) kept on them; audited with the note';
+
+CREATE FUNCTION @extschema@.dlq_resolve_all(
+    queue text,
+    status text DEFAULT 'pending',
+    component text DEFAULT NULL,
+    sqlstate text DEFAULT NULL,
+    error_class text DEFAULT NULL,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL,
+    note text DEFAULT NULL,
+    resolution text DEFAULT 'manual',
+    dry_run boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_resolve_all';
+COMMENT ON FUNCTION @extschema@.dlq_resolve_all(text, text, text, text, text, timestamptz,
+    timestamptz, text, text, boolean) IS
+    'close every pending (or review) message of a queue that passes the filters without replay, in bounded batches; audited; dry_run only counts';
+
+/*
+ * Redrive to another queue (src/move.c): open messages (pending, review) go
+ * to an existing queue with their payload, error, attempts, dedup_key and
+ * source_relation; they take the target's max_attempts and retention, and
+ * are pending, or review when their attempts already reach the target's
+ * max_attempts.  A message whose dedup_key an open message of the target
+ * holds stays where it is (a conflict), as does one the target would never
+ * replay: into a queue bound to a table only rows captured from that table
+ * move, and the target's components list applies.  One 'moved' event on
+ * each side.
+ */
+CREATE FUNCTION @extschema@.dlq_move(message_ids bigint[], target_queue text)
+RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_move';
+COMMENT ON FUNCTION @extschema@.dlq_move(bigint[], text) IS
+    'move open messages to another queue (redrive to a custom destination); replaying ones and dedup_key conflicts stay; audited on both queues';
+
+CREATE FUNCTION @extschema@.dlq_move_all(
+    queue text,
+    target_queue text,
+    component text DEFAULT NULL,
+    sqlstate text DEFAULT NULL,
+    error_class text DEFAULT NULL,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL,
+    max_messages integer DEFAULT NULL,
+    dry_run boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_move_all';
+COMMENT ON FUNCTION @extschema@.dlq_move_all(text, text, text, text, text, timestamptz,
+    timestamptz, integer, boolean) IS
+    'move the open messages of a queue that pass the filters to another queue, oldest first, in bounded batches; audited; dry_run only counts';
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.dlq_reprocess(bigint[], boolean, text, text),
+    @extschema@.dlq_reprocess_all(text, text, integer, boolean, text, text,
+        timestamptz, timestamptz, boolean, text, text),
+    @extschema@.dlq_discard_all(text, text, text, interval, text, text,
+        timestamptz, timestamptz, boolean),
+    @extschema@.dlq_resolve(bigint[], text, text),
+    @extschema@.dlq_resolve_all(text, text, text, text, text, timestamptz,
+        timestamptz, text, text, boolean),
+    @extschema@.dlq_move(bigint[], text),
+    @extschema@.dlq_move_all(text, text, text, text, text, timestamptz,
+        timestamptz, integer, boolean)
+    TO dlq_operator;
+
 /* ---- Operator workflow: edit, attempt history, SQLSTATEs (edit.c, history) ---- */
 
 /*

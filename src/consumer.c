@@ -68,6 +68,7 @@
 static SPIPlanPtr channel_plan = NULL;
 static SPIPlanPtr alive_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
+static bool claim_plan_current = false;
 static SPIPlanPtr ack_plan = NULL;
 static SPIPlanPtr nack_lock_plan = NULL;
 static SPIPlanPtr nack_plan = NULL;
@@ -340,10 +341,20 @@ dlq_claim(PG_FUNCTION_ARGS)
 
 	dlq_become_owner(&owner);
 	SPI_connect();
+	/*
+	 * It returns dlq.message, whose columns grew in 1.1: a session that
+	 * prepared for 1.0 prepares again once the schema is updated.
+	 */
+	if (claim_plan != NULL && claim_plan_current != dlq_schema_current())
+	{
+		SPI_freeplan(claim_plan);
+		claim_plan = NULL;
+	}
 	if (claim_plan == NULL)
 	{
 		Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, INTERVALOID};
 
+		claim_plan_current = dlq_schema_current();
 		claim_plan = dlq_prepare_kept(dlq_schema_sql(
 									  "WITH c AS (SELECT message_id FROM dlq.messages"
 									  "  WHERE [[slot = 0 AND ]]queue = $1 AND status = 'replaying'"

@@ -26,11 +26,16 @@
  *	  queue.c		dlq_configure, dlq_pause, dlq_resume; whether a queue
  *					exists (dlq_check_queue_exists)
  *	  list.c		dlq_list, dlq_list_page, dlq_get
+ *	  filter.c		the arguments the bulk calls share: filters (component,
+ *					sqlstate, error_class, since, until), dry_run, reason,
+ *					ticket (filter.h)
  *	  replay.c		dlq_reprocess, dlq_reprocess_all
  *	  edit.c		dlq_edit: fixing the payload of an open message
  *	  history.c		failed replay attempts kept in the audit trail
  *					(history.h), for dlq_history
- *	  lifecycle.c	dlq_discard, dlq_discard_all, dlq_resolve
+ *	  lifecycle.c	dlq_discard, dlq_discard_all, dlq_resolve,
+ *					dlq_resolve_all
+ *	  move.c		dlq_move, dlq_move_all: open messages to another queue
  *	  consumer.c	dlq_listen, dlq_claim, dlq_ack, dlq_nack; the
  *					live-consumer registry (dlq_consumer_alive)
  *	  attach.c		dlq_attach, dlq_detach
@@ -111,14 +116,17 @@
 #define DLQ_SLOT_SHARD(slot, shard) (-((slot) * DLQ_COUNT_SHARDS + (shard)) - 1)
 #define DLQ_DEDUP_INDEX_1_0	"messages_dedup"
 
-/* The columns of dlq.message, the API's row type, from dlq.messages m. */
+/*
+ * The columns of dlq.message, the API's row type, from dlq.messages m; a
+ * statement with them goes through dlq_schema_sql (resolution is 1.1's).
+ */
 #define DLQ_MESSAGE_COLUMNS \
 	"m.message_id, m.queue, m.component, m.status, m.payload, m.error," \
 	" m.sqlstate, m.error_class, m.error_detail, m.metadata, m.dedup_key," \
 	" m.occurrences, m.attempts, m.max_attempts, m.stored_at," \
 	" m.last_failed_at, m.expires_at, m.next_retry_at, m.replay_request_id," \
 	" m.claimed_by, m.claim_expires_at, m.resolved_at, m.source_relation," \
-	" m.operation"
+	" m.operation[[, m.resolution]]"
 
 /*
  * SQLSTATE of a replay refused because a queue that hands its messages to

@@ -27,7 +27,16 @@
  *	  42501, audited, whoever replays it.
  *
  *	  Every call is one request id; every queue it touched gets one audit
- *	  event per kind of outcome, with the ids when there are few.
+ *	  event per kind of outcome, with the ids when there are few, and the
+ *	  caller's reason and ticket on the replay_requested and redriven ones.
+ *
+ *	  dlq_reprocess_all takes the filters of filter.c and dry_run.  A dry run
+ *	  makes every check a real call makes (a paused queue, no live consumer
+ *	  and missing privileges on the replay target fail it the same way), then
+ *	  only reads: each message that would be handed to consumers or
+ *	  re-applied counts as replayed, and one that would be refused (not
+ *	  captured from the target) as failed, the only failure known without
+ *	  trying.  Nothing is locked, changed, notified or audited.
  *
  *-------------------------------------------------------------------------
  */
@@ -46,6 +55,7 @@
 
 #include "capture.h"
 #include "dlq.h"
+#include "filter.h"
 #include "history.h"
 #include "version.h"
 
@@ -77,6 +87,8 @@ typedef struct ReplayState
 	Datum		request_id;
 	char	   *request_id_str;
 	bool		force;
+	bool		dry_run;		/* read and count only */
+	Jsonb	   *detail;			/* reason and ticket, or NULL */
 	List	   *queues;			/* ReplayQueue */
 	int64		requested;
 	int64		found;
@@ -92,7 +104,8 @@ static SPIPlanPtr lock_target_plan = NULL;
 static SPIPlanPtr reapplied_plan = NULL;
 static SPIPlanPtr reapply_failed_plan = NULL;
 static SPIPlanPtr last_replay_plan = NULL;
-static SPIPlanPtr candidates_plan = NULL;
+static SPIPlanPtr candidates_plans[DLQ_FILTER_VARIANTS];
+static SPIPlanPtr dry_plan = NULL;
 
 /* Raise 42501 unless the caller may write to a replay target. */
 static void
@@ -273,6 +286,15 @@ replay_prepare(void)
 										"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
 										" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED",
 										3, types);
+	/* a dry run: what would be handed or re-applied, read without locks */
+	dry_plan = dlq_prepare_kept(
+								"SELECT m.message_id, m.queue, m.status = 'review',"
+								"  m.source_relation IS NOT DISTINCT FROM q.replay_target"
+								" FROM dlq.messages m JOIN dlq.queues q ON q.queue = m.queue"
+								" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+								"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
+								" ORDER BY m.message_id",
+								3, types);
 	/* $8: straight to review, whatever attempts are left */
 	reapply_failed_plan = dlq_prepare_kept(
 										   "UPDATE dlq.messages m SET"
@@ -494,6 +516,46 @@ replay_hand(ReplayState *st, Datum *values)
 }
 
 /*
+ * A dry run of a batch: tally what replay_hand and replay_reapply_rows
+ * would do, from the rows of dry_plan (message_id, queue, was_review,
+ * captured from the target), without trying any re-apply.
+ */
+static void
+replay_dry(ReplayState *st, Datum *values)
+{
+	SPITupleTable *tt;
+
+	dlq_execute_kept(dry_plan, values, NULL, true, 0, SPI_OK_SELECT);
+	tt = SPI_tuptable;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = tt->vals[i];
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(row, tt->tupdesc, 1, &isnull));
+		char	   *queue = TextDatumGetCString(SPI_getbinval(row, tt->tupdesc, 2, &isnull));
+		bool		was_review = DatumGetBool(SPI_getbinval(row, tt->tupdesc, 3, &isnull));
+		bool		captured = DatumGetBool(SPI_getbinval(row, tt->tupdesc, 4, &isnull));
+		ReplayQueue *rq = replay_queue(st, queue);
+
+		if (was_review)
+			dlq_tally_add(&rq->redriven, id);
+		if (!OidIsValid(rq->target))
+			dlq_tally_add(&rq->handed, id);
+		else if (captured)
+			dlq_tally_add(&rq->reapplied, id);
+		else
+		{
+			DlqReapplyResult result = {0};
+
+			replay_refuse_foreign(rq->target, &result);
+			dlq_tally_add(&rq->refused, id);
+			replay_add_failure(st, id, result.sqlstate, result.error);
+		}
+	}
+	SPI_freetuptable(tt);
+}
+
+/*
  * Replay one batch of at most DLQ_BATCH_IDS distinct ids, sorted.
  */
 static void
@@ -510,6 +572,12 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	values[2] = st->request_id;
 
 	replay_check_batch(st, values, &any_handed, &any_target);
+	if (st->dry_run)
+	{
+		if (any_handed || any_target)
+			replay_dry(st, values);
+		any_handed = any_target = false;
+	}
 	if (any_handed)
 		replay_hand(st, values);
 
@@ -565,6 +633,14 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 		int64		touched = rq->handed.count + rq->reapplied.count + rq->failed.count +
 			rq->refused.count;
 
+		handed += rq->handed.count;
+		reapplied += rq->reapplied.count;
+		failed += rq->failed.count + rq->refused.count;
+		if (rq->handed.count > 0)
+			notifications++;
+		/* A dry run notifies, audits and stamps nothing. */
+		if (st->dry_run)
+			continue;
 		if (rq->handed.count > 0)
 		{
 			char	   *payload = psprintf("{\"queue\": %s, \"request_id\": \"%s\", \"count\": " INT64_FORMAT "}",
@@ -572,12 +648,11 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 										   rq->handed.count);
 
 			Async_Notify(rq->channel, payload);
-			notifications++;
 		}
 		dlq_tally_audit(&rq->handed, "replay_requested", st->actor, rq->queue,
-						st->request_id, NULL);
+						st->request_id, st->detail);
 		dlq_tally_audit(&rq->redriven, "redriven", st->actor, rq->queue,
-						st->request_id, NULL);
+						st->request_id, st->detail);
 		dlq_tally_audit(&rq->reapplied, "replayed", st->actor, rq->queue,
 						st->request_id, NULL);
 		/* What is left of the failed attempts (history.c). */
@@ -599,9 +674,6 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 			}
 			dlq_execute_kept(last_replay_plan, &value, NULL, false, 0, SPI_OK_UPDATE);
 		}
-		handed += rq->handed.count;
-		reapplied += rq->reapplied.count;
-		failed += rq->failed.count + rq->refused.count;
 	}
 
 	initStringInfo(&buf);
@@ -610,11 +682,12 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 					 ", \"replayed\": " INT64_FORMAT ", \"notified\": " INT64_FORMAT
 					 ", \"notifications\": " INT64_FORMAT ", \"failed\": " INT64_FORMAT
 					 ", \"skipped\": " INT64_FORMAT ", \"not_found\": " INT64_FORMAT
-					 ", \"failures\": [%s]}",
+					 ", \"failures\": [%s]%s}",
 					 st->request_id_str, st->requested, handed + reapplied, handed,
 					 notifications, failed,
 					 st->found - handed - reapplied - failed,
-					 st->requested - st->found, st->failures.data);
+					 st->requested - st->found, st->failures.data,
+					 st->dry_run ? ", \"dry_run\": true" : "");
 	old = MemoryContextSwitchTo(result_cxt);
 	summary = dlq_jsonb(buf.data);
 	MemoryContextSwitchTo(old);
@@ -635,7 +708,10 @@ replay_begin(ReplayState *st, DlqOwnerContext *owner, bool force)
 PG_FUNCTION_INFO_V1(dlq_reprocess);
 
 /*
- * dlq_reprocess(message_ids bigint[], force boolean) returns jsonb
+ * dlq_reprocess(message_ids bigint[], force boolean, reason text,
+ *				 ticket text) returns jsonb
+ *
+ * A 1.0 schema calls it with the first two arguments only.
  */
 Datum
 dlq_reprocess(PG_FUNCTION_ARGS)
@@ -643,6 +719,7 @@ dlq_reprocess(PG_FUNCTION_ARGS)
 	int			nids;
 	int64	   *ids;
 	bool		force;
+	Jsonb	   *detail;
 	DlqOwnerContext owner;
 	ReplayState st;
 	MemoryContext caller_cxt = CurrentMemoryContext;
@@ -651,8 +728,10 @@ dlq_reprocess(PG_FUNCTION_ARGS)
 	ids = dlq_check_id_array(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0), &nids);
 	dlq_check_not_null(fcinfo, 1, "force");
 	force = PG_GETARG_BOOL(1);
+	detail = dlq_reason_detail(dlq_arg_reason(fcinfo, 2), dlq_arg_ticket(fcinfo, 3), NULL);
 
 	replay_begin(&st, &owner, force);
+	st.detail = detail;
 	st.requested = nids;
 	for (int off = 0; off < nids; off += DLQ_BATCH_IDS)
 		replay_batch(&st, ids + off, Min(DLQ_BATCH_IDS, nids - off));
@@ -664,48 +743,61 @@ dlq_reprocess(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The candidates of dlq_reprocess_all with a filter: $1 queue, $2 status,
+ * $3 cursor, $4 limit, $5 this call's request id, $6.. the filter.
+ */
+static SPIPlanPtr
+replay_candidates_plan(const DlqFilter *filter)
+{
+	int			flags = dlq_filter_flags(filter);
+
+	if (candidates_plans[flags] == NULL)
+	{
+		Oid			types[5 + DLQ_FILTER_NARGS] = {TEXTOID, TEXTOID, INT8OID, INT4OID, UUIDOID};
+		StringInfoData sql;
+
+		dlq_filter_types(types + 5);
+		initStringInfo(&sql);
+		appendStringInfoString(&sql,
+							   "SELECT m.message_id FROM dlq.messages m"
+							   " WHERE m.queue = $1 AND m.status = $2::dlq.status"
+							   " AND m.message_id > $3"
+							   " AND m.replay_request_id IS DISTINCT FROM $5");
+		dlq_filter_sql(&sql, flags, "m", 6);
+		appendStringInfoString(&sql, " ORDER BY m.message_id LIMIT $4");
+		candidates_plans[flags] = dlq_prepare_kept(sql.data, 5 + DLQ_FILTER_NARGS, types);
+	}
+	return candidates_plans[flags];
+}
+
+/*
  * One pass of dlq_reprocess_all: replay the queue's messages in one status
- * (of one component, or all) in keyset batches, oldest first, until
- * max_messages were requested in the whole call.  A message this call
- * already replayed (now back in review) is not taken again.
+ * that pass the filter in keyset batches, oldest first, until max_messages
+ * were requested in the whole call.  A message this call already replayed
+ * (now back in review) is not taken again.
  */
 static void
-replay_all_pass(ReplayState *st, const char *queue, const char *component,
+replay_all_pass(ReplayState *st, const char *queue, const DlqFilter *filter,
 				const char *status, int64 max_messages)
 {
 	int64	   *ids = palloc(sizeof(int64) * DLQ_BATCH_IDS);
 	int64		cursor = 0;
+	SPIPlanPtr	plan = replay_candidates_plan(filter);
 
-	if (candidates_plan == NULL)
-	{
-		Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID, UUIDOID};
-
-		candidates_plan = dlq_prepare_kept(
-										   "SELECT message_id FROM dlq.messages"
-										   " WHERE queue = $1 AND status = $2::dlq.status"
-										   " AND ($3::text IS NULL OR component = $3)"
-										   " AND message_id > $4"
-										   " AND replay_request_id IS DISTINCT FROM $6"
-										   " ORDER BY message_id LIMIT $5",
-										   6, types);
-	}
 	while (st->requested < max_messages)
 	{
-		Datum		values[6];
-		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+		Datum		values[5 + DLQ_FILTER_NARGS];
+		char		nulls[5 + DLQ_FILTER_NARGS] = {' ', ' ', ' ', ' ', ' '};
 		int			limit = (int) Min((int64) DLQ_BATCH_IDS, max_messages - st->requested);
 		int			n;
 
 		values[0] = CStringGetTextDatum(queue);
 		values[1] = CStringGetTextDatum(status);
-		if (component)
-			values[2] = CStringGetTextDatum(component);
-		else
-			nulls[2] = 'n';
-		values[3] = Int64GetDatum(cursor);
-		values[4] = Int32GetDatum(limit);
-		values[5] = st->request_id;
-		dlq_execute_kept(candidates_plan, values, nulls, false, 0, SPI_OK_SELECT);
+		values[2] = Int64GetDatum(cursor);
+		values[3] = Int32GetDatum(limit);
+		values[4] = st->request_id;
+		dlq_filter_values(filter, values + 5, nulls + 5);
+		dlq_execute_kept(plan, values, nulls, false, 0, SPI_OK_SELECT);
 		n = (int) SPI_processed;
 		for (int i = 0; i < n; i++)
 		{
@@ -728,18 +820,24 @@ replay_all_pass(ReplayState *st, const char *queue, const char *component,
 PG_FUNCTION_INFO_V1(dlq_reprocess_all);
 
 /*
- * dlq_reprocess_all(queue, component, max_messages, force) returns jsonb
+ * dlq_reprocess_all(queue, component, max_messages, force, sqlstate,
+ *					 error_class, since, until, dry_run, reason, ticket)
+ *					 returns jsonb
  *
- * Every pending message of the queue (then, with force, every review one),
- * optionally of one component, at most max_messages of them, oldest first.
+ * Every pending message of the queue (then, with force, every review one)
+ * that passes the filters, at most max_messages of them, oldest first.  A
+ * 1.0 schema calls it with the first four arguments only.
  */
 Datum
 dlq_reprocess_all(PG_FUNCTION_ARGS)
 {
+	static const DlqFilterArgs filter_args = {1, 4, 5, 6, 7};
 	char	   *queue;
-	char	   *component;
+	DlqFilter	filter;
 	int64		max_messages = PG_INT64_MAX;
 	bool		force;
+	bool		dry_run;
+	Jsonb	   *detail;
 	DlqOwnerContext owner;
 	ReplayState st;
 	MemoryContext caller_cxt = CurrentMemoryContext;
@@ -747,7 +845,7 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 	ReplayQueue *rq;
 
 	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
-	component = dlq_check_name("component", PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1), true);
+	dlq_filter_parse(fcinfo, &filter_args, &filter);
 	if (!PG_ARGISNULL(2))
 	{
 		max_messages = PG_GETARG_INT32(2);
@@ -759,8 +857,12 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 	}
 	dlq_check_not_null(fcinfo, 3, "force");
 	force = PG_GETARG_BOOL(3);
+	dry_run = dlq_arg_dry_run(fcinfo, 8);
+	detail = dlq_reason_detail(dlq_arg_reason(fcinfo, 9), dlq_arg_ticket(fcinfo, 10), NULL);
 
 	replay_begin(&st, &owner, force);
+	st.dry_run = dry_run;
+	st.detail = detail;
 
 	/* The queue must exist and not be paused even when it is empty. */
 	dlq_check_queue_exists(queue);
@@ -768,7 +870,7 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 	replay_check_queue(&st, rq, false, false);
 
 	for (int pass = 0; pass < (force ? 2 : 1); pass++)
-		replay_all_pass(&st, queue, component, pass == 0 ? "pending" : "review",
+		replay_all_pass(&st, queue, &filter, pass == 0 ? "pending" : "review",
 						max_messages);
 
 	summary = replay_finish(&st, caller_cxt);

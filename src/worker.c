@@ -470,6 +470,8 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		"SELECT e.extowner, n.nspname,"
 		"       pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname)"
 		"                                  || '.dlq_reprocess(bigint[],boolean)') IS NOT NULL"
+		"       OR pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname)"
+		"                                  || '.dlq_reprocess(bigint[],boolean,text,text)') IS NOT NULL"
 		"  FROM pg_catalog.pg_extension e"
 		"  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
 		" WHERE e.extname = 'dlq'",
