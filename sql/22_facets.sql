@@ -91,7 +91,7 @@ BEGIN
     FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || stmt LOOP
         IF line ~ '(Scan|Seq Scan) ' THEN
             found := found || regexp_replace(substring(line from '((Index Only Scan|Index Scan Backward|Index Scan|Seq Scan)( using [a-z_0-9]+)? on [a-z_0-9]+)'),
-                                             'messages_closed_[0-9]+', 'messages_closed_N', 'g');
+                                             'messages_(closed|archive)_[0-9]+', 'messages_\1_N', 'g');
         END IF;
     END LOOP;
     RETURN array_to_string(ARRAY(SELECT DISTINCT unnest(found) ORDER BY 1), E'\n');
