@@ -181,6 +181,15 @@ SELECT dlq_test.err($$SELECT dlq_configure('rc_v', max_messages => 1)$$);
 RESET ROLE;
 SELECT retry_on, max_messages FROM dlq.queues WHERE queue = 'rc_v';
 
+-- A nack and a failed re-apply classify by the queue's lists too, not only dlq_store.
+SELECT (dlq_configure('rc_nack', require_listener => false, transient_sqlstates => '{23503}')).queue;
+SELECT dlq_store('rc_nack', '{}', 'first', sqlstate => '22001') IS NOT NULL AS stored;
+SELECT (dlq_reprocess_all('rc_nack'))->>'notified' AS handed;
+SELECT count(*) FROM dlq_claim('rc_nack', 10);
+SELECT dlq_nack(m.message_id, 'foreign key again', '23503')
+  FROM dlq.messages m WHERE m.queue = 'rc_nack';
+SELECT sqlstate, error_class FROM dlq.messages WHERE queue = 'rc_nack';
+
 DROP FUNCTION rc_state(text);
 DROP FUNCTION rc_due();
 DELETE FROM dlq.messages WHERE queue LIKE 'rc\_%';

@@ -541,11 +541,13 @@ consumer_nack_prepare(void)
 									  "  m.attempts"
 									  " FROM dlq.messages m WHERE m.message_id = $1 FOR UPDATE OF m",
 									  1, ltypes);
-	nack_plan = dlq_prepare_kept(
+	/* error_class by the queue's own classes where the schema has them (1.1) */
+	nack_plan = dlq_prepare_kept(dlq_schema_sql(
 								 "UPDATE dlq.messages m SET"
 								 "  status = CASE WHEN m.attempts >= m.max_attempts"
 								 "   THEN 'review' ELSE 'pending' END::dlq.status,"
-								 "  error = $2, sqlstate = $3, error_class = $4,"
+								 "  error = $2, sqlstate = $3, error_class = coalesce("
+								 "[[dlq.sqlstate_class($3::text, q.transient_sqlstates, q.permanent_sqlstates), ]]$4),"
 								 "  error_detail = NULL, last_failed_at = now(),"
 								 "  claimed_by = NULL, claim_expires_at = NULL,"
 								 "  next_retry_at = CASE WHEN m.attempts >= m.max_attempts THEN NULL"
@@ -553,7 +555,7 @@ consumer_nack_prepare(void)
 								 "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q, m.attempts + 1)"
 								 "   END"
 								 " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
-								 " RETURNING m.status::text",
+								 " RETURNING m.status::text"),
 								 6, types);
 	nack_fold_plan = dlq_prepare_kept(dlq_schema_sql(
 									  "WITH r AS (UPDATE dlq.messages SET status = 'resolved',"

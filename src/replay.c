@@ -296,12 +296,14 @@ replay_prepare(void)
 								" ORDER BY m.message_id",
 								3, types);
 	/* $8: straight to review, whatever attempts are left */
-	reapply_failed_plan = dlq_prepare_kept(
+	reapply_failed_plan = dlq_prepare_kept(dlq_schema_sql(
 										   "UPDATE dlq.messages m SET"
 										   "  attempts = CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END,"
 										   "  status = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
 										   "   >= m.max_attempts THEN 'review' ELSE 'pending' END::dlq.status,"
-										   "  error = $2, sqlstate = $3, error_class = $4, error_detail = $5,"
+										   "  error = $2, sqlstate = $3, error_class = coalesce("
+										   "[[dlq.sqlstate_class($3::text, q.transient_sqlstates, q.permanent_sqlstates), ]]$4),"
+										   "  error_detail = $5,"
 										   "  last_failed_at = now(), replay_request_id = $6,"
 										   "  claimed_by = NULL, claim_expires_at = NULL,"
 										   "  next_retry_at = CASE WHEN $8 OR (CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END)"
@@ -309,7 +311,7 @@ replay_prepare(void)
 										   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
 										   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
 										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
-										   " RETURNING m.attempts",
+										   " RETURNING m.attempts"),
 										   8, failed_types);
 	reapplied_plan = dlq_prepare_kept(dlq_schema_sql(
 									  "UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),"
