@@ -194,6 +194,13 @@ SELECT r - 'request_id' - 'failures' AS replay_home FROM dlq_reprocess_all('move
 SELECT * FROM move_t1;
 SELECT count(*) AS rows_in_move_t2 FROM move_t2;
 
+-- The target's own transient/permanent lists classify a moved message.
+SELECT (dlq_configure('move_cls_b', transient_sqlstates => '{23503}')).queue;
+SELECT dlq_store('move_cls_a', '{"fk": 1}', 'fk', sqlstate => '23503') AS cls_id \gset
+SELECT error_class FROM dlq.messages WHERE message_id = :cls_id;
+SELECT r->>'moved' AS moved FROM dlq_move(ARRAY[:cls_id], 'move_cls_b') r;
+SELECT queue, error_class FROM dlq.messages WHERE message_id = :cls_id;
+
 SELECT dlq_detach('move_t1'), dlq_detach('move_t2');
 DROP TABLE move_t1, move_t2, move_t3;
 DROP ROLE move_op;

@@ -12,9 +12,10 @@
  *
  *	  - kept: payload, error and its context, component, dedup_key,
  *		occurrences, attempts, stored_at, source_relation and operation;
- *	  - from the target: max_attempts, and expires_at (now plus its
- *		retention); status pending, or review when attempts already reach
- *		the target's max_attempts;
+ *	  - from the target: max_attempts, expires_at (now plus its
+ *		retention), error_class (its SQLSTATE classified by the target's
+ *		transient/permanent lists); status pending, or review when attempts
+ *		already reach the target's max_attempts;
  *	  - cleared: next_retry_at (a moved message waits for a reprocess, not
  *		for the target's auto_retry), replay_request_id and any claim.
  *
@@ -119,6 +120,8 @@ move_prepare(void)
 	move_plan = dlq_prepare_kept(psprintf(MOVE_CLASSIFY
 										  ", u AS (UPDATE dlq.messages m SET queue = $2,"
 										  "  max_attempts = q.max_attempts,"
+										  "  error_class = dlq.sqlstate_class(m.sqlstate::text,"
+										  "   q.transient_sqlstates, q.permanent_sqlstates),"
 										  "  status = CASE WHEN m.attempts >= q.max_attempts"
 										  "   THEN 'review' ELSE 'pending' END::dlq.status,"
 										  "  expires_at = now() + q.retention, next_retry_at = NULL,"
