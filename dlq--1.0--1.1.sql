@@ -1668,7 +1668,7 @@ BEGIN
     END IF;
     picked := ARRAY(
         SELECT s.message_id FROM dlq.messages s
-         WHERE s.status = 'replaying'
+         WHERE s.status = 'replaying' AND s.slot = 0  -- open messages are all in slot 0
            AND (only_queue IS NULL OR s.queue = only_queue)
            AND (s.claim_expires_at <= now() - timeout
                 OR (with_unclaimed AND s.claim_expires_at IS NULL
@@ -1691,13 +1691,13 @@ BEGIN
      * round.
      */
     FOR r IN SELECT m.message_id, m.queue, m.dedup_key, m.occurrences FROM dlq.messages m
-              WHERE m.message_id = ANY (picked) AND m.dedup_key IS NOT NULL ORDER BY m.message_id LOOP
+              WHERE m.message_id = ANY (picked) AND m.slot = 0 AND m.dedup_key IS NOT NULL ORDER BY m.message_id LOOP
         BEGIN
             tries := 0;
             LOOP
                 SELECT o.message_id INTO into_id FROM dlq.messages o
                  WHERE o.queue = r.queue AND o.dedup_key = r.dedup_key
-                   AND o.status IN ('pending', 'review') AND o.message_id <> r.message_id
+                   AND o.status IN ('pending', 'review') AND o.slot = 0 AND o.message_id <> r.message_id
                    FOR UPDATE;
                 EXIT WHEN into_id IS NOT NULL;
                 /* the first of its key reopens now, so that later ones fold into it */
