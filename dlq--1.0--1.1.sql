@@ -841,7 +841,7 @@ BEGIN
     END IF;
     picked := ARRAY(
         SELECT s.message_id FROM dlq.messages s
-         WHERE s.status = 'replaying'
+         WHERE s.status = 'replaying' AND s.slot = 0  -- open messages are all in slot 0
            AND (only_queue IS NULL OR s.queue = only_queue)
            AND (s.claim_expires_at <= now() - timeout
                 OR (with_unclaimed AND s.claim_expires_at IS NULL
@@ -864,13 +864,13 @@ BEGIN
      * round.
      */
     FOR r IN SELECT m.message_id, m.queue, m.dedup_key, m.occurrences FROM dlq.messages m
-              WHERE m.message_id = ANY (picked) AND m.dedup_key IS NOT NULL ORDER BY m.message_id LOOP
+              WHERE m.message_id = ANY (picked) AND m.slot = 0 AND m.dedup_key IS NOT NULL ORDER BY m.message_id LOOP
         BEGIN
             tries := 0;
             LOOP
                 SELECT o.message_id INTO into_id FROM dlq.messages o
                  WHERE o.queue = r.queue AND o.dedup_key = r.dedup_key
-                   AND o.status IN ('pending', 'review') AND o.message_id <> r.message_id
+                   AND o.status IN ('pending', 'review') AND o.slot = 0 AND o.message_id <> r.message_id
                    FOR UPDATE;
                 EXIT WHEN into_id IS NOT NULL;
                 /* the first of its key reopens now, so that later ones fold into it */
@@ -936,24 +936,32 @@ BEGIN
           FROM dlq.queues q
          WHERE m.message_id = ANY (picked)
            AND q.queue = m.queue
-        RETURNING m.queue, m.message_id, m.status
+        RETURNING m.queue, m.message_id, m.status, m.attempts
+    ), chunked AS (
+        /* at most 100 messages per event, so that each names its ids (src/history.h) */
+        SELECT back.*, (row_number() OVER (PARTITION BY back.queue ORDER BY back.message_id) - 1) / 100 AS chunk
+          FROM back
     ), audit AS (
         INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
-        SELECT actor, 'timed_out', back.queue, count(*),
-               CASE WHEN count(*) <= 100 THEN array_agg(message_id ORDER BY message_id) END,
-               jsonb_build_object('pending', count(*) FILTER (WHERE status = 'pending'),
-                                  'review', count(*) FILTER (WHERE status = 'review'),
-                                  'timeout', timeout::text)
-          FROM back GROUP BY back.queue
+        SELECT actor, 'timed_out', c.queue, count(*),
+               array_agg(c.message_id ORDER BY c.message_id),
+               jsonb_build_object('pending', count(*) FILTER (WHERE c.status = 'pending'),
+                                  'review', count(*) FILTER (WHERE c.status = 'review'),
+                                  'timeout', timeout::text,
+                                  'attempts', jsonb_agg(jsonb_build_object(
+                                      'message_id', c.message_id, 'attempt', c.attempts,
+                                      'sqlstate', NULL,
+                                      'error', format('replay timed out: not acknowledged within %s s',
+                                                      floor(extract(epoch FROM timeout))::bigint))
+                                      ORDER BY c.message_id))
+          FROM chunked c GROUP BY c.queue, c.chunk
     )
     SELECT count(*) INTO returned FROM back;
     RETURN returned + folded;
 END
 $$;
 COMMENT ON FUNCTION dlq.worker_recover(integer, interval, text, boolean, text) IS
-    'worker step: return at most batch_size replaying messages abandoned for longer than timeout to pending (or review), of one queue or (NULL) all';
-
-
+    'worker step: return at most batch_size replaying messages abandoned for longer than timeout to pending (or review), of one queue or (NULL) all; each returned message''s attempt is kept on its timed_out event';
 
 /* ---- Trust: consumers and the store/nack race (consumer.c, store.c) ---- */
 
@@ -1638,155 +1646,6 @@ COMMENT ON FUNCTION @extschema@.dlq_history(bigint) IS
     'audit events of one message (those naming it, and those of its last replay request); for a failed replay attempt also its number, SQLSTATE and error';
 REVOKE ALL ON FUNCTION @extschema@.dlq_history(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.dlq_history(bigint) TO dlq_reader;
-
-/*
- * The worker's recovery of timed-out replays records each returned
- * message's attempt (sqlstate NULL, error "replay timed out: ..."),
- * one timed_out event per queue and 100 messages.  Body as in the section
- * "Trust: replays run as a role that could write" otherwise.
- */
-CREATE OR REPLACE FUNCTION dlq.worker_recover(batch_size integer, timeout interval,
-                                   actor text DEFAULT current_user,
-                                   with_unclaimed boolean DEFAULT true,
-                                   queue text DEFAULT NULL)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    only_queue text := queue;
-    picked bigint[];
-    r record;
-    into_id bigint;
-    folded bigint := 0;
-    returned bigint;
-    tries integer;
-    conflict text;
-BEGIN
-    IF batch_size IS NULL OR timeout IS NULL OR with_unclaimed IS NULL THEN
-        RETURN NULL;
-    END IF;
-    picked := ARRAY(
-        SELECT s.message_id FROM dlq.messages s
-         WHERE s.status = 'replaying' AND s.slot = 0  -- open messages are all in slot 0
-           AND (only_queue IS NULL OR s.queue = only_queue)
-           AND (s.claim_expires_at <= now() - timeout
-                OR (with_unclaimed AND s.claim_expires_at IS NULL
-                    AND EXISTS (SELECT 1 FROM dlq.events e
-                                 WHERE e.request_id = s.replay_request_id
-                                   AND e.at <= now() - timeout)))
-         ORDER BY s.message_id
-         LIMIT batch_size
-           FOR UPDATE SKIP LOCKED);
-
-    /*
-     * A message with a dedup_key whose key is meanwhile held by another open
-     * (pending or review) message cannot go back to pending: it is folded
-     * into that one, as dlq_nack does, and resolved with a "merged" event.
-     * Going one by one also folds two returning messages with the same key.
-     * A message that took the key after the check is found by looking again
-     * once reopening this one fails on messages_dedup (issue 11, finding 7).
-     * A key held by a transaction that stays open (a writer's uncommitted
-     * dlq_store) past lock_timeout only puts this message off to the next
-     * round.
-     */
-    FOR r IN SELECT m.message_id, m.queue, m.dedup_key, m.occurrences FROM dlq.messages m
-              WHERE m.message_id = ANY (picked) AND m.slot = 0 AND m.dedup_key IS NOT NULL ORDER BY m.message_id LOOP
-        BEGIN
-            tries := 0;
-            LOOP
-                SELECT o.message_id INTO into_id FROM dlq.messages o
-                 WHERE o.queue = r.queue AND o.dedup_key = r.dedup_key
-                   AND o.status IN ('pending', 'review') AND o.slot = 0 AND o.message_id <> r.message_id
-                   FOR UPDATE;
-                EXIT WHEN into_id IS NOT NULL;
-                /* the first of its key reopens now, so that later ones fold into it */
-                BEGIN
-                    UPDATE dlq.messages
-                       SET status = CASE WHEN attempts >= max_attempts THEN 'review' ELSE 'pending' END::dlq.status,
-                           claimed_by = NULL, claim_expires_at = NULL
-                     WHERE message_id = r.message_id;
-                    EXIT;
-                EXCEPTION WHEN unique_violation THEN
-                    /*
-                     * A dlq_store, dlq_nack or another recovery made a
-                     * message with the key open after the SELECT above
-                     * looked: undone, look again and fold into that one.
-                     */
-                    GET STACKED DIAGNOSTICS conflict = CONSTRAINT_NAME;
-                    tries := tries + 1;
-                    IF conflict IS DISTINCT FROM 'messages_live_dedup' THEN
-                        RAISE;
-                    END IF;
-                    IF tries >= 100 OR current_setting('transaction_isolation') <> 'read committed' THEN
-                        RAISE EXCEPTION 'could not serialize access due to a concurrent store of the same dedup_key'
-                            USING ERRCODE = 'serialization_failure',
-                                  DETAIL = format('Message %s could not go back to pending: another open message of queue "%s" took its dedup_key.',
-                                                  r.message_id, r.queue),
-                                  HINT = 'Retry the transaction.';
-                    END IF;
-                END;
-            END LOOP;
-            IF into_id IS NOT NULL THEN
-                UPDATE dlq.messages SET occurrences = occurrences + r.occurrences, last_failed_at = now()
-                 WHERE message_id = into_id;
-                UPDATE dlq.messages SET status = 'resolved', resolved_at = now(),
-                       claimed_by = NULL, claim_expires_at = NULL,
-                       slot = (SELECT c.slot FROM dlq.slots c WHERE c.state = 'current')
-                 WHERE message_id = r.message_id;
-                INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
-                VALUES (actor, 'merged', r.queue, 1, ARRAY[r.message_id],
-                        jsonb_build_object('into', into_id, 'reason', 'replay timed out'));
-                picked := array_remove(picked, r.message_id);
-                folded := folded + 1;
-            END IF;
-        EXCEPTION WHEN lock_not_available THEN
-            /*
-             * Another transaction holds the key (an open message being
-             * changed, or a dlq_store of it not committed yet) for longer
-             * than the worker's lock_timeout: this message stays replaying
-             * until the next round instead of failing the recovery of every
-             * other one.
-             */
-            picked := array_remove(picked, r.message_id);
-        END;
-    END LOOP;
-
-    WITH back AS (
-        UPDATE dlq.messages m
-           SET status = CASE WHEN m.attempts >= m.max_attempts
-                             THEN 'review' ELSE 'pending' END::dlq.status,
-               claimed_by = NULL,
-               claim_expires_at = NULL,
-               next_retry_at = CASE WHEN q.auto_retry AND m.attempts < m.max_attempts
-                                    THEN now() + dlq.retry_delay(q, m.attempts + 1) END
-          FROM dlq.queues q
-         WHERE m.message_id = ANY (picked)
-           AND q.queue = m.queue
-        RETURNING m.queue, m.message_id, m.status, m.attempts
-    ), chunked AS (
-        /* at most 100 messages per event, so that each names its ids (src/history.h) */
-        SELECT back.*, (row_number() OVER (PARTITION BY back.queue ORDER BY back.message_id) - 1) / 100 AS chunk
-          FROM back
-    ), audit AS (
-        INSERT INTO dlq.events (actor, kind, queue, message_count, message_ids, detail)
-        SELECT actor, 'timed_out', c.queue, count(*),
-               array_agg(c.message_id ORDER BY c.message_id),
-               jsonb_build_object('pending', count(*) FILTER (WHERE c.status = 'pending'),
-                                  'review', count(*) FILTER (WHERE c.status = 'review'),
-                                  'timeout', timeout::text,
-                                  'attempts', jsonb_agg(jsonb_build_object(
-                                      'message_id', c.message_id, 'attempt', c.attempts,
-                                      'sqlstate', NULL,
-                                      'error', format('replay timed out: not acknowledged within %s s',
-                                                      floor(extract(epoch FROM timeout))::bigint))
-                                      ORDER BY c.message_id))
-          FROM chunked c GROUP BY c.queue, c.chunk
-    )
-    SELECT count(*) INTO returned FROM back;
-    RETURN returned + folded;
-END
-$$;
 
 /* ---- Operator workflow: totals, alerts, metrics (counts.c, status.c) ---- */
 
