@@ -276,24 +276,7 @@ CREATE TRIGGER messages_count_delete AFTER DELETE ON dlq.messages
 CREATE TRIGGER messages_count_truncate AFTER TRUNCATE ON dlq.messages
     FOR EACH STATEMENT EXECUTE FUNCTION dlq.count_messages();
 
-/* Messages in a slot of the ring are counted in that slot's shards (src/counts.c). */
-CREATE OR REPLACE FUNCTION dlq.recount() RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    total bigint;
-BEGIN
-    LOCK TABLE dlq.messages IN SHARE MODE;
-    DELETE FROM dlq.counts;
-    INSERT INTO dlq.counts (queue, status, shard, n, last_failed_at)
-        SELECT m.queue, m.status, CASE WHEN m.slot > 0 THEN -(m.slot * 64 + 1) ELSE 0 END,
-               count(*), max(m.last_failed_at)
-          FROM dlq.messages m GROUP BY 1, 2, 3;
-    SELECT coalesce(sum(c.n), 0) INTO total FROM dlq.counts c;
-    RETURN total;
-END
-$$;
+/* dlq.recount() counts slot shards too: redefined with the totals, in the section of those. */
 
 /* The API's row type keeps 1.0's columns. */
 CREATE OR REPLACE VIEW dlq.message AS
@@ -1685,7 +1668,10 @@ COMMENT ON COLUMN dlq.counts.discarded_total IS
 COMMENT ON COLUMN dlq.counts.expired_total IS
     'open messages expired (past expires_at, or beyond max_messages)';
 
-/* Rebuild the counts from the messages; the totals cannot be rebuilt and stay. */
+/*
+ * Rebuild the counts from the messages, messages in a slot of a ring in
+ * that slot's shards (src/counts.c); the totals cannot be rebuilt and stay.
+ */
 CREATE OR REPLACE FUNCTION dlq.recount() RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
