@@ -69,6 +69,9 @@ SELECT count(*) AS rows_loaded FROM orders;
 SELECT message_id, sqlstate, error, error_detail->>'detail' AS detail
   FROM dlq_list('orders') ORDER BY message_id;
 
+\echo '   Triage: where the failures are, by SQLSTATE (dlq_facets):'
+SELECT value AS sqlstate, count FROM dlq_facets('orders');
+
 \echo
 \echo '6. The missing customer arrives; replay the queue into the table with the operator''s privileges.'
 \echo '   The row whose cause is fixed lands; the others record their new error and attempt:'
@@ -76,6 +79,10 @@ INSERT INTO customers VALUES (3);
 SELECT jsonb_pretty(dlq_reprocess_all('orders') - 'request_id' - 'failures') AS summary;
 SELECT count(*) AS rows_in_orders FROM orders;
 SELECT message_id, status, attempts, sqlstate FROM dlq_list('orders', status => 'any') ORDER BY message_id;
+\echo '   Each failed attempt keeps its error (dlq_history of the first message still pending):'
+SELECT kind, attempt, sqlstate, left(error, 60) AS error
+  FROM dlq_history((SELECT min(message_id) FROM dlq_list('orders')))
+ WHERE attempt IS NOT NULL;
 
 \echo
 \echo '7. A consumer: dlq_listen registers it; dlq_reprocess_all sends ONE notification for the whole batch;'
