@@ -187,6 +187,7 @@ extern Oid	dlq_messages_relid(void);
 
 /* Argument validation (util.c); each raises a clear error or returns. */
 extern char *dlq_check_name(const char *what, text *value, bool allow_null);
+extern char *dlq_check_label(const char *what, text *value, bool allow_null, int max_bytes);
 extern char *dlq_check_channel(text *value);
 extern void dlq_check_size(const char *what, const struct varlena *value);
 extern void dlq_check_payload_size(const char *what, Size bytes);
@@ -209,6 +210,7 @@ extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
 #define DLQ_MOVED_RETRIES 10
 extern uint64 dlq_execute_kept_moved(SPIPlanPtr plan, Datum *values, const char *nulls,
 									 long tcount, int expected_ret);
+extern int	dlq_spi_ids(int64 *ids);
 extern uint64 dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
 							   bool read_only, long tcount, int expected_ret);
 extern uint64 dlq_execute_sql(const char *sql, int nargs, Oid *types, Datum *values,

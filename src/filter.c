@@ -185,6 +185,23 @@ dlq_arg_dry_run(FunctionCallInfo fcinfo, int argno)
 	return PG_GETARG_BOOL(argno);
 }
 
+/*
+ * max_messages of a bulk call: no limit when NULL, else at least 1 (22023,
+ * with the hint the caller gives).
+ */
+int64
+dlq_arg_max_messages(FunctionCallInfo fcinfo, int argno, const char *hint)
+{
+	if (PG_ARGISNULL(argno))
+		return PG_INT64_MAX;
+	if (PG_GETARG_INT32(argno) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_messages must be positive"),
+				 errhint("%s", hint)));
+	return PG_GETARG_INT32(argno);
+}
+
 /* reason: free text kept on the audit event, at most 54000 bytes. */
 char *
 dlq_arg_reason(FunctionCallInfo fcinfo, int argno)
@@ -204,41 +221,9 @@ dlq_arg_reason(FunctionCallInfo fcinfo, int argno)
 char *
 dlq_arg_ticket(FunctionCallInfo fcinfo, int argno)
 {
-	int			encoding = GetDatabaseEncoding();
-	bool		c1_bytes = (encoding >= PG_LATIN1 && encoding <= PG_LATIN10) ||
-		(encoding >= PG_ISO_8859_5 && encoding <= PG_ISO_8859_8);
-	text	   *value;
-	int			len;
-	char	   *s;
-
 	if (!filter_has_arg(fcinfo, argno))
 		return NULL;
-	value = PG_GETARG_TEXT_PP(argno);
-	len = VARSIZE_ANY_EXHDR(value);
-	if (len > DLQ_MAX_TICKET_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ticket is too long"),
-				 errdetail("It is %d bytes; the limit is %d bytes.",
-						   len, DLQ_MAX_TICKET_BYTES)));
-	s = text_to_cstring(value);
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ticket must not be empty")));
-	for (int i = 0; i < len; i++)
-	{
-		unsigned char c = (unsigned char) s[i];
-		unsigned char next = (unsigned char) s[i + 1];	/* '\0' at the end */
-
-		if (c < 0x20 || c == 0x7f || (c1_bytes && c >= 0x80 && c <= 0x9f) ||
-			(encoding == PG_UTF8 && c == 0xc2 && next >= 0x80 && next <= 0x9f))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("ticket must not contain control characters"),
-					 errdetail("Byte %d is 0x%02x.", i + 1, c)));
-	}
-	return s;
+	return dlq_check_label("ticket", PG_GETARG_TEXT_PP(argno), false, DLQ_MAX_TICKET_BYTES);
 }
 
 /*

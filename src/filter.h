@@ -63,6 +63,7 @@ extern void dlq_filter_json(StringInfo buf, const DlqFilter *filter);
 
 /* The other shared arguments; argno beyond PG_NARGS() counts as NULL. */
 extern bool dlq_arg_dry_run(FunctionCallInfo fcinfo, int argno);
+extern int64 dlq_arg_max_messages(FunctionCallInfo fcinfo, int argno, const char *hint);
 extern char *dlq_arg_reason(FunctionCallInfo fcinfo, int argno);
 extern char *dlq_arg_ticket(FunctionCallInfo fcinfo, int argno);
 extern Jsonb *dlq_reason_detail(const char *reason, const char *ticket, const char *more);

@@ -438,15 +438,7 @@ move_all_pass(MoveState *st, const char *queue, const DlqFilter *filter, const c
 		values[3] = Int32GetDatum(limit);
 		dlq_filter_values(filter, values + 4, nulls + 4);
 		dlq_execute_kept(plan, values, nulls, true, 0, SPI_OK_SELECT);
-		n = (int) SPI_processed;
-		for (int i = 0; i < n; i++)
-		{
-			bool		isnull;
-
-			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-												 SPI_tuptable->tupdesc, 1, &isnull));
-		}
-		SPI_freetuptable(SPI_tuptable);
+		n = dlq_spi_ids(ids);
 		if (n == 0)
 			break;
 		cursor = ids[n - 1];
@@ -474,7 +466,7 @@ dlq_move_all(PG_FUNCTION_ARGS)
 	char	   *queue;
 	char	   *target;
 	DlqFilter	filter;
-	int64		max_messages = PG_INT64_MAX;
+	int64		max_messages;
 	bool		dry_run;
 	DlqOwnerContext owner;
 	MoveState	st;
@@ -490,15 +482,7 @@ dlq_move_all(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cannot move messages of queue \"%s\" into itself", queue)));
 	dlq_filter_parse(fcinfo, &filter_args, &filter);
-	if (!PG_ARGISNULL(7))
-	{
-		max_messages = PG_GETARG_INT32(7);
-		if (max_messages < 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("max_messages must be positive"),
-					 errhint("Pass NULL to move every message.")));
-	}
+	max_messages = dlq_arg_max_messages(fcinfo, 7, "Pass NULL to move every message.");
 	dry_run = dlq_arg_dry_run(fcinfo, 8);
 	dlq_require_current_schema();
 	initStringInfo(&filters);

@@ -800,15 +800,7 @@ replay_all_pass(ReplayState *st, const char *queue, const DlqFilter *filter,
 		values[4] = st->request_id;
 		dlq_filter_values(filter, values + 5, nulls + 5);
 		dlq_execute_kept(plan, values, nulls, false, 0, SPI_OK_SELECT);
-		n = (int) SPI_processed;
-		for (int i = 0; i < n; i++)
-		{
-			bool		isnull;
-
-			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-												 SPI_tuptable->tupdesc, 1, &isnull));
-		}
-		SPI_freetuptable(SPI_tuptable);
+		n = dlq_spi_ids(ids);
 		if (n == 0)
 			break;
 		cursor = ids[n - 1];
@@ -836,7 +828,7 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 	static const DlqFilterArgs filter_args = {1, 4, 5, 6, 7};
 	char	   *queue;
 	DlqFilter	filter;
-	int64		max_messages = PG_INT64_MAX;
+	int64		max_messages;
 	bool		force;
 	bool		dry_run;
 	Jsonb	   *detail;
@@ -848,15 +840,7 @@ dlq_reprocess_all(PG_FUNCTION_ARGS)
 
 	queue = dlq_check_name("queue name", PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), false);
 	dlq_filter_parse(fcinfo, &filter_args, &filter);
-	if (!PG_ARGISNULL(2))
-	{
-		max_messages = PG_GETARG_INT32(2);
-		if (max_messages < 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("max_messages must be positive"),
-					 errhint("Pass NULL to replay every message.")));
-	}
+	max_messages = dlq_arg_max_messages(fcinfo, 2, "Pass NULL to replay every message.");
 	dlq_check_not_null(fcinfo, 3, "force");
 	force = PG_GETARG_BOOL(3);
 	dry_run = dlq_arg_dry_run(fcinfo, 8);

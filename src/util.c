@@ -213,6 +213,17 @@ dlq_check_not_null(FunctionCallInfo fcinfo, int argno, const char *what)
 char *
 dlq_check_name(const char *what, text *value, bool allow_null)
 {
+	return dlq_check_label(what, value, allow_null, DLQ_MAX_NAME_BYTES);
+}
+
+/*
+ * The rules of dlq_check_name with another length limit, for name-like
+ * values that may be longer (a ticket id).  The length is checked before
+ * the value is copied.
+ */
+char *
+dlq_check_label(const char *what, text *value, bool allow_null, int max_bytes)
+{
 	int			encoding = GetDatabaseEncoding();
 	bool		c1_bytes = (encoding >= PG_LATIN1 && encoding <= PG_LATIN10) ||
 		(encoding >= PG_ISO_8859_5 && encoding <= PG_ISO_8859_8);
@@ -228,18 +239,18 @@ dlq_check_name(const char *what, text *value, bool allow_null)
 				 errmsg("%s must not be null", what)));
 	}
 
-	s = text_to_cstring(value);
-	len = strlen(s);
+	len = VARSIZE_ANY_EXHDR(value);
 	if (len == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be empty", what)));
-	if (len > DLQ_MAX_NAME_BYTES)
+	if (len > max_bytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s is too long", what),
 				 errdetail("It is %d bytes; the limit is %d bytes.",
-						   len, DLQ_MAX_NAME_BYTES)));
+						   len, max_bytes)));
+	s = text_to_cstring(value);
 	for (int i = 0; i < len; i++)
 	{
 		unsigned char c = (unsigned char) s[i];
@@ -670,6 +681,27 @@ dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
 		elog(ERROR, "unexpected SPI result %s, expected %s",
 			 SPI_result_code_string(ret), SPI_result_code_string(expected_ret));
 	return SPI_processed;
+}
+
+/*
+ * Copy the first column (a bigint, never NULL) of the rows the last SPI
+ * statement returned into ids, which has room for them, free the result
+ * and return how many there were.
+ */
+int
+dlq_spi_ids(int64 *ids)
+{
+	int			n = (int) SPI_processed;
+
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return n;
 }
 
 /*
