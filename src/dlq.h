@@ -206,13 +206,22 @@ extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
 extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
 
 /* Run a kept plan; anything but expected_ret is an internal error (util.c). */
-/* Attempts of a statement whose message moved away under it (util.c). */
-#define DLQ_MOVED_RETRIES 10
-extern uint64 dlq_execute_kept_moved(SPIPlanPtr plan, Datum *values, const char *nulls,
-									 long tcount, int expected_ret);
-extern int	dlq_spi_ids(int64 *ids);
 extern uint64 dlq_execute_kept(SPIPlanPtr plan, Datum *values, const char *nulls,
 							   bool read_only, long tcount, int expected_ret);
+/* The bigint first column of the last SPI result, into ids (util.c). */
+extern int	dlq_spi_ids(int64 *ids);
+
+/*
+ * Run a kept plan again, under READ COMMITTED, when the message it waited
+ * for moved away under it (always) or, with DLQ_RETRY_DEDUP, when a
+ * concurrent store took a dedup_key it writes (util.c).
+ */
+#define DLQ_MOVED_RETRIES 10
+#define DLQ_RETRY_DEDUP		0x01
+extern uint64 dlq_execute_kept_retried(SPIPlanPtr plan, Datum *values, const char *nulls,
+									   long tcount, int expected_ret, int retry_flags);
+#define dlq_execute_kept_moved(plan, values, nulls, tcount, expected_ret) \
+	dlq_execute_kept_retried(plan, values, nulls, tcount, expected_ret, 0)
 extern uint64 dlq_execute_sql(const char *sql, int nargs, Oid *types, Datum *values,
 							  const char *nulls, bool read_only, long tcount,
 							  int expected_ret);

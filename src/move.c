@@ -43,14 +43,12 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/uuid.h"
 
 #include "dlq.h"
@@ -148,57 +146,6 @@ move_prepare(void)
 								  1, types);
 }
 
-/*
- * Run the move of a batch.  Its statement may wait for a message being
- * closed (dlq_execute_kept_moved), or for a dlq_store of a dedup_key it
- * is moving into the target: when that store commits first, the batch
- * fails on the unique index of open keys and runs again under READ
- * COMMITTED, now seeing the key held (a conflict).
- */
-static void
-move_execute(Datum *values)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-
-	for (volatile int attempt = 1;; attempt++)
-	{
-		volatile bool again = false;
-
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
-		{
-			dlq_execute_kept_moved(move_plan, values, NULL, 0, SPI_OK_SELECT);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION ||
-				edata->constraint_name == NULL ||
-				strcmp(edata->constraint_name, DLQ_DEDUP_INDEX) != 0 ||
-				IsolationUsesXactSnapshot() || attempt >= DLQ_MOVED_RETRIES)
-				ReThrowError(edata);
-			FreeErrorData(edata);
-			again = true;
-		}
-		PG_END_TRY();
-		if (!again)
-			return;
-		CHECK_FOR_INTERRUPTS();
-	}
-}
-
 static MoveQueue *
 move_queue(MoveState *st, const char *queue)
 {
@@ -242,7 +189,7 @@ move_batch(MoveState *st, const int64 *ids, int n, bool count_found)
 	if (st->dry_run)
 		dlq_execute_kept(move_dry_plan, values, NULL, true, 0, SPI_OK_SELECT);
 	else
-		move_execute(values);
+		dlq_execute_kept_retried(move_plan, values, NULL, 0, SPI_OK_SELECT, DLQ_RETRY_DEDUP);
 	tt = SPI_tuptable;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{

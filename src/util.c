@@ -704,9 +704,21 @@ dlq_spi_ids(int64 *ids)
 	return n;
 }
 
+/* Whether dlq_execute_kept_retried runs its statement again after edata. */
+static bool
+execute_retryable(ErrorData *edata, int retry_flags)
+{
+	if (edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE)
+		return true;
+	return (retry_flags & DLQ_RETRY_DEDUP) != 0 &&
+		edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION &&
+		edata->constraint_name != NULL &&
+		strcmp(edata->constraint_name, DLQ_DEDUP_INDEX) == 0;
+}
+
 /*
  * dlq_execute_kept for a statement that may wait for a message another
- * transaction is closing.  Closing moves a message into another partition
+ * transaction is closing (dlq_execute_kept_moved, dlq.h).  Closing moves a message into another partition
  * of dlq.messages (dlq--1.0--1.1.sql, "Storage"), and a statement that
  * waited for it then fails with a serialization failure even under READ
  * COMMITTED, where 1.0 found the message closed and went on.  Under READ
@@ -714,10 +726,15 @@ dlq_spi_ids(int64 *ids)
  * again with a new snapshot, which sees the message where it went: the
  * outcome of 1.0.  Under REPEATABLE READ or SERIALIZABLE the failure is the
  * caller's to retry, as a concurrent update always was.
+ *
+ * With DLQ_RETRY_DEDUP, a unique violation of the index of open dedup_keys
+ * is retried the same way: a statement that gives a message a dedup_key
+ * (dlq_move) and waited for a dlq_store of the same key, which committed,
+ * sees that message with a new snapshot and leaves its own where it is.
  */
 uint64
-dlq_execute_kept_moved(SPIPlanPtr plan, Datum *values, const char *nulls,
-					   long tcount, int expected_ret)
+dlq_execute_kept_retried(SPIPlanPtr plan, Datum *values, const char *nulls,
+						 long tcount, int expected_ret, int retry_flags)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -753,8 +770,7 @@ dlq_execute_kept_moved(SPIPlanPtr plan, Datum *values, const char *nulls,
 			RollbackAndReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(cxt);
 			CurrentResourceOwner = owner;
-			if (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE ||
-				attempt >= DLQ_MOVED_RETRIES)
+			if (!execute_retryable(edata, retry_flags) || attempt >= DLQ_MOVED_RETRIES)
 				ReThrowError(edata);
 			FreeErrorData(edata);
 			moved = true;
