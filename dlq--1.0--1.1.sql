@@ -1862,6 +1862,14 @@ $$;
 COMMENT ON FUNCTION dlq.worker_alert(text) IS
     'worker step: for every queue past its alert_threshold and out of its alert_cooldown, an alert event, a NOTIFY on dlq_alerts and a row (id, severity, message) for the server log';
 
+/* ---- Processing (issue 14): queue settings replay_handler, retry_stop_ratio (queue.c) ---- */
+
+/* ---- Processing: handler replays, failures caught per message in batched subtransactions (replay.c, handler.c) ---- */
+
+/* ---- Processing: reject limits and COPY line numbers (attach.c, capture.c) ---- */
+
+/* ---- Processing: redrive tasks and early stop (redrive.c, worker) ---- */
+
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */
 DO $grants$
 DECLARE
