@@ -279,8 +279,8 @@ handler_run() {
 
 # One unmeasured cycle per side first: a replay leaves its table with the
 # free space of the versions it replaced, as a queue in use has (measured:
-# the first replay into a freshly packed table is 2-4 times slower, on both
-# sides, than every later one).  Then the sides alternate.
+# the first replay of the baseline into a freshly packed table is 2-4 times
+# slower than every later one).  Then the sides alternate.
 kinds="function procedure"
 [ "$handler_ok" = 1 ] && kinds="$kinds subject"
 echo "(a) handler replay: $rows messages, $fails failing; one warm-up, then $rounds rounds per side, alternating ($kinds)"
