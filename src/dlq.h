@@ -136,6 +136,14 @@
  */
 #define ERRCODE_DLQ_NO_CONSUMER MAKE_SQLSTATE('D','L','Q','0','1')
 
+/*
+ * SQLSTATE of a statement that diverted more failed rows than the reject
+ * limits of its table allow (dlq_attach's max_errors, max_error_ratio;
+ * capture.c): like a COPY past its REJECT_LIMIT, but dlq's own, so that a
+ * loader tells "the input is garbage" from every other data error.
+ */
+#define ERRCODE_DLQ_REJECT_LIMIT MAKE_SQLSTATE('D','L','Q','0','2')
+
 /* The channel on which the worker NOTIFYs alerts; no queue may use it. */
 #define DLQ_ALERT_CHANNEL	"dlq_alerts"
 
