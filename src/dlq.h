@@ -38,9 +38,10 @@
  *	  move.c		dlq_move, dlq_move_all: open messages to another queue
  *	  consumer.c	dlq_listen, dlq_claim, dlq_ack, dlq_nack; the
  *					live-consumer registry (dlq_consumer_alive)
- *	  attach.c		dlq_attach, dlq_detach
+ *	  attach.c		dlq_attach (and its reject limits), dlq_detach
  *	  capture.c		dlq_capture, dlq_capture_isolate (trigger functions):
- *					diverting failed rows, buffered and stored in batches
+ *					diverting failed rows, buffered and stored in batches;
+ *					reject limits per statement, COPY line numbers
  *	  capture_predict.c	constraint and foreign key prediction for capture
  *	  reapply.c		re-applying a captured row to its table on replay
  *					(dlq_reapply_row, capture.h); capture_int.h is the
