@@ -339,8 +339,8 @@ static SPIPlanPtr
 capture_batch_plan_get(void)
 {
 	Oid			types[CAPTURE_BATCH_NARGS] = {TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, REGCLASSARRAYOID, TEXTARRAYOID,
-	JSONBARRAYOID};
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, REGCLASSARRAYOID,
+	TEXTARRAYOID, JSONBARRAYOID};
 	const char *sql =
 		"INSERT INTO dlq.messages"
 		" (queue, component, payload, error, sqlstate, error_class, error_detail,"
@@ -524,7 +524,6 @@ capture_register_callbacks(void)
  * one-row INSERT is diverted, not refused, unless the ratio is below 0.01).
  */
 #define CAPTURE_RATIO_MIN_ROWS 100
-
 
 static void
 capture_limits_push(Oid relid, int64 max_errors, double max_error_ratio)
