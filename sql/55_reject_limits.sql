@@ -170,6 +170,18 @@ INSERT INTO rl_i_intake VALUES ('3', '-1'), ('4', '4'), ('1', '1');
 SELECT rl.ok('rl_iq', 'rl_i', 3, 2);
 SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
  WHERE c.relname IN ('rl_i', 'rl_i_intake') ORDER BY 1, 2;
+-- the intake view's owner sets them, as for dlq_detach
+CREATE ROLE rl_owner IN ROLE dlq_writer;
+CREATE ROLE rl_viewer;
+GRANT CREATE ON SCHEMA public TO rl_owner;
+SET ROLE rl_owner;
+CREATE TABLE rl_j (id int PRIMARY KEY);
+SELECT dlq_attach('rl_j', 'rl_jq', 'isolate', max_errors => 1);
+RESET ROLE;
+ALTER VIEW rl_j_intake OWNER TO rl_viewer;
+SET ROLE rl_owner;
+SELECT dlq_test.err($$SELECT dlq_attach('rl_j', mode => 'isolate', max_errors => 5)$$);
+RESET ROLE;
 
 -- 8. Bad input, 22023; another queue or mode still needs dlq_detach (42710).
 SELECT dlq_test.err($$SELECT dlq_attach('rl_t', max_errors => -1)$$);
@@ -260,5 +272,7 @@ SELECT payload->>'id' AS id, sqlstate, metadata FROM dlq.messages WHERE queue = 
  ORDER BY message_id;
 
 RESET client_min_messages;
-DROP OWNED BY rl_hostile;
-DROP ROLE rl_hostile;
+DROP VIEW rl_j_intake;
+DROP TABLE rl_j;
+DROP OWNED BY rl_hostile, rl_owner, rl_viewer;
+DROP ROLE rl_hostile, rl_owner, rl_viewer;

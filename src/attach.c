@@ -438,7 +438,7 @@ attach_audit(const char *actor, const char *queue, const char *what, Oid relid,
  */
 static const char *
 attach_change_limits(Oid relid, const char *queue, const char *mode, Oid viewid,
-					 const char *schema, const AttachLimits *limits, const char *actor)
+					 const char *schema, const AttachLimits *limits, Oid caller)
 {
 	bool		isolate = strcmp(mode, "isolate") == 0;
 	char	   *attached_queue = NULL;
@@ -454,8 +454,16 @@ attach_change_limits(Oid relid, const char *queue, const char *mode, Oid viewid,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("table \"%s\" is already attached to the DLQ", get_rel_name(relid)),
 				 errhint("Call dlq_detach first to change its queue or mode.")));
+	/* The intake view's triggers change: its owner's call, as for detach. */
+	if (OidIsValid(viewid) && !dlq_rel_ownercheck(viewid, caller))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of view %s", get_rel_name(viewid)),
+				 errdetail("The reject limits of table \"%s\" are on its intake view, which role \"%s\" owns.",
+						   get_rel_name(relid), GetUserNameFromId(dlq_rel_owner(viewid), false))));
 	attach_set_limits(relid, viewid, attached_queue, schema, limits);
-	attach_audit(actor, attached_queue, "attached", relid, mode, limits);
+	attach_audit(GetUserNameFromId(caller, false), attached_queue, "attached", relid, mode,
+				 limits);
 	return attached_queue;
 }
 
@@ -620,7 +628,7 @@ dlq_attach(PG_FUNCTION_ARGS)
 						   attach_trigger_function(schema, "dlq_capture"), false) ||
 		OidIsValid(viewid))
 		queue = attach_change_limits(relid, queue, mode, viewid, schema, &limits,
-									 GetUserNameFromId(owner.caller, false));
+									 owner.caller);
 	else
 	{
 		if (queue == NULL)
