@@ -648,7 +648,7 @@ capture_limits_option(Trigger *tg, const char *arg, int64 *max_errors,
 	errno = 0;
 	if (keylen == strlen("max_errors") && strncmp(arg, "max_errors", keylen) == 0)
 	{
-		*max_errors = strtoi64(eq + 1, &end, 10);
+		*max_errors = (int64) strtoll(eq + 1, &end, 10);
 		ok = *max_errors >= 0;
 	}
 	else if (keylen == strlen("max_error_ratio") && strncmp(arg, "max_error_ratio", keylen) == 0)
