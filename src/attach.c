@@ -241,8 +241,8 @@ attach_check_queue(const char *queue, Oid relid, Oid caller)
 	Oid			creator;
 
 	values[0] = CStringGetTextDatum(queue);
-	if (dlq_execute_sql("SELECT replay_target, created_by FROM dlq.queues"
-						" WHERE queue = $1 FOR UPDATE",
+	if (dlq_execute_sql("SELECT replay_target, created_by, replay_handler IS NOT NULL"
+						" FROM dlq.queues WHERE queue = $1 FOR UPDATE",
 						1, types, values, NULL, false, 1, SPI_OK_SELECT) != 1)
 		elog(ERROR, "could not read queue \"%s\"", queue);
 	target = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
@@ -267,6 +267,13 @@ attach_check_queue(const char *queue, Oid relid, Oid caller)
 						   creator_name ? creator_name : "(dropped)"),
 				 errhint("Attach the table with a queue of its own.")));
 	}
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+								   &creator_null)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("queue \"%s\" replays through a handler", queue),
+				 errdetail("A queue replays into a table or through a replay handler, not both."),
+				 errhint("Attach the table with a queue of its own.")));
 	if (!target_null && target != relid)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
