@@ -212,6 +212,9 @@ extern char *dlq_default_channel(const char *queue);
 extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
 extern void dlq_check_bindable_function(Oid funcid, Oid roleid);
 
+/* The one table an isolate-mode intake view reads, or InvalidOid (util.c). */
+extern Oid	dlq_intake_view_target(Relation view);
+
 /* A plan prepared once and kept for the life of the backend (util.c). */
 extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);
 
