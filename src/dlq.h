@@ -16,7 +16,8 @@
  *	  util.c		helpers: argument validation, running as the extension
  *					owner and back as the caller, kept plans and checked SPI
  *					calls, id arrays, JSON strings, request ids, default
- *					channels, the audit trail (dlq.events) and tallies for it
+ *					channels, the audit trail (dlq.events) and tallies for
+ *					it, the table an isolate-mode intake view reads
  *	  version.c		the library against an older schema (version.h)
  *	  shmem.c		shared memory: the worker slots (shmem.h)
  *	  drop_guard.c	dlq.drop_guard() [dlq_drop_guard], the event trigger that

@@ -6,8 +6,9 @@
  *	  search_path and back as the caller, plans kept for the backend's life
  *	  and SPI calls whose result code is checked (dlq_execute_kept,
  *	  dlq_execute_sql), bigint[] id arrays, JSON string literals, request
- *	  ids, default channel names, and the audit trail (dlq_audit) with the
- *	  per-queue tallies that feed it.  Nothing here calls another module.
+ *	  ids, default channel names, the audit trail (dlq_audit) with the
+ *	  per-queue tallies that feed it, and the table an isolate-mode intake
+ *	  view reads.  Nothing here calls another module.
  *
  *-------------------------------------------------------------------------
  */
