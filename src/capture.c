@@ -950,8 +950,8 @@ capture_isolate_args(Trigger *trigger, const char **queue, const char **componen
 /*
  * The table rows inserted into view go to: the one its query reads, as in
  * the view dlq_attach made, and never a view, one of dlq's tables or a
- * catalog (captured rows record it as their source).  Locked until the end of the
- * transaction, so that it keeps its name until the INSERT has run.
+ * catalog (captured rows record it as their source).  Locked until the end
+ * of the transaction, so that it keeps its name until the INSERT has run.
  */
 static Oid
 capture_isolate_target(Trigger *trigger, Relation view)

@@ -106,6 +106,8 @@ $node->safe_psql('dst', q{
 });
 is($node->safe_psql('dst', q{SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM iso_t}),
     '1=1,2=7,3=3,4=7', 'captured rows replay into the restored table');
+is($node->safe_psql('dst', q{SELECT dlq_attach('iso_old', mode => 'isolate', max_errors => 3)}),
+    'iso_old_q', 'dlq_attach finds the restored intake view and sets its limits');
 $node->safe_psql('dst', q{SELECT dlq_detach('iso_t'); SELECT dlq_detach('iso_old')});
 is($node->safe_psql('dst', q{
     SELECT count(*) FROM pg_class WHERE relname IN ('iso_t_intake', 'iso_old_intake')}),
