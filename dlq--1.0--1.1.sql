@@ -1950,6 +1950,16 @@ GRANT EXECUTE ON FUNCTION @extschema@.dlq_attach(regclass, text, text, bigint, d
 COMMENT ON FUNCTION @extschema@.dlq_capture() IS
     'BEFORE INSERT OR UPDATE row trigger (queue [, component]): rows that would violate NOT NULL, CHECK, UNIQUE or FOREIGN KEY go to the DLQ and are skipped; as a BEFORE statement trigger (queue, ''max_errors=n'', ''max_error_ratio=r''), the statement''s reject limits; from COPY, metadata copy_line';
 
+/*
+ * Isolate mode's intake trigger inserts into the table its view reads (the
+ * view's query, which follows renames and pg_dump writes by name), no longer
+ * into the table whose OID its second argument holds: that OID named
+ * nothing, or another table, after pg_restore.  dlq_attach writes the
+ * table's name there now, for readers; triggers with an OID keep working.
+ */
+COMMENT ON FUNCTION @extschema@.dlq_capture_isolate() IS
+    'INSTEAD OF INSERT row trigger of an intake view (queue, table [, component]): inserts each row, in a subtransaction, into the table the view reads (the table argument is not read); failures go to the DLQ';
+
 /* ---- Processing: redrive tasks and early stop (redrive.c, worker) ---- */
 
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */
