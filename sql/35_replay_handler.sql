@@ -118,6 +118,10 @@ BEGIN
                                     WHERE m.payload->>'attack' = 'discard')]);
     WHEN 'commit' THEN
         COMMIT;
+    WHEN 'path' THEN
+        -- sees the caller's search_path; its own choice ends with the call
+        INSERT INTO public.hr_out VALUES ((p->>'n')::int, current_user, current_setting('search_path'));
+        PERFORM set_config('search_path', 'hr_evil, pg_catalog', false);
     ELSE
         INSERT INTO public.hr_out VALUES ((p->>'n')::int, current_user, 'fine');
     END CASE;
@@ -127,10 +131,14 @@ SELECT replay_handler FROM dlq_configure('hr_hq', replay_handler => 'hr_hostile(
 SELECT dlq_store('hr_hq', p, 'e') IS NOT NULL AS stored FROM unnest(ARRAY[
     '{"n": 1}', '{"n": 2, "attack": "update"}', '{"n": 3, "attack": "role"}',
     '{"n": 4, "attack": "replay"}', '{"n": 5, "attack": "discard"}',
-    '{"n": 6, "attack": "commit"}', '{"n": 7}']::jsonb[]) p;
+    '{"n": 6, "attack": "commit"}', '{"n": 7}', '{"n": 8, "attack": "path"}',
+    '{"n": 9}']::jsonb[]) p;
 DELETE FROM hr_out;
 SET ROLE hr_op;
+SET search_path = public, pg_catalog;
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_hq') r;
+SELECT current_setting('search_path') AS search_path_after;
+RESET search_path;
 RESET ROLE;
 SELECT payload->>'attack' AS attack, status, sqlstate,
        regexp_replace(error, 'message \d+', 'message N') AS error

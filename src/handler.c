@@ -36,6 +36,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -222,16 +223,21 @@ dlq_handler_open(DlqHandler *h, Oid fn, Oid caller, const char *queue,
 /*
  * Call the handler with one message (jsonb payload or dlq.message row);
  * its result is ignored, its error raised.  Inside a run, as the caller.
+ * A setting the handler changes (even with a plain SET) ends with its
+ * call, as if the function had a SET clause: every call starts from the
+ * caller's settings, and none reaches dlq's own statements.
  */
 void
 dlq_handler_call(DlqHandler *h, Datum arg)
 {
 	LOCAL_FCINFO(fcinfo, 1);
+	int			nest_level = NewGUCNestLevel();
 
 	InitFunctionCallInfoData(*fcinfo, &h->flinfo, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = arg;
 	fcinfo->args[0].isnull = false;
 	(void) FunctionCallInvoke(fcinfo);
+	AtEOXact_GUC(false, nest_level);
 }
 
 /*

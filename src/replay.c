@@ -50,6 +50,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/uuid.h"
@@ -561,7 +562,14 @@ replay_run(void *arg, int from, int to, const bool *failed, volatile int *curren
 							&item->result);
 	}
 	*current = -1;
-	dlq_as_caller_end(&caller);
+
+	/*
+	 * Back to the owner, dropping any setting the caller's code changed
+	 * (dlq_as_caller_end would keep a plain SET): a search_path a handler
+	 * chose must not reach dlq's own statements.
+	 */
+	AtEOXact_GUC(false, caller.guc_nest_level);
+	SetUserIdAndSecContext(caller.userid, caller.sec_context);
 	if (run->handlers)
 		replay_check_untouched(run, from, to, failed, current);
 }
