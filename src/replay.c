@@ -9,7 +9,8 @@
  *	  them with a keyset loop over the queue's index, so a million messages
  *	  never need a million-element array).  Each batch first counts what
  *	  exists and checks every queue it touches once (paused, live consumer,
- *	  privileges on the replay target), then locks the eligible messages
+ *	  privileges on the replay target, EXECUTE on the replay handler), then
+ *	  locks the eligible messages
  *	  with FOR UPDATE SKIP LOCKED: a message locked by a concurrent replay or
  *	  discard is skipped, never replayed twice.
  *
@@ -24,7 +25,18 @@
  *	  max_attempts replays.  Only rows captured from the target are
  *	  ever re-applied to it: any other message in such a queue (a writer's
  *	  dlq_store, rows captured from another table) goes to review with
- *	  42501, audited, whoever replays it.
+ *	  42501, audited, whoever replays it.  Queues with a replay handler
+ *	  call it once per message, as the caller (handler.c), with the same
+ *	  outcomes; they need no live consumer.
+ *
+ *	  Re-applies and handler calls run a few messages per subtransaction
+ *	  (dlq_isolate_run, handler.h): any error of one message is its failure
+ *	  and undoes only what was done for it, except query cancel and the rest
+ *	  of class 57, and for a table a missing privilege, which fail the call.
+ *	  Only the re-apply or the call runs inside; the batch's messages are
+ *	  resolved in one statement, and failures recorded, outside.  Code a
+ *	  replay runs (a handler, a target's trigger) may not start a replay
+ *	  (55000), and a handler that changes its own message fails with 55000.
  *
  *	  Every call is one request id; every queue it touched gets one audit
  *	  event per kind of outcome, with the ids when there are few, and the
@@ -33,8 +45,9 @@
  *	  dlq_reprocess_all takes the filters of filter.c and dry_run.  A dry run
  *	  makes every check a real call makes (a paused queue, no live consumer
  *	  and missing privileges on the replay target fail it the same way), then
- *	  only reads: each message that would be handed to consumers or
- *	  re-applied counts as replayed, and one that would be refused (not
+ *	  only reads: each message that would be handed to consumers,
+ *	  re-applied or given to a handler counts as replayed (no handler is
+ *	  called), and one that would be refused (not
  *	  captured from the target) as failed, the only failure known without
  *	  trying.  Nothing is locked, changed, notified or audited.
  *
