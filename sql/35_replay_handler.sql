@@ -158,11 +158,15 @@ SELECT regexp_replace(dlq_test.err($$SELECT dlq_reprocess_all('hr_gq')$$), 'OID 
 \set VERBOSITY default
 SELECT status, attempts FROM dlq.messages WHERE queue = 'hr_gq';
 
--- Many messages, few failing: far fewer subtransactions than messages;
--- every message failing: one each, no more.
+-- Many messages, few failing: far fewer subtransactions than messages.  The
+-- handler writes, so every subtransaction that ran it took a transaction
+-- id: 3000 messages, 30 failing, use under 5% of that.  Every message
+-- failing: one subtransaction each, no more.
 SET ROLE hr_op;
+CREATE TABLE hr_sink (n int);
 CREATE FUNCTION hr_every_100th(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    INSERT INTO public.hr_sink VALUES ((p->>'n')::int);
     IF (p->>'n')::int % 100 = 0 THEN
         RAISE EXCEPTION 'no';
     END IF;
@@ -170,11 +174,14 @@ END $$;
 RESET ROLE;
 SELECT replay_handler FROM dlq_configure('hr_mq', replay_handler => 'hr_every_100th(jsonb)');
 SELECT count(dlq_store('hr_mq', jsonb_build_object('n', g), 'e')) AS stored FROM generate_series(1, 3000) g;
-SET client_min_messages = debug1;
+SELECT pg_current_xact_id() AS x0 \gset
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_mq') r;
+SELECT pg_current_xact_id()::text::bigint - :'x0'::text::bigint - 1 < 150 AS under_5_percent_xids;
+SELECT count(*) AS sink_rows, count(DISTINCT n) AS distinct_rows FROM hr_sink;
 UPDATE dlq.messages SET payload = '{"n": 0}' WHERE queue = 'hr_mq' AND status = 'pending';
+SELECT pg_current_xact_id() AS x0 \gset
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_mq') r;
-SET client_min_messages = warning;
+SELECT pg_current_xact_id()::text::bigint - :'x0'::text::bigint - 1 <= 30 + 2 AS one_xid_per_message;
 
 DROP OWNED BY hr_op, hr_other CASCADE;
 DROP ROLE hr_op, hr_other;

@@ -20,7 +20,10 @@
  *	  each message costs one subtransaction, as an EXCEPTION block per
  *	  message would, never more.  A run re-executes at most its own length
  *	  per failure and its length halves at each failure, so the work stays
- *	  linear in the number of messages.
+ *	  linear in the number of messages.  Runs also stay under about
+ *	  DLQ_ISOLATE_RUN_BUDGET_US of work, so that with a slow handler a
+ *	  failure re-runs little: a 1 ms handler runs about 10 calls per
+ *	  subtransaction, a trivial one up to DLQ_ISOLATE_MAX_RUN.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,6 +36,7 @@
 #include "catalog/pg_type.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "portability/instr_time.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -127,6 +131,22 @@ isolate_try(DlqIsolate *iso, int from, int to, const bool *failed,
 }
 
 /*
+ * The next run_size after a run without failure that ran executions
+ * messages in elapsed: twice as long, but no longer than
+ * DLQ_ISOLATE_RUN_BUDGET_US of such work.
+ */
+static int
+isolate_grow(DlqIsolate *iso, instr_time elapsed, int64 executions)
+{
+	double		us = INSTR_TIME_GET_MICROSEC(elapsed);
+	double		cap = DLQ_ISOLATE_MAX_RUN;
+
+	if (us >= 1.0 && executions > 0)
+		cap = Max(1.0, Min(cap, DLQ_ISOLATE_RUN_BUDGET_US * executions / us));
+	return (int) Min(cap, iso->run_size * 2.0);
+}
+
+/*
  * Run n messages with their failures caught one by one (see the file's
  * header); run_size carries over from batch to batch of a call.
  */
@@ -141,7 +161,12 @@ dlq_isolate_run(DlqIsolate *iso, int n, DlqIsolateRunFn run,
 	{
 		int			stop = Min(n, pos + iso->run_size);
 		bool		clean = true;
+		int64		executions = iso->executions;
+		instr_time	start;
+		instr_time	elapsed;
 		int			f;
+
+		INSTR_TIME_SET_CURRENT(start);
 
 		while ((f = isolate_try(iso, pos, stop, failed, run, fail, arg)) >= 0)
 		{
@@ -152,7 +177,11 @@ dlq_isolate_run(DlqIsolate *iso, int n, DlqIsolateRunFn run,
 		}
 		pos = stop;
 		if (clean)
-			iso->run_size = Min(DLQ_ISOLATE_MAX_RUN, iso->run_size * 2);
+		{
+			INSTR_TIME_SET_CURRENT(elapsed);
+			INSTR_TIME_SUBTRACT(elapsed, start);
+			iso->run_size = isolate_grow(iso, elapsed, iso->executions - executions);
+		}
 	}
 	pfree(failed);
 }
