@@ -146,6 +146,21 @@ SELECT payload->>'attack' AS attack, status, sqlstate,
 SELECT n, who, note FROM hr_out ORDER BY n;
 SELECT current_user;
 
+-- A SQL function works the same way (its cached plan survives the calls
+-- rolled back).
+SET ROLE hr_op;
+CREATE FUNCTION hr_sql(p jsonb) RETURNS int LANGUAGE sql AS $$
+    INSERT INTO public.hr_out VALUES ((p->>'n')::int, current_user, 'sql');
+    SELECT 10 / ((p->>'n')::int % 3);
+$$;
+RESET ROLE;
+SELECT replay_handler FROM dlq_configure('hr_sq', replay_handler => 'hr_sql(jsonb)');
+SELECT count(dlq_store('hr_sq', jsonb_build_object('n', g), 'e')) AS stored FROM generate_series(1, 7) g;
+SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_sq') r;
+SELECT string_agg(n::text, ',' ORDER BY n) AS kept FROM hr_out WHERE note = 'sql';
+SELECT string_agg(payload->>'n', ',' ORDER BY message_id) AS pending FROM dlq.messages
+ WHERE queue = 'hr_sq' AND status = 'pending' AND sqlstate = '22012';
+
 -- A dropped handler leaves its OID behind: 42883 for the whole call.
 SET ROLE hr_op;
 CREATE FUNCTION hr_gone(p jsonb) RETURNS void LANGUAGE sql AS 'SELECT';
