@@ -161,6 +161,21 @@ SELECT string_agg(n::text, ',' ORDER BY n) AS kept FROM hr_out WHERE note = 'sql
 SELECT string_agg(payload->>'n', ',' ORDER BY message_id) AS pending FROM dlq.messages
  WHERE queue = 'hr_sq' AND status = 'pending' AND sqlstate = '22012';
 
+-- A handler that stores a new message into its own queue (splitting a
+-- batch, say): the call replays what was there when it began and ends; the
+-- new messages wait for the next call.
+CREATE FUNCTION hr_split(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dlq_store('hr_split', p || jsonb_build_object('n', (p->>'n')::int + 1), 'split');
+END $$;
+SELECT replay_handler FROM dlq_configure('hr_split', replay_handler => 'hr_split(jsonb)');
+-- (1000 messages: a full batch, after which the call would look for more;
+-- max_messages only bounds the test if that ever regresses.)
+SELECT count(dlq_store('hr_split', jsonb_build_object('n', g * 10), 'e')) AS stored FROM generate_series(1, 1000) g;
+SELECT r->'requested' AS requested, r->'replayed' AS replayed
+  FROM dlq_reprocess_all('hr_split', max_messages => 5000) r;
+SELECT status, count(*) FROM dlq.messages WHERE queue = 'hr_split' GROUP BY status ORDER BY status;
+
 -- A dropped handler leaves its OID behind: 42883 for the whole call.
 SET ROLE hr_op;
 CREATE FUNCTION hr_gone(p jsonb) RETURNS void LANGUAGE sql AS 'SELECT';

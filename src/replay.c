@@ -1062,7 +1062,8 @@ replay_candidates_plan(const DlqFilter *filter)
  * One pass of dlq_reprocess_all: replay the queue's messages in one status
  * that pass the filter in keyset batches, oldest first, until max_messages
  * were requested in the whole call.  A message this call already replayed
- * (now back in review) is not taken again.
+ * (now back in review) is not taken again, nor one stored since the call
+ * began.
  */
 static void
 replay_all_pass(ReplayState *st, const char *queue, const DlqFilter *filter,
@@ -1085,7 +1086,12 @@ replay_all_pass(ReplayState *st, const char *queue, const DlqFilter *filter,
 		values[3] = Int32GetDatum(limit);
 		values[4] = st->request_id;
 		dlq_filter_values(filter, values + 5, nulls + 5);
-		dlq_execute_kept(plan, values, nulls, false, 0, SPI_OK_SELECT);
+		/*
+		 * Read-only: with the snapshot the call started with, so that the
+		 * messages its own handlers or triggers store (into this queue, say)
+		 * are left for the next call instead of making this one endless.
+		 */
+		dlq_execute_kept(plan, values, nulls, true, 0, SPI_OK_SELECT);
 		n = dlq_spi_ids(ids);
 		if (n == 0)
 			break;
