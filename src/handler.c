@@ -82,6 +82,7 @@ isolate_try(DlqIsolate *iso, int from, int to, const bool *failed,
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile int current = -1;
+	int			depth = isolate_depth;
 	int			k = from;
 
 	while (k < to && failed[k])
@@ -92,11 +93,11 @@ isolate_try(DlqIsolate *iso, int from, int to, const bool *failed,
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	iso->subxacts++;
-	isolate_depth++;
+	isolate_depth = depth + 1;
 	PG_TRY();
 	{
 		run(arg, from, to, failed, &current, &iso->executions);
-		isolate_depth--;
+		isolate_depth = depth;
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -106,7 +107,7 @@ isolate_try(DlqIsolate *iso, int from, int to, const bool *failed,
 		ErrorData  *edata;
 		int			index = current;
 
-		isolate_depth--;
+		isolate_depth = depth;
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();

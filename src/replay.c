@@ -125,7 +125,6 @@ typedef struct ReplayItem
 	int64		id;
 	ReplayQueue *rq;
 	bool		was_review;
-	bool		refused;		/* not captured from the target: not run */
 	Datum		arg;			/* payload, or dlq.message for its handler */
 	const char *operation;
 	ItemPointerData tid;		/* handler: the locked row in messages_live */
