@@ -31,6 +31,9 @@
  *					sqlstate, error_class, since, until), dry_run, reason,
  *					ticket (filter.h)
  *	  replay.c		dlq_reprocess, dlq_reprocess_all
+ *	  handler.c		replay handlers, and each message's failure caught in
+ *					batched subtransactions for table and handler replays
+ *					(handler.h)
  *	  edit.c		dlq_edit: fixing the payload of an open message
  *	  history.c		failed replay attempts kept in the audit trail
  *					(history.h), for dlq_history

@@ -74,6 +74,7 @@
 #include "utils/wait_event.h"
 
 #include "dlq.h"
+#include "handler.h"
 #include "shmem.h"
 #include "version.h"
 
@@ -496,7 +497,7 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		"SELECT queue, message_ids FROM dlq.worker_retry_due($1)",
 	1, {INT4OID}},
 	[DLQ_PLAN_RETRY_QUEUE] = {"reading a queue's retry role",
-		"SELECT retry_role, replay_target FROM dlq.queues"
+		"SELECT retry_role, replay_target, replay_handler FROM dlq.queues"
 		" WHERE queue = $1 AND auto_retry AND NOT paused",
 	1, {TEXTOID}},
 	[DLQ_PLAN_RETRY] = {"requesting automatic retries",
@@ -1224,12 +1225,13 @@ worker_repeat(DlqPlanId id, Datum *values)
 
 /*
  * Why may role not run the automatic retries of a queue with this replay
- * target (InvalidOid: none)?  NULL when it may.  Checked at every run: the
- * role must still exist, be a member of dlq_operator and have INSERT on the
- * target.  Logging in is not needed.
+ * target or replay handler (InvalidOid: none)?  NULL when it may.  Checked
+ * at every run: the role must still exist, be a member of dlq_operator and
+ * have INSERT on the target, or EXECUTE on the handler, which must still
+ * exist (handler.c).  Logging in is not needed.
  */
 static const char *
-worker_retry_refusal(Oid role, Oid target)
+worker_retry_refusal(Oid role, Oid target, Oid handler)
 {
 	Oid			operator_role;
 
@@ -1245,6 +1247,8 @@ worker_retry_refusal(Oid role, Oid target)
 		return psprintf("role \"%s\" lacks INSERT on table %s",
 						GetUserNameFromId(role, false),
 						DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(target))));
+	if (OidIsValid(handler))
+		return dlq_handler_refusal(handler, role);
 	return NULL;
 }
 
@@ -1273,6 +1277,7 @@ worker_retry_body(void *arg)
 	Datum		d;
 	Oid			role;
 	Oid			target;
+	Oid			handler;
 	const char *why;
 	Oid			save_user;
 	int			save_sec;
@@ -1285,9 +1290,11 @@ worker_retry_body(void *arg)
 	role = isnull ? InvalidOid : DatumGetObjectId(d);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	target = isnull ? InvalidOid : DatumGetObjectId(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	handler = isnull ? InvalidOid : DatumGetObjectId(d);
 
 	values[0] = g->ids;
-	why = worker_retry_refusal(role, target);
+	why = worker_retry_refusal(role, target, handler);
 	if (why != NULL)
 	{
 		char		label[DLQ_LAST_ERROR_LEN];
@@ -1295,7 +1302,7 @@ worker_retry_body(void *arg)
 		ereport(WARNING,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("automatic retries of queue \"%s\" skipped: %s", g->queue, why),
-				 errdetail("Automatic retries run as the role that turned auto_retry on, while it may write to the queue's replay target."),
+				 errdetail("Automatic retries run as the role that turned auto_retry on, while it may write to the queue's replay target or execute its replay handler."),
 				 errhint("An operator turns them on again with dlq_configure('%s', auto_retry => true).",
 						 g->queue)));
 		snprintf(label, sizeof(label), "automatic retries of queue \"%s\" skipped", g->queue);
