@@ -118,6 +118,10 @@ BEGIN
                                     WHERE m.payload->>'attack' = 'discard')]);
     WHEN 'commit' THEN
         COMMIT;
+    WHEN 'path' THEN
+        -- sees the caller's search_path; its own choice ends with the call
+        INSERT INTO public.hr_out VALUES ((p->>'n')::int, current_user, current_setting('search_path'));
+        PERFORM set_config('search_path', 'hr_evil, pg_catalog', false);
     ELSE
         INSERT INTO public.hr_out VALUES ((p->>'n')::int, current_user, 'fine');
     END CASE;
@@ -127,16 +131,50 @@ SELECT replay_handler FROM dlq_configure('hr_hq', replay_handler => 'hr_hostile(
 SELECT dlq_store('hr_hq', p, 'e') IS NOT NULL AS stored FROM unnest(ARRAY[
     '{"n": 1}', '{"n": 2, "attack": "update"}', '{"n": 3, "attack": "role"}',
     '{"n": 4, "attack": "replay"}', '{"n": 5, "attack": "discard"}',
-    '{"n": 6, "attack": "commit"}', '{"n": 7}']::jsonb[]) p;
+    '{"n": 6, "attack": "commit"}', '{"n": 7}', '{"n": 8, "attack": "path"}',
+    '{"n": 9}']::jsonb[]) p;
 DELETE FROM hr_out;
 SET ROLE hr_op;
+SET search_path = public, pg_catalog;
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_hq') r;
+SELECT current_setting('search_path') AS search_path_after;
+RESET search_path;
 RESET ROLE;
 SELECT payload->>'attack' AS attack, status, sqlstate,
        regexp_replace(error, 'message \d+', 'message N') AS error
   FROM dlq.messages WHERE queue = 'hr_hq' ORDER BY message_id;
 SELECT n, who, note FROM hr_out ORDER BY n;
 SELECT current_user;
+
+-- A SQL function works the same way (its cached plan survives the calls
+-- rolled back).
+SET ROLE hr_op;
+CREATE FUNCTION hr_sql(p jsonb) RETURNS int LANGUAGE sql AS $$
+    INSERT INTO public.hr_out VALUES ((p->>'n')::int, current_user, 'sql');
+    SELECT 10 / ((p->>'n')::int % 3);
+$$;
+RESET ROLE;
+SELECT replay_handler FROM dlq_configure('hr_sq', replay_handler => 'hr_sql(jsonb)');
+SELECT count(dlq_store('hr_sq', jsonb_build_object('n', g), 'e')) AS stored FROM generate_series(1, 7) g;
+SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_sq') r;
+SELECT string_agg(n::text, ',' ORDER BY n) AS kept FROM hr_out WHERE note = 'sql';
+SELECT string_agg(payload->>'n', ',' ORDER BY message_id) AS pending FROM dlq.messages
+ WHERE queue = 'hr_sq' AND status = 'pending' AND sqlstate = '22012';
+
+-- A handler that stores a new message into its own queue (splitting a
+-- batch, say): the call replays what was there when it began and ends; the
+-- new messages wait for the next call.
+CREATE FUNCTION hr_split(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dlq_store('hr_split', p || jsonb_build_object('n', (p->>'n')::int + 1), 'split');
+END $$;
+SELECT replay_handler FROM dlq_configure('hr_split', replay_handler => 'hr_split(jsonb)');
+-- (1000 messages: a full batch, after which the call would look for more;
+-- max_messages only bounds the test if that ever regresses.)
+SELECT count(dlq_store('hr_split', jsonb_build_object('n', g * 10), 'e')) AS stored FROM generate_series(1, 1000) g;
+SELECT r->'requested' AS requested, r->'replayed' AS replayed
+  FROM dlq_reprocess_all('hr_split', max_messages => 5000) r;
+SELECT status, count(*) FROM dlq.messages WHERE queue = 'hr_split' GROUP BY status ORDER BY status;
 
 -- A dropped handler leaves its OID behind: 42883 for the whole call.
 SET ROLE hr_op;
@@ -150,11 +188,15 @@ SELECT regexp_replace(dlq_test.err($$SELECT dlq_reprocess_all('hr_gq')$$), 'OID 
 \set VERBOSITY default
 SELECT status, attempts FROM dlq.messages WHERE queue = 'hr_gq';
 
--- Many messages, few failing: far fewer subtransactions than messages;
--- every message failing: one each, no more.
+-- Many messages, few failing: far fewer subtransactions than messages.  The
+-- handler writes, so every subtransaction that ran it took a transaction
+-- id: 3000 messages, 30 failing, use under 5% of that.  Every message
+-- failing: one subtransaction each, no more.
 SET ROLE hr_op;
+CREATE TABLE hr_sink (n int);
 CREATE FUNCTION hr_every_100th(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    INSERT INTO public.hr_sink VALUES ((p->>'n')::int);
     IF (p->>'n')::int % 100 = 0 THEN
         RAISE EXCEPTION 'no';
     END IF;
@@ -162,11 +204,14 @@ END $$;
 RESET ROLE;
 SELECT replay_handler FROM dlq_configure('hr_mq', replay_handler => 'hr_every_100th(jsonb)');
 SELECT count(dlq_store('hr_mq', jsonb_build_object('n', g), 'e')) AS stored FROM generate_series(1, 3000) g;
-SET client_min_messages = debug1;
+SELECT pg_current_xact_id() AS x0 \gset
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_mq') r;
+SELECT pg_current_xact_id()::text::bigint - :'x0'::text::bigint - 1 < 150 AS under_5_percent_xids;
+SELECT count(*) AS sink_rows, count(DISTINCT n) AS distinct_rows FROM hr_sink;
 UPDATE dlq.messages SET payload = '{"n": 0}' WHERE queue = 'hr_mq' AND status = 'pending';
+SELECT pg_current_xact_id() AS x0 \gset
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_mq') r;
-SET client_min_messages = warning;
+SELECT pg_current_xact_id()::text::bigint - :'x0'::text::bigint - 1 <= 30 + 2 AS one_xid_per_message;
 
 DROP OWNED BY hr_op, hr_other CASCADE;
 DROP ROLE hr_op, hr_other;

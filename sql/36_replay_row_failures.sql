@@ -3,7 +3,8 @@
 -- longer converts) fails that row's message, recorded like a predicted
 -- violation; the other rows go in and the call returns.  What a failing
 -- row's triggers wrote is undone; what a good row's wrote is kept.  Rows
--- run a few per subtransaction, not one each.
+-- run a few per subtransaction, not one each: a subtransaction that writes
+-- takes a transaction id, which is how this file counts them.
 \set VERBOSITY default
 SET client_min_messages = warning;
 
@@ -29,12 +30,14 @@ BEGIN
 END $$;
 CREATE TRIGGER a_check BEFORE INSERT ON rf_t FOR EACH ROW EXECUTE FUNCTION rf_check();
 
-SET client_min_messages = debug1;
+-- Every subtransaction writes, so takes a transaction id: far fewer than
+-- the 200 rows.
+SELECT pg_current_xact_id() AS x0 \gset
 SELECT r - 'request_id' - 'failures' AS summary,
        (SELECT jsonb_agg(f - 'message_id' ORDER BY (f->>'message_id')::bigint)
           FROM jsonb_array_elements(r->'failures') f) AS failures
   FROM dlq_reprocess_all('rf_q') r;
-SET client_min_messages = warning;
+SELECT pg_current_xact_id()::text::bigint - :'x0'::text::bigint - 1 <= 20 AS at_most_20_xids;
 -- 196 rows in; the four refused are pending with their error.
 SELECT count(*) AS rows_in, min(id), max(id) FROM rf_t;
 SELECT payload->>'id' AS id, status, attempts, sqlstate, error_class, error,
@@ -53,19 +56,22 @@ SELECT kind, message_count,
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('rf_q') r;
 SELECT status, count(*), max(attempts) FROM dlq.messages WHERE queue = 'rf_q' GROUP BY status ORDER BY status;
 
--- Every row failing: each still recorded, one subtransaction each at most.
+-- Every row failing: each still recorded, one subtransaction each, no more
+-- (the trigger writes before it raises: each takes a transaction id).
 DELETE FROM rf_t;
 DELETE FROM rf_log;
 DROP TRIGGER a_check ON rf_t;
-CREATE FUNCTION rf_refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION rf_refuse_all() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
+    INSERT INTO rf_log VALUES (NEW.id, 'refused');
     RAISE EXCEPTION 'no' USING ERRCODE = 'RF002';
 END $$;
 CREATE TRIGGER a_refuse BEFORE INSERT ON rf_t FOR EACH ROW EXECUTE FUNCTION rf_refuse_all();
-SET client_min_messages = debug1;
+SELECT pg_current_xact_id() AS x0 \gset
 SELECT r->'replayed' AS replayed, r->'failed' AS failed, r->'failures'->0->>'sqlstate' AS sqlstate
   FROM dlq_reprocess_all('rf_q', force => true) r;
-SET client_min_messages = warning;
+SELECT pg_current_xact_id()::text::bigint - :'x0'::text::bigint - 1 <= 4 + 2 AS one_xid_per_row;
+SELECT count(*) AS logged FROM rf_log;
 SELECT status, count(*), max(attempts), min(sqlstate) AS sqlstate
   FROM dlq.messages WHERE queue = 'rf_q' GROUP BY status ORDER BY status;
 DROP TRIGGER a_refuse ON rf_t;

@@ -16,7 +16,8 @@
  *	  util.c		helpers: argument validation, running as the extension
  *					owner and back as the caller, kept plans and checked SPI
  *					calls, id arrays, JSON strings, request ids, default
- *					channels, the audit trail (dlq.events) and tallies for it
+ *					channels, the audit trail (dlq.events) and tallies for
+ *					it, the table an isolate-mode intake view reads
  *	  version.c		the library against an older schema (version.h)
  *	  shmem.c		shared memory: the worker slots (shmem.h)
  *	  drop_guard.c	dlq.drop_guard() [dlq_drop_guard], the event trigger that
@@ -30,6 +31,9 @@
  *					sqlstate, error_class, since, until), dry_run, reason,
  *					ticket (filter.h)
  *	  replay.c		dlq_reprocess, dlq_reprocess_all
+ *	  handler.c		replay handlers, and each message's failure caught in
+ *					batched subtransactions for table and handler replays
+ *					(handler.h)
  *	  edit.c		dlq_edit: fixing the payload of an open message
  *	  history.c		failed replay attempts kept in the audit trail
  *					(history.h), for dlq_history
@@ -38,9 +42,10 @@
  *	  move.c		dlq_move, dlq_move_all: open messages to another queue
  *	  consumer.c	dlq_listen, dlq_claim, dlq_ack, dlq_nack; the
  *					live-consumer registry (dlq_consumer_alive)
- *	  attach.c		dlq_attach, dlq_detach
+ *	  attach.c		dlq_attach (and its reject limits), dlq_detach
  *	  capture.c		dlq_capture, dlq_capture_isolate (trigger functions):
- *					diverting failed rows, buffered and stored in batches
+ *					diverting failed rows, buffered and stored in batches;
+ *					reject limits per statement, COPY line numbers
  *	  capture_predict.c	constraint and foreign key prediction for capture
  *	  reapply.c		re-applying a captured row to its table on replay
  *					(dlq_reapply_row, capture.h); capture_int.h is the
@@ -136,6 +141,14 @@
  */
 #define ERRCODE_DLQ_NO_CONSUMER MAKE_SQLSTATE('D','L','Q','0','1')
 
+/*
+ * SQLSTATE of a statement that diverted more failed rows than the reject
+ * limits of its table allow (dlq_attach's max_errors, max_error_ratio;
+ * capture.c): like a COPY past its REJECT_LIMIT, but dlq's own, so that a
+ * loader tells "the input is garbage" from every other data error.
+ */
+#define ERRCODE_DLQ_REJECT_LIMIT MAKE_SQLSTATE('D','L','Q','0','2')
+
 /* The channel on which the worker NOTIFYs alerts; no queue may use it. */
 #define DLQ_ALERT_CHANNEL	"dlq_alerts"
 
@@ -202,6 +215,9 @@ extern int64 *dlq_check_id_array(ArrayType *ids, int *nids);
 extern char *dlq_default_channel(const char *queue);
 extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
 extern void dlq_check_bindable_function(Oid funcid, Oid roleid);
+
+/* The one table an isolate-mode intake view reads, or InvalidOid (util.c). */
+extern Oid	dlq_intake_view_target(Relation view);
 
 /* A plan prepared once and kept for the life of the backend (util.c). */
 extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);

@@ -20,7 +20,10 @@
  *	  each message costs one subtransaction, as an EXCEPTION block per
  *	  message would, never more.  A run re-executes at most its own length
  *	  per failure and its length halves at each failure, so the work stays
- *	  linear in the number of messages.
+ *	  linear in the number of messages.  Runs also stay under about
+ *	  DLQ_ISOLATE_RUN_BUDGET_US of work, so that with a slow handler a
+ *	  failure re-runs little: a 1 ms handler runs about 10 calls per
+ *	  subtransaction, a trivial one up to DLQ_ISOLATE_MAX_RUN.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,9 +36,11 @@
 #include "catalog/pg_type.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "portability/instr_time.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -77,6 +82,7 @@ isolate_try(DlqIsolate *iso, int from, int to, const bool *failed,
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile int current = -1;
+	int			depth = isolate_depth;
 	int			k = from;
 
 	while (k < to && failed[k])
@@ -87,11 +93,11 @@ isolate_try(DlqIsolate *iso, int from, int to, const bool *failed,
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	iso->subxacts++;
-	isolate_depth++;
+	isolate_depth = depth + 1;
 	PG_TRY();
 	{
 		run(arg, from, to, failed, &current, &iso->executions);
-		isolate_depth--;
+		isolate_depth = depth;
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -101,7 +107,7 @@ isolate_try(DlqIsolate *iso, int from, int to, const bool *failed,
 		ErrorData  *edata;
 		int			index = current;
 
-		isolate_depth--;
+		isolate_depth = depth;
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
@@ -126,6 +132,22 @@ isolate_try(DlqIsolate *iso, int from, int to, const bool *failed,
 }
 
 /*
+ * The next run_size after a run without failure that ran executions
+ * messages in elapsed: twice as long, but no longer than
+ * DLQ_ISOLATE_RUN_BUDGET_US of such work.
+ */
+static int
+isolate_grow(DlqIsolate *iso, instr_time elapsed, int64 executions)
+{
+	double		us = INSTR_TIME_GET_MICROSEC(elapsed);
+	double		cap = DLQ_ISOLATE_MAX_RUN;
+
+	if (us >= 1.0 && executions > 0)
+		cap = Max(1.0, Min(cap, DLQ_ISOLATE_RUN_BUDGET_US * executions / us));
+	return (int) Min(cap, iso->run_size * 2.0);
+}
+
+/*
  * Run n messages with their failures caught one by one (see the file's
  * header); run_size carries over from batch to batch of a call.
  */
@@ -140,7 +162,12 @@ dlq_isolate_run(DlqIsolate *iso, int n, DlqIsolateRunFn run,
 	{
 		int			stop = Min(n, pos + iso->run_size);
 		bool		clean = true;
+		int64		executions = iso->executions;
+		instr_time	start;
+		instr_time	elapsed;
 		int			f;
+
+		INSTR_TIME_SET_CURRENT(start);
 
 		while ((f = isolate_try(iso, pos, stop, failed, run, fail, arg)) >= 0)
 		{
@@ -151,7 +178,11 @@ dlq_isolate_run(DlqIsolate *iso, int n, DlqIsolateRunFn run,
 		}
 		pos = stop;
 		if (clean)
-			iso->run_size = Min(DLQ_ISOLATE_MAX_RUN, iso->run_size * 2);
+		{
+			INSTR_TIME_SET_CURRENT(elapsed);
+			INSTR_TIME_SUBTRACT(elapsed, start);
+			iso->run_size = isolate_grow(iso, elapsed, iso->executions - executions);
+		}
 	}
 	pfree(failed);
 }
@@ -222,16 +253,21 @@ dlq_handler_open(DlqHandler *h, Oid fn, Oid caller, const char *queue,
 /*
  * Call the handler with one message (jsonb payload or dlq.message row);
  * its result is ignored, its error raised.  Inside a run, as the caller.
+ * A setting the handler changes (even with a plain SET) ends with its
+ * call, as if the function had a SET clause: every call starts from the
+ * caller's settings, and none reaches dlq's own statements.
  */
 void
 dlq_handler_call(DlqHandler *h, Datum arg)
 {
 	LOCAL_FCINFO(fcinfo, 1);
+	int			nest_level = NewGUCNestLevel();
 
 	InitFunctionCallInfoData(*fcinfo, &h->flinfo, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = arg;
 	fcinfo->args[0].isnull = false;
 	(void) FunctionCallInvoke(fcinfo);
+	AtEOXact_GUC(false, nest_level);
 }
 
 /*

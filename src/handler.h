@@ -21,11 +21,13 @@
  * without i, cut to end at most run_size messages after i (run_size is
  * halved first): the messages before i are re-run, those after it run for
  * the first time.  A run without a failure doubles run_size for the next
- * one.  Query cancel, statement timeout and shutdown (class 57) are never
+ * one, up to DLQ_ISOLATE_MAX_RUN messages and about
+ * DLQ_ISOLATE_RUN_BUDGET_US microseconds of work as timed in that run.  Query cancel, statement timeout and shutdown (class 57) are never
  * a message's failure: they abort the call.
  */
 #define DLQ_ISOLATE_START_RUN	32
 #define DLQ_ISOLATE_MAX_RUN		1024
+#define DLQ_ISOLATE_RUN_BUDGET_US	10000.0
 
 typedef struct DlqIsolate
 {

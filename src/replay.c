@@ -9,7 +9,8 @@
  *	  them with a keyset loop over the queue's index, so a million messages
  *	  never need a million-element array).  Each batch first counts what
  *	  exists and checks every queue it touches once (paused, live consumer,
- *	  privileges on the replay target), then locks the eligible messages
+ *	  privileges on the replay target, EXECUTE on the replay handler), then
+ *	  locks the eligible messages
  *	  with FOR UPDATE SKIP LOCKED: a message locked by a concurrent replay or
  *	  discard is skipped, never replayed twice.
  *
@@ -24,7 +25,18 @@
  *	  max_attempts replays.  Only rows captured from the target are
  *	  ever re-applied to it: any other message in such a queue (a writer's
  *	  dlq_store, rows captured from another table) goes to review with
- *	  42501, audited, whoever replays it.
+ *	  42501, audited, whoever replays it.  Queues with a replay handler
+ *	  call it once per message, as the caller (handler.c), with the same
+ *	  outcomes; they need no live consumer.
+ *
+ *	  Re-applies and handler calls run a few messages per subtransaction
+ *	  (dlq_isolate_run, handler.h): any error of one message is its failure
+ *	  and undoes only what was done for it, except query cancel and the rest
+ *	  of class 57, and for a table a missing privilege, which fail the call.
+ *	  Only the re-apply or the call runs inside; the batch's messages are
+ *	  resolved in one statement, and failures recorded, outside.  Code a
+ *	  replay runs (a handler, a target's trigger) may not start a replay
+ *	  (55000), and a handler that changes its own message fails with 55000.
  *
  *	  Every call is one request id; every queue it touched gets one audit
  *	  event per kind of outcome, with the ids when there are few, and the
@@ -33,8 +45,9 @@
  *	  dlq_reprocess_all takes the filters of filter.c and dry_run.  A dry run
  *	  makes every check a real call makes (a paused queue, no live consumer
  *	  and missing privileges on the replay target fail it the same way), then
- *	  only reads: each message that would be handed to consumers or
- *	  re-applied counts as replayed, and one that would be refused (not
+ *	  only reads: each message that would be handed to consumers,
+ *	  re-applied or given to a handler counts as replayed (no handler is
+ *	  called), and one that would be refused (not
  *	  captured from the target) as failed, the only failure known without
  *	  trying.  Nothing is locked, changed, notified or audited.
  *
@@ -50,6 +63,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/uuid.h"
@@ -111,7 +125,6 @@ typedef struct ReplayItem
 	int64		id;
 	ReplayQueue *rq;
 	bool		was_review;
-	bool		refused;		/* not captured from the target: not run */
 	Datum		arg;			/* payload, or dlq.message for its handler */
 	const char *operation;
 	ItemPointerData tid;		/* handler: the locked row in messages_live */
@@ -561,7 +574,14 @@ replay_run(void *arg, int from, int to, const bool *failed, volatile int *curren
 							&item->result);
 	}
 	*current = -1;
-	dlq_as_caller_end(&caller);
+
+	/*
+	 * Back to the owner, dropping any setting the caller's code changed
+	 * (dlq_as_caller_end would keep a plain SET): a search_path a handler
+	 * chose must not reach dlq's own statements.
+	 */
+	AtEOXact_GUC(false, caller.guc_nest_level);
+	SetUserIdAndSecContext(caller.userid, caller.sec_context);
 	if (run->handlers)
 		replay_check_untouched(run, from, to, failed, current);
 }
@@ -1041,7 +1061,8 @@ replay_candidates_plan(const DlqFilter *filter)
  * One pass of dlq_reprocess_all: replay the queue's messages in one status
  * that pass the filter in keyset batches, oldest first, until max_messages
  * were requested in the whole call.  A message this call already replayed
- * (now back in review) is not taken again.
+ * (now back in review) is not taken again, nor one stored since the call
+ * began.
  */
 static void
 replay_all_pass(ReplayState *st, const char *queue, const DlqFilter *filter,
@@ -1064,7 +1085,12 @@ replay_all_pass(ReplayState *st, const char *queue, const DlqFilter *filter,
 		values[3] = Int32GetDatum(limit);
 		values[4] = st->request_id;
 		dlq_filter_values(filter, values + 5, nulls + 5);
-		dlq_execute_kept(plan, values, nulls, false, 0, SPI_OK_SELECT);
+		/*
+		 * Read-only: with the snapshot the call started with, so that the
+		 * messages its own handlers or triggers store (into this queue, say)
+		 * are left for the next call instead of making this one endless.
+		 */
+		dlq_execute_kept(plan, values, nulls, true, 0, SPI_OK_SELECT);
 		n = dlq_spi_ids(ids);
 		if (n == 0)
 			break;
