@@ -67,6 +67,7 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -443,6 +444,14 @@ typedef enum DlqPlanId
 	DLQ_PLAN_RETRY,
 	DLQ_PLAN_RETRY_AUDIT,
 	DLQ_PLAN_RETRY_DEFER,
+	DLQ_PLAN_RETRY_OUTCOME,
+	DLQ_PLAN_RETRY_RESUME,
+	DLQ_PLAN_REDRIVE_DUE,
+	DLQ_PLAN_REDRIVE_TAKE,
+	DLQ_PLAN_REDRIVE,
+	DLQ_PLAN_REDRIVE_DONE,
+	DLQ_PLAN_REDRIVE_PAUSE,
+	DLQ_PLAN_REDRIVE_FAIL,
 	DLQ_PLAN_ROTATE,
 	DLQ_PLAN_PURGE,
 	DLQ_PLAN_PURGE_EVENTS,
@@ -511,6 +520,31 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 	[DLQ_PLAN_RETRY_DEFER] = {"deferring retries",
 		"SELECT dlq.worker_retry_defer($1)",
 	1, {INT8ARRAYOID}},
+	[DLQ_PLAN_RETRY_OUTCOME] = {"counting the outcome of automatic retries",
+		"SELECT dlq.worker_retry_outcome($1, $2, $3)",
+	3, {TEXTOID, JSONBOID, TEXTOID}},
+	[DLQ_PLAN_RETRY_RESUME] = {"resuming stopped automatic retries",
+		"SELECT dlq.worker_retry_resume($1)",
+	1, {TEXTOID}},
+	[DLQ_PLAN_REDRIVE_DUE] = {"finding redrive tasks",
+		"SELECT task_id, due_at FROM dlq.worker_redrive_due()",
+	0, {InvalidOid}},
+	[DLQ_PLAN_REDRIVE_TAKE] = {"taking the candidates of a redrive task",
+		"SELECT queue, created_by, replay_target, force, reason, ticket, message_ids"
+		"  FROM dlq.worker_redrive_take($1, $2, $3)",
+	3, {INT8OID, INT4OID, TEXTOID}},
+	[DLQ_PLAN_REDRIVE] = {"replaying the messages of a redrive task",
+		NULL,
+	4, {INT8ARRAYOID, BOOLOID, TEXTOID, TEXTOID}},
+	[DLQ_PLAN_REDRIVE_DONE] = {"counting a redrive task's replay",
+		"SELECT dlq.worker_redrive_done($1, $2, $3, $4)",
+	4, {INT8OID, INT8ARRAYOID, JSONBOID, TEXTOID}},
+	[DLQ_PLAN_REDRIVE_PAUSE] = {"pausing a redrive task",
+		"SELECT dlq.redrive_pause($1, $2, $3)",
+	3, {INT8OID, TEXTOID, TEXTOID}},
+	[DLQ_PLAN_REDRIVE_FAIL] = {"ending a redrive task that failed",
+		"SELECT dlq.redrive_end($1, 'failed', $2, $3)",
+	3, {INT8OID, TEXTOID, TEXTOID}},
 	[DLQ_PLAN_ROTATE] = {"turning the rings of closed and archived messages",
 		"SELECT (r ->> 'purged')::int8"
 		"  FROM dlq.worker_rotate($1, $2 * interval '1 second',"
@@ -634,6 +668,9 @@ worker_plan(DlqPlanId id)
 		if (id == DLQ_PLAN_RETRY)
 			sql = psprintf("SELECT %s.dlq_reprocess($1, false)",
 						   quote_identifier(worker_state.schema));
+		else if (id == DLQ_PLAN_REDRIVE)
+			sql = psprintf("SELECT %s.dlq_reprocess($1, $2, $3, $4)",
+						   quote_identifier(worker_state.schema));
 
 		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
 		if (plan == NULL)
@@ -717,11 +754,16 @@ worker_keep_check(void)
 															SPI_tuptable->tupdesc, 3, &isnull));
 	if (worker_state.schema == NULL || strcmp(worker_state.schema, schema) != 0)
 	{
-		/* Another schema (dropped and created again): the retry plan names it. */
+		/* Another schema (dropped and created again): two plans name it. */
 		if (dlq_plans[DLQ_PLAN_RETRY] != NULL)
 		{
 			SPI_freeplan(dlq_plans[DLQ_PLAN_RETRY]);
 			dlq_plans[DLQ_PLAN_RETRY] = NULL;
+		}
+		if (dlq_plans[DLQ_PLAN_REDRIVE] != NULL)
+		{
+			SPI_freeplan(dlq_plans[DLQ_PLAN_REDRIVE]);
+			dlq_plans[DLQ_PLAN_REDRIVE] = NULL;
 		}
 		worker_state.schema = MemoryContextStrdup(worker_cxt, schema);
 	}
@@ -870,6 +912,8 @@ typedef struct DlqRun
 	const char *leave;			/* DLQ_PLAN_CHECK: why the worker must leave */
 } DlqRun;
 
+static void worker_keep_redrive_due(void);
+
 static void
 worker_run_body(void *arg)
 {
@@ -890,6 +934,8 @@ worker_run_body(void *arg)
 	}
 	else if (run->id == DLQ_PLAN_RETRY_DUE)
 		worker_keep_retry_groups();
+	else if (run->id == DLQ_PLAN_REDRIVE_DUE)
+		worker_keep_redrive_due();
 	else if (run->id == DLQ_PLAN_STEP_QUEUES)
 		worker_keep_step_queues();
 	else if (run->id == DLQ_PLAN_ALERT)
@@ -996,7 +1042,16 @@ worker_step_name(DlqPlanId id)
 		case DLQ_PLAN_RETRY:
 		case DLQ_PLAN_RETRY_AUDIT:
 		case DLQ_PLAN_RETRY_DEFER:
+		case DLQ_PLAN_RETRY_OUTCOME:
+		case DLQ_PLAN_RETRY_RESUME:
 			return "retry";
+		case DLQ_PLAN_REDRIVE_DUE:
+		case DLQ_PLAN_REDRIVE_TAKE:
+		case DLQ_PLAN_REDRIVE:
+		case DLQ_PLAN_REDRIVE_DONE:
+		case DLQ_PLAN_REDRIVE_PAUSE:
+		case DLQ_PLAN_REDRIVE_FAIL:
+			return "redrive";
 		case DLQ_PLAN_ROTATE:
 			return "rotate";
 		case DLQ_PLAN_PURGE:
@@ -1322,6 +1377,11 @@ worker_retry_body(void *arg)
 	values[1] = CStringGetTextDatum(g->queue);
 	values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
 	worker_exec(DLQ_PLAN_RETRY_AUDIT, worker_state.owner, values, NULL);
+
+	/* Early stop: too many of them failed, and the queue's retries stop. */
+	values[0] = values[1];
+	values[1] = values[3];
+	worker_exec(DLQ_PLAN_RETRY_OUTCOME, worker_state.owner, values, NULL);
 	run->retried = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(g->ids)),
 								  ARR_DIMS(DatumGetArrayTypeP(g->ids)));
 }
@@ -1341,6 +1401,10 @@ worker_retry(void)
 
 	if (!worker_state.has_reprocess)
 		return 0;
+
+	/* Queues whose retries stopped early and are due to resume. */
+	values[0] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	(void) worker_run(DLQ_PLAN_RETRY_RESUME, worker_state.owner, values, NULL, NULL);
 
 	values[0] = Int32GetDatum(dlq_batch_size);
 	if (worker_run(DLQ_PLAN_RETRY_DUE, worker_state.owner, values, NULL, NULL) < 0)
@@ -1365,6 +1429,273 @@ worker_retry(void)
 		worker_throttle(run.retried);
 		worker_interrupts();
 	}
+	return total;
+}
+
+/* ----------------------------------------------------------------
+ * Redrive tasks
+ *
+ * The worker ticks every running task of dlq.redrive_tasks (redrive.c) at
+ * most every DLQ_REDRIVE_TICK_MS, in the round and between rounds, so that
+ * a task's rate does not depend on dlq.naptime; the rest of the round runs
+ * no more often for it.  A tick is one transaction: dlq.worker_redrive_take
+ * takes the candidates the task's token bucket allows (at most
+ * dlq.batch_size), dlq_reprocess replays them as the role that started the
+ * task, switched like the automatic retries, after its privileges are
+ * checked again (worker_retry_refusal), and dlq.worker_redrive_done moves
+ * the task's cursor and counters: a restart neither skips nor repeats a
+ * message.  A replay that fails as a whole (a paused queue, no live
+ * consumer, an error) is rolled back to a subtransaction and pauses the
+ * task for the queue's backoff; a role that may no longer replay ends it as
+ * failed.  Not throttled by dlq.worker_cost_limit: its rate is its own
+ * throttle.
+ * ----------------------------------------------------------------
+ */
+
+/* The longest wait between two ticks of a running task. */
+#define DLQ_REDRIVE_TICK_MS 100
+
+/* A task from DLQ_PLAN_REDRIVE_DUE. */
+typedef struct DlqRedriveDue
+{
+	int64		task_id;
+	TimestampTz due_at;
+} DlqRedriveDue;
+
+/* One tick of one task (worker_redrive_body). */
+typedef struct DlqRedriveTick
+{
+	int64		task_id;
+	int64		replayed;		/* ids handed to dlq_reprocess */
+} DlqRedriveTick;
+
+static MemoryContext redrive_cxt = NULL;	/* reset every worker_redrive */
+static List *redrive_due = NIL; /* result of DLQ_PLAN_REDRIVE_DUE */
+
+/* The next tick; DT_NOEND when no task is running or paused. */
+static TimestampTz redrive_next = DT_NOEND;
+
+/* Keep the rows of DLQ_PLAN_REDRIVE_DUE for worker_redrive. */
+static void
+worker_keep_redrive_due(void)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(redrive_cxt);
+
+	redrive_due = NIL;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		DlqRedriveDue *t = palloc(sizeof(DlqRedriveDue));
+		bool		isnull;
+		Datum		d;
+
+		t->task_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+		t->due_at = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+		redrive_due = lappend(redrive_due, t);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * dlq_reprocess of a tick's ids as role, the way pg_cron runs a job as its
+ * owner: in a security-restricted operation, switched back on every path.
+ */
+static void
+worker_redrive_as_role(Oid role, Datum *values, const char *nulls)
+{
+	Oid			save_user;
+	int			save_sec;
+
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		worker_exec(DLQ_PLAN_REDRIVE, InvalidOid, values, nulls);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_sec);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * dlq_reprocess of a tick's ids as role, in a subtransaction: its summary,
+ * copied into the caller's context, or NULL with *error set when the call
+ * failed (and was rolled back).
+ */
+static Jsonb *
+worker_redrive_replay(Oid role, Datum *values, const char *nulls, char **error)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner resowner = CurrentResourceOwner;
+	Jsonb	   *volatile summary = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		bool		isnull;
+		Datum		d;
+
+		worker_redrive_as_role(role, values, nulls);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContextSwitchTo(cxt);
+		summary = DatumGetJsonbPCopy(d);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = resowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = resowner;
+		*error = psprintf("replay failed with SQLSTATE %s: %s",
+						  unpack_sql_state(edata->sqlerrcode), edata->message);
+		FreeErrorData(edata);
+		summary = NULL;
+	}
+	PG_END_TRY();
+	return summary;
+}
+
+/* Tell the log that a task stopped (failed) or paused after an error. */
+static void
+worker_redrive_warn(int64 task, const char *queue, const char *what, const char *why)
+{
+	char		label[DLQ_LAST_ERROR_LEN];
+
+	ereport(WARNING,
+			(errmsg("redrive task " INT64_FORMAT " of queue \"%s\" %s: %s", task, queue, what, why),
+			 errhint("dlq_redrive_status(" INT64_FORMAT ") shows the task.", task)));
+	snprintf(label, sizeof(label), "redrive task " INT64_FORMAT " %s", task, what);
+	worker_record_error(label, why);
+}
+
+/*
+ * One tick of a task: take, replay as the task's creator, count.  All of
+ * it in the transaction of worker_txn.
+ */
+static void
+worker_redrive_body(void *arg)
+{
+	DlqRedriveTick *tick = (DlqRedriveTick *) arg;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	Oid			role;
+	Oid			target;
+	char	   *queue;
+	Datum		ids;
+	const char *why;
+	char	   *error = NULL;
+	Jsonb	   *summary;
+
+	values[0] = Int64GetDatum(tick->task_id);
+	values[1] = Int32GetDatum(dlq_batch_size);
+	values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	worker_exec(DLQ_PLAN_REDRIVE_TAKE, worker_state.owner, values, NULL);
+	if (SPI_processed == 0)
+		return;					/* nothing this tick, or the task ended */
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	queue = SPI_getvalue(row, desc, 1);
+	role = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
+	d = SPI_getbinval(row, desc, 3, &isnull);
+	target = isnull ? InvalidOid : DatumGetObjectId(d);
+	ids = SPI_getbinval(row, desc, 7, &isnull);
+
+	/* The same rule as automatic retries: the role is checked at every run. */
+	why = worker_retry_refusal(role, target);
+	if (why != NULL)
+	{
+		values[1] = CStringGetTextDatum(why);
+		worker_exec(DLQ_PLAN_REDRIVE_FAIL, worker_state.owner, values, NULL);
+		worker_redrive_warn(tick->task_id, queue, "failed", why);
+		return;
+	}
+
+	values[0] = ids;
+	values[1] = SPI_getbinval(row, desc, 4, &isnull);
+	values[2] = SPI_getbinval(row, desc, 5, &isnull);
+	nulls[2] = isnull ? 'n' : ' ';
+	values[3] = SPI_getbinval(row, desc, 6, &isnull);
+	nulls[3] = isnull ? 'n' : ' ';
+	summary = worker_redrive_replay(role, values, nulls, &error);
+
+	values[0] = Int64GetDatum(tick->task_id);
+	if (summary == NULL)
+	{
+		values[1] = CStringGetTextDatum(error);
+		values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+		worker_exec(DLQ_PLAN_REDRIVE_PAUSE, worker_state.owner, values, NULL);
+		worker_redrive_warn(tick->task_id, queue, "paused", error);
+		return;
+	}
+	values[1] = ids;
+	values[2] = JsonbPGetDatum(summary);
+	values[3] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	worker_exec(DLQ_PLAN_REDRIVE_DONE, worker_state.owner, values, NULL);
+	tick->replayed = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(ids)),
+									ARR_DIMS(DatumGetArrayTypeP(ids)));
+}
+
+/*
+ * Tick every task that is due, each in a transaction of its own, and work
+ * out when the next tick is due (redrive_next).  Returns how many messages
+ * the ticks handed to dlq_reprocess.
+ */
+static int64
+worker_redrive(void)
+{
+	int64		total = 0;
+	TimestampTz now;
+	TimestampTz next = DT_NOEND;
+	ListCell   *lc;
+
+	redrive_next = DT_NOEND;
+	if (!worker_state.has_reprocess || !worker_state.schema_current)
+		return 0;
+	if (redrive_cxt == NULL)
+		redrive_cxt = AllocSetContextCreate(worker_cxt, "dlq worker redrive",
+											ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(redrive_cxt);
+	redrive_due = NIL;
+	if (worker_run(DLQ_PLAN_REDRIVE_DUE, worker_state.owner, NULL, NULL, NULL) < 0)
+		return 0;
+	MemoryContextSwitchTo(redrive_cxt);
+
+	now = GetCurrentTimestamp();
+	foreach(lc, redrive_due)
+	{
+		DlqRedriveDue *t = (DlqRedriveDue *) lfirst(lc);
+		DlqRedriveTick tick = {t->task_id, 0};
+
+		if (t->due_at > now)
+		{
+			next = Min(next, t->due_at);
+			continue;
+		}
+		next = Min(next, TimestampTzPlusMilliseconds(now, DLQ_REDRIVE_TICK_MS));
+		if (worker_txn(dlq_plan_defs[DLQ_PLAN_REDRIVE].what, NULL,
+					   worker_redrive_body, &tick))
+			total += tick.replayed;
+		MemoryContextSwitchTo(redrive_cxt);
+		worker_interrupts();
+	}
+	redrive_next = next;
+	MemoryContextSwitchTo(round_cxt);
 	return total;
 }
 
@@ -1535,6 +1866,7 @@ worker_round(void)
 	expired += worker_repeat(DLQ_PLAN_CAP, values);
 
 	retried = worker_retry();
+	retried += worker_redrive();
 
 	/*
 	 * Closed messages leave by TRUNCATE of a slot (archived on the way when
@@ -1579,10 +1911,19 @@ worker_sleep(TimestampTz round_start)
 	for (;;)
 	{
 		TimestampTz next = TimestampTzPlusMilliseconds(round_start, dlq_naptime);
-		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
+		TimestampTz now = GetCurrentTimestamp();
+		long		left;
 
-		if (left <= 0)
+		if (now >= next)
 			return;
+		/* Redrive tasks tick between rounds too (worker_redrive). */
+		if (now >= redrive_next)
+		{
+			(void) worker_redrive();
+			worker_leave_if_claimed();
+			continue;
+		}
+		left = TimestampDifferenceMilliseconds(now, Min(next, redrive_next));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Min(left, DLQ_MAX_SLEEP_MS),
 						 worker_get_wait_event("DlqWorkerMain"));
