@@ -1864,6 +1864,61 @@ COMMENT ON FUNCTION dlq.worker_alert(text) IS
 
 /* ---- Processing (issue 14): queue settings replay_handler, retry_stop_ratio (queue.c) ---- */
 
+/*
+ * New queue settings (dlq_configure, DESIGN 7.3):
+ *   replay_handler    a function replays call once per message, with the payload
+ *                     (jsonb) or the message (dlq.message); returning is success
+ *   retry_stop_ratio  automatic retries and redrive tasks pause when a batch's
+ *                     failure ratio passes it
+ * A queue replays into a table (replay_target) or through a handler, not both.
+ */
+ALTER TABLE dlq.queues
+    ADD COLUMN replay_handler regprocedure,
+    ADD COLUMN retry_stop_ratio double precision
+        CHECK (retry_stop_ratio > 0 AND retry_stop_ratio <= 1),
+    ADD CONSTRAINT queues_one_replay_kind
+        CHECK (replay_target IS NULL OR replay_handler IS NULL);
+COMMENT ON COLUMN dlq.queues.replay_handler IS
+    'function replays call once per message, with the payload (jsonb) or the message (dlq.message), as the replaying role; returning resolves the message, an error is its failure; NULL: none';
+COMMENT ON COLUMN dlq.queues.retry_stop_ratio IS
+    'automatic retries and redrive tasks of this queue pause when more than this share of a batch fails; NULL: never';
+
+DROP FUNCTION @extschema@.dlq_configure(text, integer, interval, interval, regclass, text,
+    boolean, boolean, interval, double precision, interval, bigint, interval,
+    text, text[], text[], interval, bigint, text[]);
+CREATE FUNCTION @extschema@.dlq_configure(
+    queue text,
+    max_attempts integer DEFAULT NULL,
+    retention interval DEFAULT NULL,
+    resolved_retention interval DEFAULT NULL,
+    replay_target regclass DEFAULT NULL,
+    channel text DEFAULT NULL,
+    require_listener boolean DEFAULT NULL,
+    auto_retry boolean DEFAULT NULL,
+    retry_base interval DEFAULT NULL,
+    retry_factor double precision DEFAULT NULL,
+    retry_max interval DEFAULT NULL,
+    alert_threshold bigint DEFAULT NULL,
+    alert_cooldown interval DEFAULT NULL,
+    retry_on text DEFAULT NULL,
+    transient_sqlstates text[] DEFAULT NULL,
+    permanent_sqlstates text[] DEFAULT NULL,
+    archive_retention interval DEFAULT NULL,
+    max_messages bigint DEFAULT NULL,
+    components text[] DEFAULT NULL,
+    replay_handler regprocedure DEFAULT NULL,
+    retry_stop_ratio double precision DEFAULT NULL)
+RETURNS dlq.queues
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_configure';
+COMMENT ON FUNCTION @extschema@.dlq_configure(text, integer, interval, interval, regclass, text,
+    boolean, boolean, interval, double precision, interval, bigint, interval,
+    text, text[], text[], interval, bigint, text[], regprocedure, double precision) IS
+    'change the named settings of a queue (NULL keeps one), creating it if new; replay_target => 0, replay_handler => 0, max_messages => 0, retry_stop_ratio => 0 and an empty array clear theirs';
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_configure(text, integer, interval, interval, regclass,
+    text, boolean, boolean, interval, double precision, interval, bigint, interval,
+    text, text[], text[], interval, bigint, text[], regprocedure, double precision) TO dlq_operator;
+
 /* ---- Processing: handler replays, failures caught per message in batched subtransactions (replay.c, handler.c) ---- */
 
 /* ---- Processing: reject limits and COPY line numbers (attach.c, capture.c) ---- */

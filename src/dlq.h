@@ -201,6 +201,7 @@ extern const char *dlq_check_status(text *value, bool allow_any);
 extern int64 *dlq_check_id_array(ArrayType *ids, int *nids);
 extern char *dlq_default_channel(const char *queue);
 extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
+extern void dlq_check_bindable_function(Oid funcid, Oid roleid);
 
 /* A plan prepared once and kept for the life of the backend (util.c). */
 extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);

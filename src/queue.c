@@ -26,13 +26,13 @@
 #include "version.h"
 
 /*
- * dlq_configure's arguments: 1.0 had 13, 1.1 adds six at the end.  The
+ * dlq_configure's arguments: 1.0 had 13, 1.1 adds eight at the end.  The
  * plans take all of them (NULL for those a 1.0 signature lacks), then the
  * caller, for retry_role, and the number of reclassified messages, for the
  * audit event.
  */
 #define CONFIGURE_NARGS_1_0 13
-#define CONFIGURE_NARGS 19
+#define CONFIGURE_NARGS 21
 #define CONFIGURE_NPARAMS (CONFIGURE_NARGS + 2)
 
 /* The arguments 1.1 added (dlq--1.0--1.1.sql, "Operator workflow: queue settings"). */
@@ -42,6 +42,9 @@
 #define ARG_ARCHIVE_RETENTION 16
 #define ARG_MAX_MESSAGES 17
 #define ARG_COMPONENTS 18
+/* dlq--1.0--1.1.sql, "Processing (issue 14): queue settings" */
+#define ARG_REPLAY_HANDLER 19
+#define ARG_RETRY_STOP_RATIO 20
 
 /* Most entries of transient_sqlstates or permanent_sqlstates, and of components. */
 #define MAX_SQLSTATE_OVERRIDES 100
@@ -54,6 +57,7 @@ static SPIPlanPtr reclassify_plan = NULL;
 static SPIPlanPtr reschedule_plan = NULL;
 static SPIPlanPtr pause_plan = NULL;
 static SPIPlanPtr queue_exists_plan = NULL;
+static SPIPlanPtr kind_plan = NULL;
 
 /* Raise 42704 unless the queue exists.  Inside SPI, as the owner. */
 void
@@ -232,6 +236,19 @@ queue_check_new_args(FunctionCallInfo fcinfo, QueueOverrides *o)
 				 errmsg("max_messages must not be negative"),
 				 errhint("Pass 0 to remove the limit.")));
 	queue_check_components(fcinfo);
+	/* Replays call it on behalf of whoever replays: only its owner binds it. */
+	if (!PG_ARGISNULL(ARG_REPLAY_HANDLER) && PG_GETARG_OID(ARG_REPLAY_HANDLER) != InvalidOid)
+		dlq_check_bindable_function(PG_GETARG_OID(ARG_REPLAY_HANDLER), GetUserId());
+	if (!PG_ARGISNULL(ARG_RETRY_STOP_RATIO))
+	{
+		float8		ratio = PG_GETARG_FLOAT8(ARG_RETRY_STOP_RATIO);
+
+		if (isnan(ratio) || ratio < 0 || ratio > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("retry_stop_ratio must be between 0 and 1"),
+					 errhint("Pass 0 to remove it.")));
+	}
 }
 
 /*
@@ -283,7 +300,7 @@ queue_check_configure_args(FunctionCallInfo fcinfo, QueueOverrides *o)
 /*
  * The plans of dlq_configure, prepared together once per backend.  Every
  * one takes the same CONFIGURE_NPARAMS parameters: the arguments, the
- * caller ($20) and the number of reclassified messages ($21).  An empty
+ * caller ($22) and the number of reclassified messages ($23).  An empty
  * array clears transient_sqlstates, permanent_sqlstates and components,
  * max_messages => 0 clears max_messages.
  */
@@ -293,7 +310,7 @@ queue_configure_prepare(void)
 	Oid			types[CONFIGURE_NPARAMS] = {TEXTOID, INT4OID, INTERVALOID, INTERVALOID,
 		REGCLASSOID, TEXTOID, BOOLOID, BOOLOID, INTERVALOID, FLOAT8OID, INTERVALOID,
 		INT8OID, INTERVALOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INTERVALOID, INT8OID,
-	TEXTARRAYOID, OIDOID, INT8OID};
+	TEXTARRAYOID, REGPROCEDUREOID, FLOAT8OID, OIDOID, INT8OID};
 
 	if (configure_plan != NULL)
 		return;
@@ -307,10 +324,12 @@ queue_configure_prepare(void)
 									  " channel = coalesce($6, channel),"
 									  " require_listener = coalesce($7, require_listener),"
 									  " auto_retry = coalesce($8, auto_retry),"
-									  " retry_role = CASE WHEN $8 THEN $20::regrole"
+									  " retry_role = CASE WHEN $8 THEN $22::regrole"
 									  "  WHEN NOT $8 THEN NULL"
 									  "  WHEN (CASE WHEN $5 = 0 THEN NULL ELSE $5 END)"
 									  "   IS DISTINCT FROM replay_target AND $5 IS NOT NULL THEN NULL"
+									  "  WHEN (CASE WHEN $20 = 0 THEN NULL ELSE $20 END)"
+									  "   IS DISTINCT FROM replay_handler AND $20 IS NOT NULL THEN NULL"
 									  "  ELSE retry_role END,"
 									  " retry_base = coalesce($9, retry_base),"
 									  " retry_factor = coalesce($10, retry_factor),"
@@ -326,7 +345,11 @@ queue_configure_prepare(void)
 									  " max_messages = CASE WHEN $18 IS NULL THEN max_messages"
 									  "  WHEN $18 > 0 THEN $18 END,"
 									  " components = CASE WHEN $19 IS NULL THEN components"
-									  "  WHEN cardinality($19) > 0 THEN $19 END"
+									  "  WHEN cardinality($19) > 0 THEN $19 END,"
+									  " replay_handler = CASE WHEN $20 IS NULL THEN replay_handler"
+									  "  WHEN $20 = 0 THEN NULL ELSE $20 END,"
+									  " retry_stop_ratio = CASE WHEN $21 IS NULL THEN retry_stop_ratio"
+									  "  WHEN $21 > 0 THEN $21 END"
 									  " WHERE queue = $1 RETURNING *",
 									  CONFIGURE_NPARAMS, types);
 	configure_detail_plan = dlq_prepare_kept(
@@ -336,12 +359,15 @@ queue_configure_prepare(void)
 											 " 'channel', $6, 'require_listener', $7, 'auto_retry', $8,"
 											 " 'retry_base', $9, 'retry_factor', $10, 'retry_max', $11,"
 											 " 'alert_threshold', $12, 'alert_cooldown', $13,"
-											 " 'retry_role', CASE WHEN $8 THEN $20::regrole::text END,"
+											 " 'retry_role', CASE WHEN $8 THEN $22::regrole::text END,"
 											 " 'retry_on', $14, 'transient_sqlstates', $15,"
 											 " 'permanent_sqlstates', $16, 'archive_retention', $17,"
 											 " 'max_messages', CASE WHEN $18 = 0 THEN to_jsonb('none'::text)"
 											 "  ELSE to_jsonb($18) END,"
-											 " 'components', $19, 'reclassified', $21))"
+											 " 'components', $19, 'reclassified', $23,"
+											 " 'replay_handler', CASE WHEN $20 = 0 THEN 'none' ELSE $20::text END,"
+											 " 'retry_stop_ratio', CASE WHEN $21 = 0 THEN to_jsonb('none'::text)"
+											 "  ELSE to_jsonb($21) END))"
 											 " WHERE $1 IS NOT NULL",
 											 CONFIGURE_NPARAMS, types);
 	/* The other list, when one is given: the two must not share a code. */
@@ -431,6 +457,44 @@ queue_reclassify(const char *queue)
 	return reclassified;
 }
 
+/*
+ * A queue's replays go into a table or through a handler, never both:
+ * raise 22023 when the call would leave the queue (its row locked here)
+ * with both.  Inside SPI, as the owner, before the update.
+ */
+static void
+queue_check_replay_kind(const char *queue, Datum *values, const char *nulls)
+{
+	Datum		value = CStringGetTextDatum(queue);
+	bool		target;
+	bool		handler;
+	bool		isnull;
+
+	if (kind_plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		kind_plan = dlq_prepare_kept("SELECT replay_target IS NOT NULL, replay_handler IS NOT NULL"
+									 " FROM dlq.queues WHERE queue = $1 FOR UPDATE",
+									 1, types);
+	}
+	if (dlq_execute_kept(kind_plan, &value, NULL, false, 1, SPI_OK_SELECT) != 1)
+		return;
+	target = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	handler = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	/* given: 0 clears, another value sets; not given: as it is */
+	if (nulls[4] == ' ')
+		target = DatumGetObjectId(values[4]) != InvalidOid;
+	if (nulls[ARG_REPLAY_HANDLER] == ' ')
+		handler = DatumGetObjectId(values[ARG_REPLAY_HANDLER]) != InvalidOid;
+	if (target && handler)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("queue \"%s\" cannot have both a replay target and a replay handler", queue),
+				 errhint("Clear one of them with replay_target => 0 or replay_handler => 0.")));
+}
+
 PG_FUNCTION_INFO_V1(dlq_configure);
 
 /*
@@ -439,21 +503,24 @@ PG_FUNCTION_INFO_V1(dlq_configure);
  *				 retry_base, retry_factor, retry_max, alert_threshold,
  *				 alert_cooldown, retry_on, transient_sqlstates,
  *				 permanent_sqlstates, archive_retention, max_messages,
- *				 components) returns dlq.queues
+ *				 components, replay_handler, retry_stop_ratio) returns dlq.queues
  *
  * Change the named settings of a queue (NULL leaves one as it is), creating
  * the queue with defaults first if it is new.  replay_target => 0 clears
- * the replay target, max_messages => 0 the cap, an empty array the SQLSTATE
+ * the replay target, replay_handler => 0 the handler, max_messages => 0 the
+ * cap, retry_stop_ratio => 0 the early stop, an empty array the SQLSTATE
  * lists and components.  max_attempts applies to messages stored afterwards;
  * retry_on and the SQLSTATE lists also to the open messages, whose
  * error_class (and retry schedule) follow at once.  A 1.0 schema's
  * function has only the first 13 arguments.
  *
  * Binding a replay target requires owning the table, and never a catalog or
- * a dlq table.  auto_retry => true records the caller as the queue's
- * retry_role, as which the worker runs the automatic retries; false clears
- * it, and so does binding another replay target without auto_retry => true
- * (the role agreed to write into the old table, not into the new one).
+ * a dlq table; binding a replay handler owning the function, never one of
+ * dlq's (dlq_check_bindable_function).  A queue has at most one of the two.
+ * auto_retry => true records the caller as the queue's retry_role, as which
+ * the worker runs the automatic retries; false clears it, and so does
+ * binding another replay target or handler without auto_retry => true (the
+ * role agreed to run the old one, not the new one).
  */
 Datum
 dlq_configure(PG_FUNCTION_ARGS)
@@ -496,6 +563,7 @@ dlq_configure(PG_FUNCTION_ARGS)
 	queue_configure_prepare();
 	dlq_ensure_queue(queue, owner.caller);
 	queue_check_stored_overlap(queue, &overrides);
+	queue_check_replay_kind(queue, values, nulls);
 	if (dlq_execute_kept(configure_plan, values, nulls, false, 0, SPI_OK_UPDATE_RETURNING) != 1)
 		elog(ERROR, "could not configure queue \"%s\"", queue);
 	if (SPI_tuptable->tupdesc->natts != tupdesc->natts)

@@ -18,6 +18,7 @@
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "common/hashfn.h"
@@ -31,6 +32,7 @@
 #include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/regproc.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -414,6 +416,65 @@ dlq_check_bindable_relation(Oid relid, Oid roleid)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of table %s", relname),
 				 errdetail("Only the owner of a table may bind a queue to it.")));
+}
+
+/*
+ * May a replay handler take an argument of this type?  jsonb (the payload)
+ * or dlq.message (the whole message, the row type of the view).
+ */
+static bool
+dlq_handler_arg_ok(Oid argtype)
+{
+	Oid			nsp = get_namespace_oid("dlq", true);
+	Oid			view = OidIsValid(nsp) ? get_relname_relid("message", nsp) : InvalidOid;
+
+	return argtype == JSONBOID ||
+		(OidIsValid(view) && argtype == get_rel_type_id(view));
+}
+
+/*
+ * Raise unless roleid may bind a queue's replays to function funcid (the
+ * replay_handler of dlq_configure): it must exist (42883), be owned by the
+ * role (42501), not be one of dlq's own (42501), and be a plain function of
+ * one argument of type jsonb or dlq.message that does not return a set
+ * (22023).
+ */
+void
+dlq_check_bindable_function(Oid funcid, Oid roleid)
+{
+	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(funcid));
+	Form_pg_proc proc;
+	char	   *name;
+	Oid			extoid = get_extension_oid("dlq", true);
+
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", funcid)));
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	name = format_procedure(funcid);
+#if PG_VERSION_NUM >= 160000
+	if (!object_ownercheck(ProcedureRelationId, funcid, roleid))
+#else
+	if (!pg_proc_ownercheck(funcid, roleid))
+#endif
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of function %s", name),
+				 errdetail("Only the owner of a function may make it a queue's replay handler.")));
+	if (proc->pronamespace == get_namespace_oid("dlq", true) ||
+		(OidIsValid(extoid) && getExtensionOfObject(ProcedureRelationId, funcid) == extoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot make %s a replay handler", name),
+				 errdetail("The functions of dlq cannot be replay handlers.")));
+	if (proc->prokind != PROKIND_FUNCTION || proc->proretset || proc->pronargs != 1 ||
+		!dlq_handler_arg_ok(proc->proargtypes.values[0]))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s cannot be a replay handler", name),
+				 errdetail("A replay handler is a function of one argument, of type jsonb (the payload) or dlq.message (the message), that does not return a set.")));
+	ReleaseSysCache(tuple);
 }
 
 /*
