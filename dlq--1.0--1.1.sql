@@ -2266,20 +2266,20 @@ AS $$
 DECLARE
     t dlq.redrive_tasks;
     ratio double precision;
-    replayed bigint := coalesce((summary ->> 'replayed')::bigint, 0);
-    failed bigint := coalesce((summary ->> 'failed')::bigint, 0);
+    n_replayed bigint := coalesce((summary ->> 'replayed')::bigint, 0);
+    n_failed bigint := coalesce((summary ->> 'failed')::bigint, 0);
     sync bigint;
 BEGIN
-    sync := replayed - coalesce((summary ->> 'notified')::bigint, 0) + failed;
+    sync := n_replayed - coalesce((summary ->> 'notified')::bigint, 0) + n_failed;
     UPDATE dlq.redrive_tasks r
        SET cursor = greatest(r.cursor, (SELECT max(i) FROM unnest(message_ids) i)),
            taken = r.taken + cardinality(message_ids),
-           moved = r.moved + replayed,
-           failed = r.failed + worker_redrive_done.failed,
+           moved = r.moved + n_replayed,
+           failed = r.failed + n_failed,
            skipped = r.skipped + coalesce((summary ->> 'skipped')::bigint, 0)
                                + coalesce((summary ->> 'not_found')::bigint, 0),
            window_done = r.window_done + sync,
-           window_failed = r.window_failed + worker_redrive_done.failed
+           window_failed = r.window_failed + n_failed
      WHERE r.task_id = worker_redrive_done.task_id
     RETURNING r.* INTO t;
 
@@ -2343,18 +2343,18 @@ AS $$
 #variable_conflict use_column
 DECLARE
     q dlq.queues;
-    failed bigint := coalesce((summary ->> 'failed')::bigint, 0);
+    n_failed bigint := coalesce((summary ->> 'failed')::bigint, 0);
     sync bigint;
     why text;
 BEGIN
     sync := coalesce((summary ->> 'replayed')::bigint, 0)
-            - coalesce((summary ->> 'notified')::bigint, 0) + failed;
+            - coalesce((summary ->> 'notified')::bigint, 0) + n_failed;
     IF sync <= 0 THEN
         RETURN false;
     END IF;
     UPDATE dlq.queues s
        SET retry_window_done = s.retry_window_done + sync,
-           retry_window_failed = s.retry_window_failed + worker_retry_outcome.failed
+           retry_window_failed = s.retry_window_failed + n_failed
      WHERE s.queue = worker_retry_outcome.queue
     RETURNING s.* INTO q;
     IF NOT FOUND OR q.retry_window_done < 10 THEN

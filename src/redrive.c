@@ -26,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -33,6 +34,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/regproc.h"
 
 #include "dlq.h"
 #include "filter.h"
@@ -90,10 +92,22 @@ redrive_insert_plan(const DlqFilter *filter)
 	return insert_plans[flags];
 }
 
+/* EXECUTE on a function (object_aclcheck from PostgreSQL 16 on). */
+static AclResult
+redrive_proc_aclcheck(Oid proc, Oid role)
+{
+#if PG_VERSION_NUM >= 160000
+	return object_aclcheck(ProcedureRelationId, proc, role, ACL_EXECUTE);
+#else
+	return pg_proc_aclcheck(proc, role, ACL_EXECUTE);
+#endif
+}
+
 /*
  * Lock the queue's row, so that two starts on one queue go one after the
  * other (42704 when there is none), and refuse a second active task
- * (55000) and a replay target the caller may not write to (42501).
+ * (55000), and a replay target the caller may not write to or a replay
+ * handler it may not execute (42501).
  */
 static void
 redrive_check_queue(const char *queue, Oid caller)
@@ -106,7 +120,7 @@ redrive_check_queue(const char *queue, Oid caller)
 	{
 		Oid			types[1] = {TEXTOID};
 
-		lock_queue_plan = dlq_prepare_kept("SELECT replay_target FROM dlq.queues"
+		lock_queue_plan = dlq_prepare_kept("SELECT replay_target, replay_handler FROM dlq.queues"
 										   " WHERE queue = $1 FOR UPDATE", 1, types);
 		active_plan = dlq_prepare_kept("SELECT task_id, state FROM dlq.redrive_tasks"
 									   " WHERE queue = $1 AND state IN ('running', 'paused')",
@@ -124,6 +138,14 @@ redrive_check_queue(const char *queue, Oid caller)
 				 errmsg("permission denied to replay into table %s",
 						get_rel_name(DatumGetObjectId(d)) ? get_rel_name(DatumGetObjectId(d)) : "?"),
 				 errdetail("A redrive task of queue \"%s\" re-applies its rows to that table as the role that started it, which lacks INSERT on it.",
+						   queue)));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull && redrive_proc_aclcheck(DatumGetObjectId(d), caller) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to replay through function %s",
+						format_procedure(DatumGetObjectId(d))),
+				 errdetail("A redrive task of queue \"%s\" calls that function as the role that started it, which lacks EXECUTE on it.",
 						   queue)));
 
 	dlq_execute_kept(active_plan, &value, NULL, false, 1, SPI_OK_SELECT);
