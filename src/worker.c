@@ -1099,6 +1099,16 @@ worker_progress_done(int64 n)
 	LWLockRelease(dlq_shared->lock);
 }
 
+/* No step under way (caller holds dlq_shared->lock). */
+static void
+worker_progress_clear(void)
+{
+	worker_slot->step[0] = '\0';
+	worker_slot->step_queue[0] = '\0';
+	worker_slot->step_started_at = 0;
+	worker_slot->step_done = 0;
+}
+
 /*
  * The round is over: no step under way, and its throttle sleep becomes the
  * last round's.  The naptime is rest enough, so the balance starts again.
@@ -1110,10 +1120,7 @@ worker_progress_end(void)
 	if (worker_slot == NULL)
 		return;
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
-	worker_slot->step[0] = '\0';
-	worker_slot->step_queue[0] = '\0';
-	worker_slot->step_started_at = 0;
-	worker_slot->step_done = 0;
+	worker_progress_clear();
 	worker_slot->last_throttle_sleep_us = worker_slot->throttle_sleep_us;
 	worker_slot->throttle_sleep_us = 0;
 	LWLockRelease(dlq_shared->lock);
@@ -1920,6 +1927,14 @@ worker_sleep(TimestampTz round_start)
 		if (now >= redrive_next)
 		{
 			(void) worker_redrive();
+			if (worker_slot != NULL)
+			{
+				/* between rounds, no step is under way, and the worker is alive */
+				LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+				worker_progress_clear();
+				worker_slot->last_heartbeat = GetCurrentTimestamp();
+				LWLockRelease(dlq_shared->lock);
+			}
 			worker_leave_if_claimed();
 			continue;
 		}
