@@ -59,7 +59,7 @@ SELECT queue, state, rate_per_second, component, force, max_messages, reason, ti
 SELECT jsonb_pretty(dlq_redrive_status(:task) - 'task_id' - 'started_at' - 'eta') AS status;
 SELECT (dlq_redrive_status(:task)->>'eta')::timestamptz - now() AS eta_from_now;
 SELECT actor, kind, queue, detail - 'task_id' AS detail FROM dlq.events
- WHERE queue = 'redrive_a' AND kind::text LIKE 'redrive%' ORDER BY event_id;
+ WHERE queue = 'redrive_a' AND kind::text LIKE 'redrive\_%' ORDER BY event_id;
 -- a second task on the same queue, by anyone, waits for this one to end
 SELECT regexp_replace(dlq_test.err($$SELECT dlq_redrive_start('redrive_a', 10)$$),
                       :'task', 'T', 'g') AS err;
@@ -68,7 +68,7 @@ SELECT dlq_redrive_cancel(:task) AS cancelled_again;
 SELECT state, end_reason, finished_at IS NOT NULL AS finished FROM dlq.redrive_tasks WHERE task_id = :task;
 SELECT dlq_redrive_status(:task)->>'state' AS state, dlq_redrive_status(:task)->'eta' AS eta;
 SELECT actor, kind, detail - 'task_id' AS detail FROM dlq.events
- WHERE queue = 'redrive_a' AND kind::text LIKE 'redrive%' ORDER BY event_id;
+ WHERE queue = 'redrive_a' AND kind::text LIKE 'redrive\_%' ORDER BY event_id;
 -- once it ended, a new task may start: with force and max_messages, total is capped
 SELECT dlq_redrive_start('redrive_a', 1, force => true, max_messages => 2) AS task2 \gset
 SELECT state, total, max_messages, force FROM dlq.redrive_tasks WHERE task_id = :task2;
@@ -99,7 +99,7 @@ SELECT dlq_redrive_status(:task)->>'state' AS state, dlq_redrive_status(:task)->
 SELECT state, reason FROM dlq.redrive_tasks WHERE task_id = :task;
 SET LOCAL ROLE redrive_op2;
 SELECT dlq_redrive_cancel(:task) AS cancelled_by_another_operator;
-SELECT actor, kind FROM dlq.events WHERE queue = 'redrive_a' AND kind::text LIKE 'redrive%' ORDER BY event_id;
+SELECT actor, kind FROM dlq.events WHERE queue = 'redrive_a' AND kind::text LIKE 'redrive\_%' ORDER BY event_id;
 ROLLBACK;
 
 -- a queue bound to a table: the task replays as its creator, who needs INSERT
@@ -117,7 +117,7 @@ ROLLBACK;
 
 -- nothing of the above is left
 SELECT count(*) AS tasks FROM dlq.redrive_tasks;
-SELECT count(*) AS redrive_events FROM dlq.events WHERE kind::text LIKE 'redrive%';
+SELECT count(*) AS redrive_events FROM dlq.events WHERE kind::text LIKE 'redrive\_%';
 
 -- etl_status_json shows running and paused tasks
 BEGIN;

@@ -1669,6 +1669,7 @@ worker_redrive(void)
 	int64		total = 0;
 	TimestampTz now;
 	TimestampTz next = DT_NOEND;
+	bool		failed = false;
 	ListCell   *lc;
 
 	redrive_next = DT_NOEND;
@@ -1698,9 +1699,15 @@ worker_redrive(void)
 		if (worker_txn(dlq_plan_defs[DLQ_PLAN_REDRIVE].what, NULL,
 					   worker_redrive_body, &tick))
 			total += tick.replayed;
+		else
+			failed = true;
 		MemoryContextSwitchTo(redrive_cxt);
 		worker_interrupts();
 	}
+
+	/* A tick that failed (logged) is not tried again ten times a second. */
+	if (failed)
+		next = Max(next, TimestampTzPlusMilliseconds(now, DLQ_MAX_SLEEP_MS));
 	redrive_next = next;
 	MemoryContextSwitchTo(round_cxt);
 	return total;

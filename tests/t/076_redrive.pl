@@ -76,7 +76,7 @@ is(q1(qq{SELECT moved || ' ' || failed || ' ' || taken || ' ' || total || ' ' ||
            FROM dlq.redrive_tasks WHERE task_id = $task}),
 	'300 0 300 300 true', 'the task counted 300 moved of 300');
 is(q1(qq{SELECT string_agg(kind::text, ',' ORDER BY event_id) FROM dlq.events
-          WHERE queue = 'rd_rate' AND kind::text LIKE 'redrive%'}),
+          WHERE queue = 'rd_rate' AND kind::text LIKE 'redrive\_%'}),
 	'redrive_started,redrive_finished', 'started and finished are audited');
 is(q1(qq{SELECT count(*) FROM dlq.events WHERE queue = 'rd_rate' AND kind = 'replay_requested'
             AND (actor <> 'rd_op' OR detail->>'reason' <> 'rate test')}),
@@ -179,7 +179,7 @@ ok($node->poll_query_until('postgres',
 is(q1(qq{SELECT moved || ' ' || failed || ' ' || pauses FROM dlq.redrive_tasks WHERE task_id = $task}),
 	'25 15 0', '25 moved, 15 failed');
 is(q1(q{SELECT string_agg(kind::text, ',' ORDER BY event_id) FROM dlq.events
-          WHERE queue = 'rd_t' AND kind::text LIKE 'redrive%'}),
+          WHERE queue = 'rd_t' AND kind::text LIKE 'redrive\_%'}),
 	'redrive_started,redrive_paused,redrive_resumed,redrive_finished',
 	'pause and resume are audited');
 is(q1(q{SELECT count(*) FROM rd.t}), '25', 'the 25 rows are in the table');
