@@ -1923,6 +1923,33 @@ GRANT EXECUTE ON FUNCTION @extschema@.dlq_configure(text, integer, interval, int
 
 /* ---- Processing: reject limits and COPY line numbers (attach.c, capture.c) ---- */
 
+/*
+ * dlq_attach gains reject limits: a statement (INSERT, UPDATE, COPY) on the
+ * table that diverts more than max_errors rows, or more than
+ * max_error_ratio of its rows (of at least 100), fails with SQLSTATE DLQ02
+ * and keeps nothing.  They live in the arguments of a BEFORE STATEMENT
+ * trigger dlq_attach makes (src/capture.c), so they go with the table
+ * through pg_dump; dlq_attach again on the attached table changes them.
+ * The library still serves 1.0's three arguments (PG_NARGS).
+ */
+DROP FUNCTION @extschema@.dlq_attach(regclass, text, text);
+CREATE FUNCTION @extschema@.dlq_attach(
+    target regclass,
+    queue text DEFAULT NULL,
+    mode text DEFAULT 'validate',
+    max_errors bigint DEFAULT NULL,
+    max_error_ratio double precision DEFAULT NULL)
+RETURNS text
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_attach';
+COMMENT ON FUNCTION @extschema@.dlq_attach(regclass, text, text, bigint, double precision) IS
+    'capture failed rows of a table you own into a queue (default: the table name) and replay into it; an existing queue must be unbound and created by you; mode validate or isolate; max_errors and max_error_ratio fail a statement that diverts more (DLQ02); on an attached table, sets those limits; returns the queue';
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_attach(regclass, text, text, bigint, double precision)
+    TO dlq_writer, dlq_operator;
+
+COMMENT ON FUNCTION @extschema@.dlq_capture() IS
+    'BEFORE INSERT OR UPDATE row trigger (queue [, component]): rows that would violate NOT NULL, CHECK, UNIQUE or FOREIGN KEY go to the DLQ and are skipped; as a BEFORE statement trigger (queue, ''max_errors=n'', ''max_error_ratio=r''), the statement''s reject limits; from COPY, metadata copy_line';
+
 /* ---- Processing: redrive tasks and early stop (redrive.c, worker) ---- */
 
 /*

@@ -5,7 +5,9 @@ SET client_min_messages = warning;
 
 CREATE TABLE att_t (id int PRIMARY KEY, v int CHECK (v > 0), d date, j jsonb);
 
--- Default queue is the table name; a second attach is refused.
+-- Default queue is the table name.  A second attach with the same queue and
+-- mode sets the table's reject limits (none here, 55_reject_limits); with
+-- another queue or mode it is refused.
 SELECT dlq_attach('att_t');
 SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'att_t'::regclass ORDER BY tgname;
 SELECT queue, replay_target, channel FROM dlq.queues WHERE queue = 'att_t';

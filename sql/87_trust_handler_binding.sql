@@ -43,6 +43,10 @@ SELECT replay_handler, replay_target FROM dlq_configure('hb_q', replay_target =>
 SELECT detail ->> 'replay_target' AS target, detail ->> 'replay_handler' AS handler FROM dlq.events
  WHERE queue = 'hb_q' AND kind = 'configured' AND detail ? 'replay_target' ORDER BY event_id;
 
+-- Nor can a table be attached to a queue that has a handler (55000).
+SELECT dlq_test.err($$SELECT dlq_attach('hb_table', 'hb_q')$$);
+SELECT count(*) AS capture_triggers FROM pg_trigger WHERE tgrelid = 'hb_table'::regclass;
+
 -- auto_retry records the caller as retry_role; binding another handler
 -- without auto_retry => true clears it (the role agreed to run the old one).
 SELECT retry_role FROM dlq_configure('hb_q', auto_retry => true);

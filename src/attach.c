@@ -35,6 +35,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -54,6 +55,9 @@
 #define CAPTURE_TRIGGER_NAME "zzz_dlq_capture"
 #define FLUSH_TRIGGER_NAME "zzz_dlq_capture_flush"
 #define INTAKE_TRIGGER_NAME "dlq_intake"
+#define LIMITS_TRIGGER_NAME "zzz_dlq_capture_limits"
+#define INTAKE_LIMITS_TRIGGER_NAME "dlq_intake_limits"
+#define INTAKE_LIMITS_END_TRIGGER_NAME "dlq_intake_limits_end"
 
 /*
  * dlq_detach's check: target is a table the caller owns.  Unlike binding,
@@ -237,8 +241,8 @@ attach_check_queue(const char *queue, Oid relid, Oid caller)
 	Oid			creator;
 
 	values[0] = CStringGetTextDatum(queue);
-	if (dlq_execute_sql("SELECT replay_target, created_by FROM dlq.queues"
-						" WHERE queue = $1 FOR UPDATE",
+	if (dlq_execute_sql("SELECT replay_target, created_by, replay_handler IS NOT NULL"
+						" FROM dlq.queues WHERE queue = $1 FOR UPDATE",
 						1, types, values, NULL, false, 1, SPI_OK_SELECT) != 1)
 		elog(ERROR, "could not read queue \"%s\"", queue);
 	target = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
@@ -263,6 +267,13 @@ attach_check_queue(const char *queue, Oid relid, Oid caller)
 						   creator_name ? creator_name : "(dropped)"),
 				 errhint("Attach the table with a queue of its own.")));
 	}
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+								   &creator_null)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("queue \"%s\" replays through a handler", queue),
+				 errdetail("A queue replays into a table or through a replay handler, not both."),
+				 errhint("Attach the table with a queue of its own.")));
 	if (!target_null && target != relid)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -270,9 +281,132 @@ attach_check_queue(const char *queue, Oid relid, Oid caller)
 				 errhint("Attach the table with a queue of its own.")));
 }
 
+/*
+ * Reject limits (capture.c): dlq_attach's max_errors and max_error_ratio
+ * live in the arguments of a BEFORE ... FOR EACH STATEMENT trigger running
+ * dlq_capture, on the table in validate mode, on the intake view in isolate
+ * mode (with an AFTER STATEMENT companion there, which the table has
+ * already): they go with the table through pg_dump, cost nothing to read
+ * and go away with dlq_detach.  -1 is "no limit".
+ */
+typedef struct AttachLimits
+{
+	int64		max_errors;
+	double		max_error_ratio;
+} AttachLimits;
+
+static void
+attach_check_limits(FunctionCallInfo fcinfo, AttachLimits *limits)
+{
+	limits->max_errors = -1;
+	limits->max_error_ratio = -1;
+	/* 1.0's dlq_attach has three arguments */
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+	{
+		limits->max_errors = PG_GETARG_INT64(3);
+		if (limits->max_errors < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_errors must be at least 0"),
+					 errhint("NULL sets no limit; 0 fails a statement at its first failed row.")));
+	}
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+	{
+		limits->max_error_ratio = PG_GETARG_FLOAT8(4);
+		if (!(limits->max_error_ratio >= 0 && limits->max_error_ratio < 1))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_error_ratio must be at least 0 and less than 1"),
+					 errhint("NULL sets no limit.")));
+	}
+}
+
+/* The trigger arguments of limits: ", 'max_errors=n', 'max_error_ratio=r'". */
+static char *
+attach_limits_args(const AttachLimits *limits)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (limits->max_errors >= 0)
+		appendStringInfo(&buf, ", 'max_errors=" INT64_FORMAT "'", limits->max_errors);
+	if (limits->max_error_ratio >= 0)
+		appendStringInfo(&buf, ", 'max_error_ratio=%s'",
+						 float8out_internal(limits->max_error_ratio));
+	return buf.data;
+}
+
+/* Drop trigger tgname on relname if relid has it, running capture_oid. */
+static void
+attach_drop_trigger(Oid relid, const char *relname, const char *tgname, Oid capture_oid)
+{
+	if (attach_has_trigger(relid, tgname, capture_oid, true))
+		attach_exec(psprintf("DROP TRIGGER %s ON %s", tgname, relname), SPI_OK_UTILITY);
+}
+
+/*
+ * Set the reject limits of relid (validate mode) or of its intake view
+ * viewid (isolate mode), replacing any it has.  As the owner, inside SPI.
+ */
+static void
+attach_set_limits(Oid relid, Oid viewid, const char *queue, const char *schema,
+				  const AttachLimits *limits)
+{
+	Oid			capture_oid = attach_trigger_function(schema, "dlq_capture");
+	Oid			on = OidIsValid(viewid) ? viewid : relid;
+	char	   *onname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(on)),
+													get_rel_name(on));
+	const char *begin = OidIsValid(viewid) ? INTAKE_LIMITS_TRIGGER_NAME : LIMITS_TRIGGER_NAME;
+	const char *func = psprintf("%s.dlq_capture", quote_identifier(schema));
+
+	attach_drop_trigger(on, onname, begin, capture_oid);
+	if (OidIsValid(viewid))
+		attach_drop_trigger(on, onname, INTAKE_LIMITS_END_TRIGGER_NAME, capture_oid);
+	if (limits->max_errors < 0 && limits->max_error_ratio < 0)
+		return;
+	attach_exec(psprintf("CREATE TRIGGER %s BEFORE %s ON %s FOR EACH STATEMENT"
+						 " EXECUTE FUNCTION %s(%s%s)",
+						 begin, OidIsValid(viewid) ? "INSERT" : "INSERT OR UPDATE", onname,
+						 func, quote_literal_cstr(queue), attach_limits_args(limits)),
+				SPI_OK_UTILITY);
+	/* The table's flush trigger ends its statements; the view needs one. */
+	if (OidIsValid(viewid))
+		attach_exec(psprintf("CREATE TRIGGER %s AFTER INSERT ON %s FOR EACH STATEMENT"
+							 " EXECUTE FUNCTION %s(%s)",
+							 INTAKE_LIMITS_END_TRIGGER_NAME, onname, func,
+							 quote_literal_cstr(queue)),
+					SPI_OK_UTILITY);
+}
+
+/*
+ * The queue of trigger tgname running funcoid on relid, when relid has one
+ * of its own (not cloned from a partitioned parent); NULL otherwise.
+ */
+static char *
+attach_trigger_queue(Oid relid, const char *tgname, Oid funcoid)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	char	   *queue = NULL;
+
+	for (int i = 0; rel->trigdesc != NULL && i < rel->trigdesc->numtriggers; i++)
+	{
+		Trigger    *tg = &rel->trigdesc->triggers[i];
+
+		if (strcmp(tg->tgname, tgname) == 0 && tg->tgfoid == funcoid &&
+			!tg->tgisclone && tg->tgnargs >= 1)
+			queue = pstrdup(tg->tgargs[0]);
+	}
+	relation_close(rel, AccessShareLock);
+	return queue;
+}
+
+/*
+ * Audit attach and detach; limits (or NULL) adds the reject limits, null
+ * for none, to an attach that sets or changes them.
+ */
 static void
 attach_audit(const char *actor, const char *queue, const char *what, Oid relid,
-			 const char *mode)
+			 const char *mode, const AttachLimits *limits)
 {
 	StringInfoData buf;
 
@@ -285,14 +419,66 @@ attach_audit(const char *actor, const char *queue, const char *what, Oid relid,
 		appendStringInfoString(&buf, ", \"mode\": ");
 		escape_json(&buf, mode);
 	}
+	if (limits != NULL)
+	{
+		appendStringInfoString(&buf, ", \"max_errors\": ");
+		if (limits->max_errors >= 0)
+			appendStringInfo(&buf, INT64_FORMAT, limits->max_errors);
+		else
+			appendStringInfoString(&buf, "null");
+		appendStringInfo(&buf, ", \"max_error_ratio\": %s",
+						 limits->max_error_ratio >= 0 ?
+						 float8out_internal(limits->max_error_ratio) : "null");
+	}
 	appendStringInfoChar(&buf, '}');
 	dlq_audit("configured", actor, queue,
 			  (Datum) 0, false, 0, NULL, 0,
 			  dlq_jsonb(buf.data));
 }
 
-/* isolate mode: the intake view (as the caller) and its trigger (as the owner). */
-static void
+/*
+ * dlq_attach on a table attached already: with the same mode and queue
+ * (queue NULL: the one it has), its reject limits become the ones given;
+ * anything else needs dlq_detach first.  Only the table's owner gets here
+ * (attach_lock_target), and the queue's binding does not change, so its
+ * creator is not asked.  As the owner, inside SPI.
+ */
+static const char *
+attach_change_limits(Oid relid, const char *queue, const char *mode, Oid viewid,
+					 const char *schema, const AttachLimits *limits, Oid caller)
+{
+	bool		isolate = strcmp(mode, "isolate") == 0;
+	char	   *attached_queue = NULL;
+
+	if (isolate == OidIsValid(viewid))
+		attached_queue = isolate ?
+			attach_trigger_queue(viewid, INTAKE_TRIGGER_NAME,
+								 attach_trigger_function(schema, "dlq_capture_isolate")) :
+			attach_trigger_queue(relid, CAPTURE_TRIGGER_NAME,
+								 attach_trigger_function(schema, "dlq_capture"));
+	if (attached_queue == NULL || (queue != NULL && strcmp(queue, attached_queue) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("table \"%s\" is already attached to the DLQ", get_rel_name(relid)),
+				 errhint("Call dlq_detach first to change its queue or mode.")));
+	/* The intake view's triggers change: its owner's call, as for detach. */
+	if (OidIsValid(viewid) && !dlq_rel_ownercheck(viewid, caller))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of view %s", get_rel_name(viewid)),
+				 errdetail("The reject limits of table \"%s\" are on its intake view, which role \"%s\" owns.",
+						   get_rel_name(relid), GetUserNameFromId(dlq_rel_owner(viewid), false))));
+	attach_set_limits(relid, viewid, attached_queue, schema, limits);
+	attach_audit(GetUserNameFromId(caller, false), attached_queue, "attached", relid, mode,
+				 limits);
+	return attached_queue;
+}
+
+/*
+ * isolate mode: the intake view (as the caller) and its trigger (as the
+ * owner); returns the view.
+ */
+static Oid
 attach_isolate(Oid relid, const char *queue, const char *schema, DlqOwnerContext *owner)
 {
 	char	   *nspname = get_namespace_name(get_rel_namespace(relid));
@@ -340,6 +526,7 @@ attach_isolate(Oid relid, const char *queue, const char *schema, DlqOwnerContext
 						 INTAKE_TRIGGER_NAME, quote_qualified_identifier(nspname, view),
 						 quote_identifier(schema), quote_literal_cstr(queue), relid),
 				SPI_OK_UTILITY);
+	return get_relname_relid(view, get_rel_namespace(relid));
 }
 
 /* validate mode: the row trigger and its AFTER STATEMENT flush, as the owner. */
@@ -362,11 +549,58 @@ attach_validate(Oid relid, const char *queue, const char *schema)
 				SPI_OK_UTILITY);
 }
 
+/*
+ * Attach relid, which is not attached yet, to queue.  As the owner, inside
+ * SPI.
+ */
+static void
+attach_new(Oid relid, const char *queue, const char *mode, const char *schema,
+		   DlqOwnerContext *owner, const AttachLimits *limits)
+{
+	Oid			types[3] = {REGCLASSOID, TEXTOID, REGROLEOID};
+	Datum		values[3];
+	bool		has_limits = limits->max_errors >= 0 || limits->max_error_ratio >= 0;
+
+	/* A new queue is the caller's; an existing one must be and be unbound. */
+	dlq_ensure_queue(queue, owner->caller);
+	attach_check_queue(queue, relid, owner->caller);
+
+	if (strcmp(mode, "isolate") == 0)
+		attach_set_limits(relid, attach_isolate(relid, queue, schema, owner), queue, schema,
+						  limits);
+	else
+	{
+		attach_validate(relid, queue, schema);
+		attach_set_limits(relid, InvalidOid, queue, schema, limits);
+	}
+
+	/*
+	 * Automatic retries run as retry_role: an operator who turned them on
+	 * for this queue never agreed to write into this table, so the binding
+	 * keeps the role only when it is the caller's own.
+	 */
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = CStringGetTextDatum(queue);
+	values[2] = ObjectIdGetDatum(owner->caller);
+	if (dlq_execute_sql("UPDATE dlq.queues SET replay_target = $1,"
+						" retry_role = CASE WHEN retry_role = $3 THEN retry_role END"
+						" WHERE queue = $2",
+						3, types, values, NULL, false, 0, SPI_OK_UPDATE) != 1)
+		elog(ERROR, "could not record the replay target");
+	attach_audit(GetUserNameFromId(owner->caller, false), queue, "attached", relid, mode,
+				 has_limits ? limits : NULL);
+}
+
 PG_FUNCTION_INFO_V1(dlq_attach);
 
 /*
  * dlq_attach(target regclass, queue text DEFAULT NULL,
- *			  mode text DEFAULT 'validate') returns text (the queue)
+ *			  mode text DEFAULT 'validate', max_errors bigint DEFAULT NULL,
+ *			  max_error_ratio double precision DEFAULT NULL) returns text
+ *			  (the queue)
+ *
+ * On a table attached already, with the same queue and mode, it sets the
+ * reject limits (attach_change_limits).
  */
 Datum
 dlq_attach(PG_FUNCTION_ARGS)
@@ -376,8 +610,8 @@ dlq_attach(PG_FUNCTION_ARGS)
 	char	   *mode;
 	char	   *schema = get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid));
 	DlqOwnerContext owner;
-	Oid			types[3] = {REGCLASSOID, TEXTOID, REGROLEOID};
-	Datum		values[3];
+	AttachLimits limits;
+	Oid			viewid;
 
 	/* created_by is a column of the 1.1 schema. */
 	dlq_require_current_schema();
@@ -390,44 +624,24 @@ dlq_attach(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown capture mode \"%s\"", mode),
 				 errhint("Use 'validate' or 'isolate'.")));
+	attach_check_limits(fcinfo, &limits);
 	attach_lock_target(relid, attach_check_bindable);
-	queue = PG_ARGISNULL(1) ?
-		dlq_check_name("queue name", cstring_to_text(get_rel_name(relid)), false) :
-		dlq_check_name("queue name", PG_GETARG_TEXT_PP(1), false);
+	queue = PG_ARGISNULL(1) ? NULL : dlq_check_name("queue name", PG_GETARG_TEXT_PP(1), false);
 
 	dlq_become_owner(&owner);
 	SPI_connect();
+	viewid = attach_find_intake(relid, attach_trigger_function(schema, "dlq_capture_isolate"));
 	if (attach_has_trigger(relid, CAPTURE_TRIGGER_NAME,
 						   attach_trigger_function(schema, "dlq_capture"), false) ||
-		OidIsValid(attach_find_intake(relid, attach_trigger_function(schema, "dlq_capture_isolate"))))
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("table \"%s\" is already attached to the DLQ", get_rel_name(relid)),
-				 errhint("Call dlq_detach first to change its queue or mode.")));
-
-	/* A new queue is the caller's; an existing one must be and be unbound. */
-	dlq_ensure_queue(queue, owner.caller);
-	attach_check_queue(queue, relid, owner.caller);
-
-	if (strcmp(mode, "isolate") == 0)
-		attach_isolate(relid, queue, schema, &owner);
+		OidIsValid(viewid))
+		queue = attach_change_limits(relid, queue, mode, viewid, schema, &limits,
+									 owner.caller);
 	else
-		attach_validate(relid, queue, schema);
-
-	/*
-	 * Automatic retries run as retry_role: an operator who turned them on
-	 * for this queue never agreed to write into this table, so the binding
-	 * keeps the role only when it is the caller's own.
-	 */
-	values[0] = ObjectIdGetDatum(relid);
-	values[1] = CStringGetTextDatum(queue);
-	values[2] = ObjectIdGetDatum(owner.caller);
-	if (dlq_execute_sql("UPDATE dlq.queues SET replay_target = $1,"
-						" retry_role = CASE WHEN retry_role = $3 THEN retry_role END"
-						" WHERE queue = $2",
-						3, types, values, NULL, false, 0, SPI_OK_UPDATE) != 1)
-		elog(ERROR, "could not record the replay target");
-	attach_audit(GetUserNameFromId(owner.caller, false), queue, "attached", relid, mode);
+	{
+		if (queue == NULL)
+			queue = dlq_check_name("queue name", cstring_to_text(get_rel_name(relid)), false);
+		attach_new(relid, queue, mode, schema, &owner, &limits);
+	}
 	SPI_finish();
 	dlq_restore_caller(&owner);
 
@@ -450,6 +664,7 @@ dlq_detach(PG_FUNCTION_ARGS)
 	Oid			capture_oid;
 	bool		capture;
 	bool		flush;
+	bool		limits;
 	Oid			viewid;
 	DlqOwnerContext owner;
 	DlqCallerScope scope;
@@ -467,8 +682,9 @@ dlq_detach(PG_FUNCTION_ARGS)
 	capture_oid = attach_trigger_function(schema, "dlq_capture");
 	capture = attach_has_trigger(relid, CAPTURE_TRIGGER_NAME, capture_oid, true);
 	flush = attach_has_trigger(relid, FLUSH_TRIGGER_NAME, capture_oid, true);
+	limits = attach_has_trigger(relid, LIMITS_TRIGGER_NAME, capture_oid, true);
 	viewid = attach_find_intake(relid, attach_trigger_function(schema, "dlq_capture_isolate"));
-	if (!capture && !flush && !OidIsValid(viewid))
+	if (!capture && !flush && !limits && !OidIsValid(viewid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table \"%s\" is not attached to the DLQ", get_rel_name(relid))));
@@ -493,6 +709,9 @@ dlq_detach(PG_FUNCTION_ARGS)
 	if (flush)
 		attach_exec(psprintf("DROP TRIGGER %s ON %s", FLUSH_TRIGGER_NAME, qualified),
 					SPI_OK_UTILITY);
+	if (limits)
+		attach_exec(psprintf("DROP TRIGGER %s ON %s", LIMITS_TRIGGER_NAME, qualified),
+					SPI_OK_UTILITY);
 	if (OidIsValid(viewid))
 		attach_exec(psprintf("DROP VIEW %s",
 							 quote_qualified_identifier(get_namespace_name(get_rel_namespace(viewid)),
@@ -511,7 +730,8 @@ dlq_detach(PG_FUNCTION_ARGS)
 		for (uint64 i = 0; i < SPI_processed; i++)
 			queues = lappend(queues, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
 		foreach(lc, queues)
-			attach_audit(GetUserNameFromId(owner.caller, false), lfirst(lc), "detached", relid, NULL);
+			attach_audit(GetUserNameFromId(owner.caller, false), lfirst(lc), "detached", relid,
+						 NULL, NULL);
 	}
 	SPI_finish();
 	dlq_restore_caller(&owner);

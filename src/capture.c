@@ -42,13 +42,18 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#if PG_VERSION_NUM >= 140000
+#include "commands/copyfrom_internal.h"
+#endif
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -69,6 +74,48 @@ capture_row_to_jsonb(Datum composite)
 	return dlq_jsonb(text_to_cstring(DatumGetTextPP(json)));
 }
 
+/*
+ * The line of a COPY's input that holds the row rel's trigger is called
+ * for, or 0.  COPY FROM keeps it in its error context callback's state
+ * (PostgreSQL 14 and later; 13 keeps the state private) and inserts row by
+ * row into a table with a BEFORE ROW trigger, calling the trigger straight
+ * from its loop: its callback is then the top of error_context_stack.
+ * Anything in between (SPI, PL/pgSQL) means the row comes from a statement
+ * run inside the COPY, by another table's trigger for instance, and that
+ * row has no line of its own.  The COPY must also be into rel or a table
+ * rel is a partition of.
+ */
+static int64
+capture_copy_line(Relation rel)
+{
+#if PG_VERSION_NUM >= 140000
+	ErrorContextCallback *top = error_context_stack;
+	CopyFromState cstate;
+	Oid			copied;
+
+	if (top == NULL || top->callback != CopyFromErrorCallback || top->arg == NULL)
+		return 0;
+	cstate = (CopyFromState) top->arg;
+	if (cstate->rel == NULL)
+		return 0;
+	copied = RelationGetRelid(cstate->rel);
+	if (copied != RelationGetRelid(rel) &&
+		!(rel->rd_rel->relispartition &&
+		  list_member_oid(get_partition_ancestors(RelationGetRelid(rel)), copied)))
+		return 0;
+	return (int64) cstate->cur_lineno;
+#else
+	return 0;
+#endif
+}
+
+/* The metadata of a row captured from a COPY: {"copy_line": n}. */
+static Jsonb *
+capture_copy_metadata(int64 copy_line)
+{
+	return dlq_jsonb(psprintf("{\"copy_line\": " INT64_FORMAT "}", copy_line));
+}
+
 /* A row too large for a message raises the error instead of vanishing. */
 static void
 capture_check_size(Jsonb *payload, const char *error)
@@ -86,7 +133,7 @@ capture_check_size(Jsonb *payload, const char *error)
 static void
 capture_store(const char *queue, const char *component, Jsonb *payload,
 			  const char *error, const char *sqlstate, Jsonb *error_detail,
-			  Oid source_relation, const char *operation)
+			  Oid source_relation, const char *operation, int64 copy_line)
 {
 	DlqStoreArgs args = {0};
 	DlqOwnerContext owner;
@@ -100,6 +147,7 @@ capture_store(const char *queue, const char *component, Jsonb *payload,
 	args.source_relation = source_relation;
 	args.operation = operation;
 	args.created_by = GetUserId();
+	args.metadata = copy_line > 0 ? capture_copy_metadata(copy_line) : NULL;
 
 	capture_check_size(payload, error);
 
@@ -168,6 +216,7 @@ typedef struct CaptureBuffered
 	Oid			source_relation;
 	const char *operation;
 	Oid			created_by;		/* the user whose statement diverted it */
+	int64		copy_line;		/* its line in a COPY's input, or 0 */
 	SubTransactionId subid;
 } CaptureBuffered;
 
@@ -179,7 +228,24 @@ static int	capture_flush_at = CAPTURE_BATCH;	/* flush when this many rows */
 static bool capture_callbacks_registered = false;
 static SPIPlanPtr capture_batch_plan = NULL;
 
-#define CAPTURE_BATCH_NARGS 9
+/* Reject limits: a statement's budget and counts (see below). */
+typedef struct CaptureLimits
+{
+	Oid			relid;			/* table, or intake view, of the statement */
+	Oid			target;			/* the table its rows go to, for the error */
+	int64		max_errors;		/* or -1: none */
+	double		max_error_ratio;	/* or -1: none */
+	int64		processed;		/* rows the row trigger saw */
+	int64		diverted;		/* of which diverted */
+	SubTransactionId subid;
+} CaptureLimits;
+
+/* The frames, innermost last, in TopTransactionContext. */
+static CaptureLimits *capture_limits = NULL;
+static int	capture_nlimits = 0;
+static int	capture_limits_capacity = 0;
+
+#define CAPTURE_BATCH_NARGS 10
 
 /* Room for n more rows in the buffer. */
 static void
@@ -223,7 +289,7 @@ capture_batch_arrays(CaptureBuffered *rows, int n, Datum *values)
 	Datum	   *cols[CAPTURE_BATCH_NARGS];
 	bool	   *nulls[CAPTURE_BATCH_NARGS];
 	Oid			elemtypes[CAPTURE_BATCH_NARGS] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
-	TEXTOID, JSONBOID, REGCLASSOID, TEXTOID};
+	TEXTOID, JSONBOID, REGCLASSOID, TEXTOID, JSONBOID};
 
 	for (int c = 0; c < CAPTURE_BATCH_NARGS; c++)
 	{
@@ -246,6 +312,10 @@ capture_batch_arrays(CaptureBuffered *rows, int n, Datum *values)
 		cols[6][i] = JsonbPGetDatum(b->error_detail);
 		cols[7][i] = ObjectIdGetDatum(b->source_relation);
 		cols[8][i] = CStringGetTextDatum(b->operation);
+		if (b->copy_line > 0)
+			cols[9][i] = JsonbPGetDatum(capture_copy_metadata(b->copy_line));
+		else
+			nulls[9][i] = true;
 	}
 	for (int c = 0; c < CAPTURE_BATCH_NARGS; c++)
 	{
@@ -269,21 +339,22 @@ static SPIPlanPtr
 capture_batch_plan_get(void)
 {
 	Oid			types[CAPTURE_BATCH_NARGS] = {TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
-	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, REGCLASSARRAYOID, TEXTARRAYOID};
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, REGCLASSARRAYOID,
+	TEXTARRAYOID, JSONBARRAYOID};
 	const char *sql =
 		"INSERT INTO dlq.messages"
 		" (queue, component, payload, error, sqlstate, error_class, error_detail,"
-		"  source_relation, operation, max_attempts, expires_at, next_retry_at)"
+		"  source_relation, operation, metadata, max_attempts, expires_at, next_retry_at)"
 		" SELECT u.queue, u.component, u.payload, u.error, u.sqlstate,"
 		"  " DLQ_QUEUE_ERROR_CLASS("u.sqlstate", "q") ","
-		"  u.error_detail, u.source_relation, u.operation, q.max_attempts,"
+		"  u.error_detail, u.source_relation, u.operation, u.metadata, q.max_attempts,"
 		"  now() + q.retention,"
 		"  CASE WHEN q.auto_retry AND (q.retry_on = 'all' OR "
 		DLQ_QUEUE_ERROR_CLASS("u.sqlstate", "q") " = 'transient')"
 		"   THEN now() + dlq.retry_delay(q, 1) END"
-		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) WITH ORDINALITY"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) WITH ORDINALITY"
 		"  AS u(queue, component, payload, error, sqlstate, error_class,"
-		"       error_detail, source_relation, operation, ord)"
+		"       error_detail, source_relation, operation, metadata, ord)"
 		" JOIN dlq.queues q ON q.queue = u.queue ORDER BY u.ord";
 
 	if (capture_batch_plan == NULL)
@@ -397,6 +468,9 @@ capture_xact_callback(XactEvent event, void *arg)
 			capture_nbuffered = 0;
 			capture_capacity = 0;
 			capture_flush_at = CAPTURE_BATCH;
+			capture_limits = NULL;
+			capture_nlimits = 0;
+			capture_limits_capacity = 0;
 			break;
 	}
 }
@@ -410,26 +484,218 @@ capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		while (capture_nbuffered > 0 &&
 			   capture_buffer[capture_nbuffered - 1].subid >= mySubid)
 			capture_nbuffered--;
+		while (capture_nlimits > 0 &&
+			   capture_limits[capture_nlimits - 1].subid >= mySubid)
+			capture_nlimits--;
 	}
+}
+
+static void
+capture_register_callbacks(void)
+{
+	if (capture_callbacks_registered)
+		return;
+	RegisterXactCallback(capture_xact_callback, NULL);
+	RegisterSubXactCallback(capture_subxact_callback, NULL);
+	capture_callbacks_registered = true;
+}
+
+/*
+ * Reject limits (dlq_attach's max_errors and max_error_ratio): a statement
+ * whose diverted rows pass the budget of its table fails, and everything it
+ * did goes with it: its rows, the messages it stored in batches, and those
+ * still buffered (a failed subtransaction's rows leave the buffer, above).
+ *
+ * The budget is in the arguments of a BEFORE ... FOR EACH STATEMENT trigger
+ * running dlq_capture, which dlq_attach creates on the table (on the intake
+ * view in isolate mode) only when a limit is set: ('queue',
+ * 'max_errors=n', 'max_error_ratio=r'), either limit may be left out.  It
+ * pushes a frame with the budget and the statement's counts; the row
+ * triggers count into the topmost frame of their table (a statement that
+ * runs inside, from a trigger, pushes its own above it and pops it when it
+ * ends); max_errors is checked as each row is diverted, so that a load
+ * stops at the first row too many; the AFTER STATEMENT trigger pops the
+ * frame and checks max_error_ratio.  A frame pushed in a subtransaction
+ * that aborts goes with it, and all go at the end of the transaction.
+ *
+ * A ratio of a few rows says little: it is taken of at least
+ * CAPTURE_RATIO_MIN_ROWS rows, so a statement of fewer rows may divert
+ * max_error_ratio * CAPTURE_RATIO_MIN_ROWS of them (one bad row of a
+ * one-row INSERT is diverted, not refused, unless the ratio is below 0.01).
+ */
+#define CAPTURE_RATIO_MIN_ROWS 100
+
+static void
+capture_limits_push(Oid relid, int64 max_errors, double max_error_ratio)
+{
+	CaptureLimits *f;
+
+	capture_register_callbacks();
+	if (capture_nlimits == capture_limits_capacity)
+	{
+		int			n = Max(8, capture_limits_capacity * 2);
+
+		capture_limits = capture_limits == NULL ?
+			MemoryContextAlloc(TopTransactionContext, sizeof(CaptureLimits) * n) :
+			repalloc(capture_limits, sizeof(CaptureLimits) * n);
+		capture_limits_capacity = n;
+	}
+	f = &capture_limits[capture_nlimits++];
+	f->relid = relid;
+	f->target = relid;
+	f->max_errors = max_errors;
+	f->max_error_ratio = max_error_ratio;
+	f->processed = 0;
+	f->diverted = 0;
+	f->subid = GetCurrentSubTransactionId();
+}
+
+/* The index of relid's innermost frame, or -1. */
+static int
+capture_limits_find(Oid relid)
+{
+	for (int i = capture_nlimits - 1; i >= 0; i--)
+		if (capture_limits[i].relid == relid)
+			return i;
+	return -1;
+}
+
+/* The statement passed its budget: fail it, naming the table and the limit. */
+static void
+capture_limits_fail(const CaptureLimits *f, bool by_count)
+{
+	char	   *name = get_rel_name(f->target);
+	char	   *nsp = get_namespace_name(get_rel_namespace(f->target));
+	char	   *call;
+
+	if (name == NULL || nsp == NULL)
+		name = nsp = "?";
+	call = psprintf("dlq_attach(%s%s, max_errors => ..., max_error_ratio => ...)",
+					quote_literal_cstr(quote_qualified_identifier(nsp, name)),
+					get_rel_relkind(f->relid) == RELKIND_VIEW ? ", mode => 'isolate'" : "");
+	if (by_count)
+		ereport(ERROR,
+				(errcode(ERRCODE_DLQ_REJECT_LIMIT),
+				 errmsg("too many failed rows for table \"%s\": " INT64_FORMAT " diverted, max_errors is " INT64_FORMAT,
+						name, f->diverted, f->max_errors),
+				 errdetail("The statement failed at its row " INT64_FORMAT " and keeps nothing: neither its rows nor the messages of its failed rows.",
+						   f->processed),
+				 errhint("Fix the input, or change the table's limits with %s; a limit left out is removed.",
+						 call)));
+	ereport(ERROR,
+			(errcode(ERRCODE_DLQ_REJECT_LIMIT),
+			 errmsg("too many failed rows for table \"%s\": " INT64_FORMAT " of " INT64_FORMAT " diverted, max_error_ratio is %s",
+					name, f->diverted, f->processed, float8out_internal(f->max_error_ratio)),
+			 f->processed < CAPTURE_RATIO_MIN_ROWS ?
+			 errdetail("The statement keeps nothing: neither its rows nor the messages of its failed rows. A statement of fewer than %d rows counts as %d.",
+					   CAPTURE_RATIO_MIN_ROWS, CAPTURE_RATIO_MIN_ROWS) :
+			 errdetail("The statement keeps nothing: neither its rows nor the messages of its failed rows."),
+			 errhint("Fix the input, or change the table's limits with %s; a limit left out is removed.",
+					 call)));
+}
+
+/*
+ * One row of relid's statement seen by its row trigger (target: the table
+ * it goes to), diverted or not; fails the statement at the row past
+ * max_errors.  Nothing to do when no statement has a budget.
+ */
+static void
+capture_limits_count(Oid relid, Oid target, bool diverted)
+{
+	int			i;
+	CaptureLimits *f;
+
+	if (capture_nlimits == 0 || (i = capture_limits_find(relid)) < 0)
+		return;
+	f = &capture_limits[i];
+	f->target = target;
+	f->processed++;
+	if (!diverted)
+		return;
+	f->diverted++;
+	if (f->max_errors >= 0 && f->diverted > f->max_errors)
+		capture_limits_fail(f, true);
+}
+
+/* End of relid's statement: pop its frame and check max_error_ratio. */
+static void
+capture_limits_end(Oid relid)
+{
+	int			i;
+	CaptureLimits f;
+
+	if (capture_nlimits == 0 || (i = capture_limits_find(relid)) < 0)
+		return;
+	f = capture_limits[i];
+	memmove(capture_limits + i, capture_limits + i + 1,
+			sizeof(CaptureLimits) * (capture_nlimits - i - 1));
+	capture_nlimits--;
+	if (f.max_error_ratio >= 0 &&
+		(double) f.diverted > f.max_error_ratio * (double) Max(f.processed, CAPTURE_RATIO_MIN_ROWS))
+		capture_limits_fail(&f, false);
+}
+
+/* One 'max_errors=n' or 'max_error_ratio=r' argument of trigger tg. */
+static void
+capture_limits_option(Trigger *tg, const char *arg, int64 *max_errors,
+					  double *max_error_ratio)
+{
+	const char *eq = strchr(arg, '=');
+	size_t		keylen = eq ? eq - arg : 0;
+	char	   *end = NULL;
+	bool		ok = false;
+
+	errno = 0;
+	if (keylen == strlen("max_errors") && strncmp(arg, "max_errors", keylen) == 0)
+	{
+		*max_errors = (int64) strtoll(eq + 1, &end, 10);
+		ok = *max_errors >= 0;
+	}
+	else if (keylen == strlen("max_error_ratio") && strncmp(arg, "max_error_ratio", keylen) == 0)
+	{
+		*max_error_ratio = strtod(eq + 1, &end);
+		ok = *max_error_ratio >= 0 && *max_error_ratio < 1;
+	}
+	if (!ok || errno != 0 || end == eq + 1 || *end != '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid reject limit \"%s\" in trigger \"%s\"", arg, tg->tgname),
+				 errhint("Pass max_errors=n with n at least 0, or max_error_ratio=r with r at least 0 and below 1; dlq_attach sets them.")));
+}
+
+/*
+ * dlq_capture as a BEFORE STATEMENT trigger: the statement's budget, from
+ * the arguments ('queue', limit...), pushed as its frame.
+ */
+static void
+capture_limits_begin(TriggerData *trigdata)
+{
+	Trigger    *tg = trigdata->tg_trigger;
+	int64		max_errors = -1;
+	double		max_error_ratio = -1;
+
+	if (tg->tgnargs < 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("trigger \"%s\" must pass the queue name and at least one reject limit",
+						tg->tgname)));
+	(void) dlq_check_name("queue name", cstring_to_text(tg->tgargs[0]), false);
+	for (int i = 1; i < tg->tgnargs; i++)
+		capture_limits_option(tg, tg->tgargs[i], &max_errors, &max_error_ratio);
+	capture_limits_push(RelationGetRelid(trigdata->tg_relation), max_errors, max_error_ratio);
 }
 
 /* Buffer one diverted row; copies everything into TopTransactionContext. */
 static void
 capture_buffer_row(const char *queue, const char *component, Jsonb *payload,
 				   const char *error, const char *sqlstate, Jsonb *error_detail,
-				   Oid source_relation, const char *operation)
+				   Oid source_relation, const char *operation, int64 copy_line)
 {
 	MemoryContext old;
 	CaptureBuffered *b;
 
 	capture_check_size(payload, error);
-
-	if (!capture_callbacks_registered)
-	{
-		RegisterXactCallback(capture_xact_callback, NULL);
-		RegisterSubXactCallback(capture_subxact_callback, NULL);
-		capture_callbacks_registered = true;
-	}
+	capture_register_callbacks();
 	capture_buffer_reserve(1);
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	b = &capture_buffer[capture_nbuffered];
@@ -442,6 +708,7 @@ capture_buffer_row(const char *queue, const char *component, Jsonb *payload,
 	b->source_relation = source_relation;
 	b->operation = operation;
 	b->created_by = GetUserId();
+	b->copy_line = copy_line;
 	b->subid = GetCurrentSubTransactionId();
 	MemoryContextSwitchTo(old);
 	/* Counted only once complete: a copy that fails leaves no half row. */
@@ -564,12 +831,25 @@ dlq_capture(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("dlq_capture must be called as a trigger")));
-	/* The AFTER ... FOR EACH STATEMENT companion stores what was buffered. */
+	/*
+	 * The AFTER ... FOR EACH STATEMENT companion checks the statement's
+	 * reject limits and stores what was buffered; the BEFORE one, made only
+	 * with reject limits, sets them for the statement.
+	 */
 	if (TRIGGER_FIRED_AFTER(trigdata->tg_event) &&
 		TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
 	{
 		capture_check_relation(trigdata->tg_relation);
+		capture_limits_end(RelationGetRelid(trigdata->tg_relation));
 		capture_flush();
+		return PointerGetDatum(NULL);
+	}
+	if (TRIGGER_FIRED_BEFORE(trigdata->tg_event) &&
+		TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) &&
+		(TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
+		 TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)))
+	{
+		capture_limits_begin(trigdata);
 		return PointerGetDatum(NULL);
 	}
 	if (!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
@@ -600,7 +880,10 @@ dlq_capture(PG_FUNCTION_ARGS)
 	info = capture_trigger_info(fcinfo, rel);
 	entry = dlq_predict_get_rel(rel);
 	if (dlq_predict_row(entry, rel, slot, oldslot, &v))
+	{
+		capture_limits_count(info->source_relation, info->source_relation, false);
 		return PointerGetDatum(tuple);
+	}
 
 	/* The row dlq_reapply_row inserts, which reports it; no new message. */
 	if (dlq_reapply_keep_violation(RelationGetRelid(rel), &v))
@@ -614,12 +897,18 @@ dlq_capture(PG_FUNCTION_ARGS)
 	 * constraint's, as it would without dlq.
 	 */
 	if (check_enable_rls(RelationGetRelid(rel), InvalidOid, true) == RLS_ENABLED)
+	{
+		capture_limits_count(info->source_relation, info->source_relation, false);
 		return PointerGetDatum(tuple);
+	}
 
+	/* Past the statement's max_errors, it fails here. */
+	capture_limits_count(info->source_relation, info->source_relation, true);
 	capture_buffer_row(info->queue, info->component,
 					   capture_row_to_jsonb(heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel))),
 					   v.message, unpack_sql_state(v.sqlerrcode), dlq_violation_detail(rel, &v),
-					   info->source_relation, is_update ? "UPDATE" : "INSERT");
+					   info->source_relation, is_update ? "UPDATE" : "INSERT",
+					   capture_copy_line(rel));
 	return PointerGetDatum(NULL);
 }
 
@@ -772,6 +1061,7 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 	Jsonb	   *payload;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ErrorData  *edata;
+	int64		copy_line;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
@@ -782,6 +1072,8 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 				 errmsg("dlq_capture_isolate must be fired INSTEAD OF INSERT FOR EACH ROW")));
 
 	capture_isolate_args(trigdata->tg_trigger, &target, &queue, &component);
+	/* Read before SPI runs anything: a COPY into the view is on top now. */
+	copy_line = capture_copy_line(trigdata->tg_relation);
 	payload = capture_row_to_jsonb(heap_copy_tuple_as_datum(trigdata->tg_trigtuple,
 															RelationGetDescr(trigdata->tg_relation)));
 
@@ -792,7 +1084,9 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 														trigdata->tg_relation, target);
 
 	edata = capture_isolate_insert(fcinfo->flinfo->fn_extra, payload, oldcxt);
-	if (edata != NULL)
+	if (edata == NULL)
+		capture_limits_count(RelationGetRelid(trigdata->tg_relation), target, false);
+	else
 	{
 		/*
 		 * Query cancel and the like are not the row's fault.  Nor is a
@@ -805,13 +1099,15 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 			edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE)
 			ReThrowError(edata);
 
+		/* Past the statement's max_errors, it fails here. */
+		capture_limits_count(RelationGetRelid(trigdata->tg_relation), target, true);
 		capture_store(queue, component, payload, edata->message,
 					  unpack_sql_state(edata->sqlerrcode),
 					  dlq_error_detail_json(edata->detail, edata->schema_name,
 											edata->table_name, edata->column_name,
 											edata->constraint_name, true,
 											edata->datatype_name),
-					  target, "INSERT");
+					  target, "INSERT", copy_line);
 		FreeErrorData(edata);
 	}
 	SPI_finish();

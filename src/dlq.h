@@ -40,9 +40,10 @@
  *					dlq_redrive_cancel: redrive tasks, run by the worker
  *	  consumer.c	dlq_listen, dlq_claim, dlq_ack, dlq_nack; the
  *					live-consumer registry (dlq_consumer_alive)
- *	  attach.c		dlq_attach, dlq_detach
+ *	  attach.c		dlq_attach (and its reject limits), dlq_detach
  *	  capture.c		dlq_capture, dlq_capture_isolate (trigger functions):
- *					diverting failed rows, buffered and stored in batches
+ *					diverting failed rows, buffered and stored in batches;
+ *					reject limits per statement, COPY line numbers
  *	  capture_predict.c	constraint and foreign key prediction for capture
  *	  reapply.c		re-applying a captured row to its table on replay
  *					(dlq_reapply_row, capture.h); capture_int.h is the
@@ -138,6 +139,14 @@
  * an HTTP 503, where a paused queue is a 409.
  */
 #define ERRCODE_DLQ_NO_CONSUMER MAKE_SQLSTATE('D','L','Q','0','1')
+
+/*
+ * SQLSTATE of a statement that diverted more failed rows than the reject
+ * limits of its table allow (dlq_attach's max_errors, max_error_ratio;
+ * capture.c): like a COPY past its REJECT_LIMIT, but dlq's own, so that a
+ * loader tells "the input is garbage" from every other data error.
+ */
+#define ERRCODE_DLQ_REJECT_LIMIT MAKE_SQLSTATE('D','L','Q','0','2')
 
 /* The channel on which the worker NOTIFYs alerts; no queue may use it. */
 #define DLQ_ALERT_CHANNEL	"dlq_alerts"
