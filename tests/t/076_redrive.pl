@@ -150,11 +150,28 @@ q1('GRANT dlq_operator TO rd_op2');
 # succeed: whatever the size of the first ticks (up to a second's worth, 20),
 # more than half of the first 10 or more replays fail, and after the pause
 # at most 5 of the next ones.
+# A trigger of the table records who runs it and whether it may leave the
+# security-restricted operation (the worker connects as a superuser).
 as_role('rd_op', q{
     CREATE TABLE rd.t (id int PRIMARY KEY, v int CHECK (v > 0));
+    CREATE TABLE rd.seen (who name, role_refused boolean);
+    CREATE FUNCTION rd.spy() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        refused boolean := false;
+    BEGIN
+        BEGIN
+            PERFORM pg_catalog.set_config('role', 'none', false);
+        EXCEPTION WHEN insufficient_privilege THEN
+            refused := SQLERRM LIKE 'cannot set parameter "role" within security-%';
+        END;
+        INSERT INTO rd.seen VALUES (current_user, refused);
+        RETURN NEW;
+    END $$;
     SELECT dlq_attach('rd.t', 'rd_t');
+    CREATE TRIGGER zz_spy BEFORE INSERT ON rd.t FOR EACH ROW EXECUTE FUNCTION rd.spy();
     INSERT INTO rd.t SELECT g, -g FROM generate_series(1, 40) g;
     ALTER TABLE rd.t DROP CONSTRAINT t_v_check, ADD CONSTRAINT t_v_check CHECK (v < -15);
+    TRUNCATE rd.seen;  -- what the spy saw of the load itself
     SELECT dlq_configure('rd_t', retry_stop_ratio => 0.5, retry_base => '2 s', retry_max => '1 min');
 });
 is(q1(q{SELECT count(*) FROM dlq.messages WHERE queue = 'rd_t' AND status = 'pending'}), '40',
@@ -183,6 +200,8 @@ is(q1(q{SELECT string_agg(kind::text, ',' ORDER BY event_id) FROM dlq.events
 	'redrive_started,redrive_paused,redrive_resumed,redrive_finished',
 	'pause and resume are audited');
 is(q1(q{SELECT count(*) FROM rd.t}), '25', 'the 25 rows are in the table');
+is(q1(q{SELECT string_agg(DISTINCT who || ' ' || role_refused, ',') || ' ' || count(*) FROM rd.seen}), 'rd_op true 25',
+	'the replays ran as the task\'s creator, in a security-restricted operation');
 
 # --- early stop of automatic retries -------------------------------------------
 as_role('rd_op', q{
