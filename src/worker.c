@@ -15,7 +15,8 @@
  * included (bgw_restart_time), and the launcher starts the workers again.
  *
  * A worker runs a round every naptime: it returns timed-out replays,
- * expires, requests automatic retries, purges and alerts.  Each step is one
+ * expires, requests automatic retries, ticks redrive tasks, purges and
+ * alerts; redrive tasks also tick between rounds ("Redrive tasks" below).  Each step is one
  * bounded batch (dlq.batch_size) in a transaction of its own, repeated
  * until a batch comes back short; the statements are the SQL functions
  * dlq.worker_* (dlq--1.0.sql, "Worker", and dlq--1.0--1.1.sql), which take
@@ -28,6 +29,8 @@
  * retries, which fire the triggers of a replay target, run as each queue's
  * retry_role (the role that turned auto_retry on) in a security-restricted
  * operation, after its privileges are checked again: never as the owner.
+ * The replays of a redrive task run the same way as the role that started
+ * it.
  *
  * A connected worker would make DROP DATABASE (and ALTER DATABASE RENAME,
  * CREATE DATABASE ... TEMPLATE) fail, so at least once a second it checks,
