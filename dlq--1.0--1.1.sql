@@ -1950,6 +1950,16 @@ GRANT EXECUTE ON FUNCTION @extschema@.dlq_attach(regclass, text, text, bigint, d
 COMMENT ON FUNCTION @extschema@.dlq_capture() IS
     'BEFORE INSERT OR UPDATE row trigger (queue [, component]): rows that would violate NOT NULL, CHECK, UNIQUE or FOREIGN KEY go to the DLQ and are skipped; as a BEFORE statement trigger (queue, ''max_errors=n'', ''max_error_ratio=r''), the statement''s reject limits; from COPY, metadata copy_line';
 
+/*
+ * Isolate mode's intake trigger inserts into the table its view reads (the
+ * view's query, which follows renames and pg_dump writes by name), no longer
+ * into the table whose OID its second argument holds: that OID named
+ * nothing, or another table, after pg_restore.  dlq_attach writes the
+ * table's name there now, for readers; triggers with an OID keep working.
+ */
+COMMENT ON FUNCTION @extschema@.dlq_capture_isolate() IS
+    'INSTEAD OF INSERT row trigger of an intake view (queue, table [, component]): inserts each row, in a subtransaction, into the table the view reads (the table argument is not read); failures go to the DLQ';
+
 /* ---- Processing: redrive tasks and early stop (redrive.c, worker) ---- */
 
 /*
@@ -2199,7 +2209,7 @@ COMMENT ON FUNCTION dlq.redrive_pause(bigint, text, text, jsonb) IS
 CREATE FUNCTION dlq.worker_redrive_take(task_id bigint, batch_size integer,
                                         actor text DEFAULT current_user)
 RETURNS TABLE (queue text, created_by oid, replay_target regclass, force boolean,
-               reason text, ticket text, message_ids bigint[])
+               reason text, ticket text, message_ids bigint[], replay_handler regprocedure)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2207,6 +2217,7 @@ AS $$
 DECLARE
     t dlq.redrive_tasks;
     target regclass;
+    handler regprocedure;
     budget double precision;
     n bigint;
     picked bigint[];
@@ -2237,7 +2248,8 @@ BEGIN
                 jsonb_build_object('task_id', t.task_id, 'paused_reason', t.paused_reason));
         RETURN;
     END IF;
-    SELECT s.replay_target INTO target FROM dlq.queues s WHERE s.queue = t.queue;
+    SELECT s.replay_target, s.replay_handler INTO target, handler
+      FROM dlq.queues s WHERE s.queue = t.queue;
     IF NOT FOUND THEN
         PERFORM dlq.redrive_end(t.task_id, 'failed',
                                 format('queue "%s" no longer exists', t.queue), actor);
@@ -2271,7 +2283,8 @@ BEGIN
     UPDATE dlq.redrive_tasks r
        SET tokens = budget - cardinality(picked), last_tick_at = now()
      WHERE r.task_id = t.task_id;
-    RETURN QUERY SELECT t.queue, t.created_by::oid, target, t.force, t.reason, t.ticket, picked;
+    RETURN QUERY SELECT t.queue, t.created_by::oid, target, t.force, t.reason, t.ticket, picked,
+                        handler;
 END
 $$;
 COMMENT ON FUNCTION dlq.worker_redrive_take(bigint, integer, text) IS

@@ -66,11 +66,28 @@ COPY orders FROM stdin WITH (FORMAT csv);
 5,2,2,ok
 \.
 SELECT count(*) AS rows_loaded FROM orders;
-SELECT message_id, sqlstate, error, error_detail->>'detail' AS detail
+\echo '   Each diverted row keeps its error and the line of the COPY input it came from:'
+SELECT message_id, metadata->>'copy_line' AS line, sqlstate, error, error_detail->>'detail' AS detail
   FROM dlq_list('orders') ORDER BY message_id;
 
 \echo '   Triage: where the failures are, by SQLSTATE (dlq_facets):'
 SELECT value AS sqlstate, count FROM dlq_facets('orders');
+\echo '   A load that is mostly garbage should stop, not fill the DLQ: a reject limit of 2 bad rows per'
+\echo '   statement (dlq_attach again, max_errors => 2). This COPY fails at its third bad row, SQLSTATE DLQ02,'
+\echo '   and keeps nothing, neither rows nor messages:'
+SELECT dlq_attach('orders', max_errors => 2) AS queue;
+\set ON_ERROR_STOP 0
+COPY orders FROM stdin WITH (FORMAT csv);
+10,1,1,ok
+11,9,1,no such customer
+12,1,-1,negative
+13,1,0,zero
+14,1,1,never read
+\.
+\set ON_ERROR_STOP 1
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, count(*) AS rows_loaded,
+       (SELECT count(*) FROM dlq_list('orders')) AS messages FROM orders;
+SELECT dlq_attach('orders') AS "queue (limit removed)";
 
 \echo
 \echo '6. The missing customer arrives; replay the queue into the table with the operator''s privileges.'

@@ -124,7 +124,8 @@ SELECT r->'failed' AS failed, r->'failures'->0->>'sqlstate' AS sqlstate, r->'fai
 -- Replay inserts as the table's owner with search_path pinned to
 -- pg_catalog, pg_temp (DESIGN 7.1): neither the caller's privileges nor its
 -- search_path reach the table's triggers.  A trigger that names its tables
--- and functions unqualified fails the replay until it sets its own
+-- and functions unqualified fails its row's replay (1.1: that row's
+-- failure, recorded, instead of aborting the call) until it sets its own
 -- search_path; it then sees the table's owner as current_user.
 CREATE TABLE rp_log (who name, note text);
 CREATE FUNCTION rp_note(v int) RETURNS text LANGUAGE sql AS $$ SELECT 'v=' || v $$;
@@ -139,8 +140,11 @@ SELECT dlq_attach('rp_trg', 'rp_trgq');
 INSERT INTO rp_trg VALUES (1, -1);
 UPDATE dlq.messages SET payload = jsonb_set(payload, '{v}', '5') WHERE queue = 'rp_trgq';
 DELETE FROM rp_log;
-SELECT r->'replayed' AS replayed, r->'failed' AS failed, r->'failures' AS failures
+SELECT r->'replayed' AS replayed, r->'failed' AS failed,
+       r->'failures'->0->>'sqlstate' AS sqlstate, r->'failures'->0->>'error' AS error
   FROM dlq_reprocess_all('rp_trgq') r;
+SELECT status, attempts, sqlstate, error_class, error_detail->>'detail' AS detail
+  FROM dlq.messages WHERE queue = 'rp_trgq';
 SELECT * FROM rp_trg;
 ALTER FUNCTION rp_log_row() SET search_path = public;
 SELECT r->'replayed' AS replayed, r->'failed' AS failed, r->'failures' AS failures

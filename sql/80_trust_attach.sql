@@ -169,19 +169,26 @@ INSERT INTO sa_echo VALUES (0);
 DROP TRIGGER sa_echo ON dlq.messages;
 SELECT count(*) AS echoed FROM dlq.messages WHERE queue = 'sa_echo';
 
--- An intake trigger made by hand must name the table its view reads, and
--- never one of dlq's: what captured rows record as their source is real.
+-- An intake trigger made by hand inserts into the table its view reads,
+-- whatever table its arguments name (sql/89_isolate_binding.sql), and never
+-- into one of dlq's: what captured rows record as their source is real.
 CREATE TABLE sa_real (id int PRIMARY KEY);
 CREATE VIEW sa_fake_intake AS SELECT id::text AS id FROM sa_real WHERE false;
 DO $$ BEGIN EXECUTE format('CREATE TRIGGER dlq_intake INSTEAD OF INSERT ON sa_fake_intake FOR EACH ROW'
     ' EXECUTE FUNCTION dlq_capture_isolate(%L, %L)', 'sa_fake', 'sa_op_t'::regclass::oid); END $$;
-SELECT dlq_test.err($$INSERT INTO sa_fake_intake VALUES ('1')$$);
+INSERT INTO sa_fake_intake VALUES ('1'), ('1');
 DROP TRIGGER dlq_intake ON sa_fake_intake;
 DO $$ BEGIN EXECUTE format('CREATE TRIGGER dlq_intake INSTEAD OF INSERT ON sa_fake_intake FOR EACH ROW'
     ' EXECUTE FUNCTION dlq_capture_isolate(%L, %L)', 'sa_fake', 'dlq.messages'::regclass::oid); END $$;
-SELECT dlq_test.err($$INSERT INTO sa_fake_intake VALUES ('1')$$);
-DROP VIEW sa_fake_intake;
-SELECT count(*) AS faked FROM dlq.messages WHERE queue = 'sa_fake';
+INSERT INTO sa_fake_intake VALUES ('2');
+SELECT (SELECT string_agg(id::text, ',' ORDER BY id) FROM sa_real) AS into_real,
+       (SELECT count(*) FROM sa_op_t) AS into_named;
+CREATE VIEW sa_fake_messages AS SELECT message_id::text AS message_id FROM dlq.messages WHERE false;
+DO $$ BEGIN EXECUTE format('CREATE TRIGGER dlq_intake INSTEAD OF INSERT ON sa_fake_messages FOR EACH ROW'
+    ' EXECUTE FUNCTION dlq_capture_isolate(%L, %L)', 'sa_fake', 'sa_real'::regclass::oid); END $$;
+SELECT dlq_test.err($$INSERT INTO sa_fake_messages VALUES ('1')$$);
+DROP VIEW sa_fake_intake, sa_fake_messages;
+SELECT source_relation, sqlstate FROM dlq.messages WHERE queue = 'sa_fake';
 
 -- Finding 4: dlq_detach drops only what dlq made for that table, and only
 -- what the caller owns.  After the owner renames an isolate-mode table,

@@ -16,7 +16,8 @@
  *
  *	  dlq_detach removes only what dlq_attach made: triggers of that name
  *	  that run dlq_capture, and the view that reads the table and has the
- *	  dlq_capture_isolate trigger naming it, found by what it is and not by
+ *	  dlq_intake trigger running dlq_capture_isolate, found by what it is
+ *	  (through its query, so also after a rename or a restore) and not by
  *	  its name.  It drops them as the caller, who must own them; nothing is
  *	  dropped unless everything may be.
  *
@@ -147,23 +148,28 @@ attach_has_trigger(Oid relid, const char *tgname, Oid funcoid, bool own_only)
 	return SPI_processed > 0;
 }
 
-/* Is viewid's trigger of that name the one dlq_attach made for relid? */
+/*
+ * Is viewid the intake view dlq_attach made for relid: a view that reads
+ * relid and no other table, with the dlq_intake trigger running
+ * dlq_capture_isolate?  The table is the one the view's query reads, as for
+ * the trigger itself (capture.c), not the one its arguments name: an OID
+ * written there before 1.1 names nothing, or another table, after a dump
+ * and restore.
+ */
 static bool
 attach_is_intake_of(Oid viewid, Oid relid, Oid isolate_oid)
 {
 	Relation	view = relation_open(viewid, AccessShareLock);
-	char	   *relid_arg = psprintf("%u", relid);
 	bool		found = false;
 
-	if (view->trigdesc != NULL)
+	if (view->trigdesc != NULL && dlq_intake_view_target(view) == relid)
 	{
 		for (int i = 0; i < view->trigdesc->numtriggers && !found; i++)
 		{
 			Trigger    *tg = &view->trigdesc->triggers[i];
 
 			found = strcmp(tg->tgname, INTAKE_TRIGGER_NAME) == 0 &&
-				tg->tgfoid == isolate_oid && tg->tgnargs >= 2 &&
-				strcmp(tg->tgargs[1], relid_arg) == 0;
+				tg->tgfoid == isolate_oid && tg->tgnargs >= 2;
 		}
 	}
 	relation_close(view, AccessShareLock);
@@ -172,9 +178,9 @@ attach_is_intake_of(Oid viewid, Oid relid, Oid isolate_oid)
 
 /*
  * The intake view dlq_attach made for relid, or InvalidOid: a view whose
- * query reads relid and whose dlq_intake trigger runs dlq_capture_isolate
- * for relid.  Found by what it is, whatever it and the table are called
- * now.  Runs as the owner, inside SPI.
+ * query reads relid and whose dlq_intake trigger runs dlq_capture_isolate.
+ * Found by what it is, whatever it and the table are called now, and in a
+ * restored database too.  Runs as the owner, inside SPI.
  */
 static Oid
 attach_find_intake(Oid relid, Oid isolate_oid)
@@ -520,11 +526,15 @@ attach_isolate(Oid relid, const char *queue, const char *schema, DlqOwnerContext
 						 quote_qualified_identifier(nspname, get_rel_name(relid))),
 				SPI_OK_UTILITY);
 	dlq_as_caller_end(&scope);
-	/* Marks the table as attached, but never diverts: see dlq_capture. */
+	/*
+	 * Its rows go to the table the view reads; the table's name is there
+	 * for people reading the trigger (capture.c reads the view).
+	 */
 	attach_exec(psprintf("CREATE TRIGGER %s INSTEAD OF INSERT ON %s FOR EACH ROW"
-						 " EXECUTE FUNCTION %s.dlq_capture_isolate(%s, '%u')",
+						 " EXECUTE FUNCTION %s.dlq_capture_isolate(%s, %s)",
 						 INTAKE_TRIGGER_NAME, quote_qualified_identifier(nspname, view),
-						 quote_identifier(schema), quote_literal_cstr(queue), relid),
+						 quote_identifier(schema), quote_literal_cstr(queue),
+						 quote_literal_cstr(quote_qualified_identifier(nspname, get_rel_name(relid)))),
 				SPI_OK_UTILITY);
 	return get_relname_relid(view, get_rel_namespace(relid));
 }

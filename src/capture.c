@@ -26,7 +26,9 @@
  *	  dlq_capture_isolate is the INSTEAD OF trigger of an isolate-mode
  *	  intake view: one subtransaction per row, every error caught except a
  *	  missing privilege (the inserting role may not write the table, so its
- *	  row must not get there through a replay by one that may).
+ *	  row must not get there through a replay by one that may).  Its rows go
+ *	  to the table the view reads, found through the view's query, which
+ *	  follows renames and survives pg_dump and pg_restore.
  *
  *	  Re-applying a stored row to its table is reapply.c's; while it
  *	  inserts, dlq_capture hands a violation back to it instead of storing
@@ -55,6 +57,7 @@
 #include "utils/builtins.h"
 #include "utils/float.h"
 #include "utils/fmgroids.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -227,6 +230,9 @@ static int	capture_capacity = 0;
 static int	capture_flush_at = CAPTURE_BATCH;	/* flush when this many rows */
 static bool capture_callbacks_registered = false;
 static SPIPlanPtr capture_batch_plan = NULL;
+
+/* Isolate-mode INSERTs running (capture_isolate_insert); 0 at xact end. */
+static int	capture_isolate_depth = 0;
 
 /* Reject limits: a statement's budget and counts (see below). */
 typedef struct CaptureLimits
@@ -471,6 +477,7 @@ capture_xact_callback(XactEvent event, void *arg)
 			capture_limits = NULL;
 			capture_nlimits = 0;
 			capture_limits_capacity = 0;
+			capture_isolate_depth = 0;
 			break;
 	}
 }
@@ -913,46 +920,15 @@ dlq_capture(PG_FUNCTION_ARGS)
 }
 
 /*
- * Does view read target?  True when its SELECT rule's query has target in
- * its range table: the intake view dlq_attach made does.
- */
-static bool
-capture_view_reads(Relation view, Oid target)
-{
-	RuleLock   *rules = view->rd_rules;
-
-	if (view->rd_rel->relkind != RELKIND_VIEW || rules == NULL)
-		return false;
-	for (int i = 0; i < rules->numLocks; i++)
-	{
-		ListCell   *lc;
-
-		if (rules->rules[i]->event != CMD_SELECT)
-			continue;
-		foreach(lc, rules->rules[i]->actions)
-		{
-			Query	   *query = lfirst_node(Query, lc);
-			ListCell   *rc;
-
-			foreach(rc, query->rtable)
-			{
-				RangeTblEntry *rte = lfirst_node(RangeTblEntry, rc);
-
-				if (rte->rtekind == RTE_RELATION && rte->relid == target)
-					return true;
-			}
-		}
-	}
-	return false;
-}
-
-/*
- * The arguments of dlq_capture_isolate's trigger: queue, target table and
- * optionally a component.
+ * The arguments of dlq_capture_isolate's trigger: queue, the target table
+ * and optionally a component.  The target argument is not read: the table
+ * is the one the intake view reads (capture_isolate_target).  dlq_attach
+ * writes the table's name there for whoever reads the trigger; before 1.1
+ * it wrote the table's OID, which names nothing, or another table, once
+ * the database is dumped and restored.
  */
 static void
-capture_isolate_args(Trigger *trigger, Oid *target, const char **queue,
-					 const char **component)
+capture_isolate_args(Trigger *trigger, const char **queue, const char **component)
 {
 	Trigger		shifted = *trigger;
 	char	   *args[2];
@@ -962,7 +938,6 @@ capture_isolate_args(Trigger *trigger, Oid *target, const char **queue,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("trigger \"%s\" must pass the queue name and the target table",
 						trigger->tgname)));
-	*target = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[1])));
 
 	/* queue [, component] are arguments 0 and 2 */
 	args[0] = trigger->tgargs[0];
@@ -973,40 +948,95 @@ capture_isolate_args(Trigger *trigger, Oid *target, const char **queue,
 }
 
 /*
- * The INSERT of a row into target, prepared and kept, once target is found
- * to be the table the intake view reads.  Inside SPI.
+ * The table rows inserted into view go to: the one its query reads, as in
+ * the view dlq_attach made, and never a view, one of dlq's tables or a
+ * catalog (captured rows record it as their source).  Locked until the end
+ * of the transaction, so that it keeps its name until the INSERT has run.
  */
-static SPIPlanPtr
-capture_isolate_plan(Trigger *trigger, Relation view, Oid target)
+static Oid
+capture_isolate_target(Trigger *trigger, Relation view)
 {
-	Oid			types[1] = {JSONBOID};
-	Relation	targetrel = try_relation_open(target, AccessShareLock);
-	char	   *name;
+	Oid			target = dlq_intake_view_target(view);
+	Relation	targetrel;
 
+	if (!OidIsValid(target))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("view \"%s\" of trigger \"%s\" does not read exactly one table",
+						RelationGetRelationName(view), trigger->tgname),
+				 errdetail("The trigger inserts each row into the table its view reads."),
+				 errhint("Create intake views with dlq_attach(table, mode => 'isolate').")));
+	targetrel = try_relation_open(target, AccessShareLock);
 	if (targetrel == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("table with OID %u named by trigger \"%s\" does not exist",
-						target, trigger->tgname)));
+				 errmsg("relation with OID %u read by view \"%s\" does not exist",
+						target, RelationGetRelationName(view))));
+	/* A table (not a view or a foreign table), not a catalog, not dlq's. */
+	dlq_check_bindable_relation(target, targetrel->rd_rel->relowner);
+	relation_close(targetrel, NoLock);
+	return target;
+}
 
-	/*
-	 * Captured rows record target as their source: it must be the table the
-	 * intake view reads, as dlq_attach made it, and never one of dlq's
-	 * tables or a catalog.
-	 */
-	capture_check_relation(targetrel);
-	if (!capture_view_reads(view, target))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("trigger \"%s\" names table \"%s\", which \"%s\" does not read",
-						trigger->tgname, RelationGetRelationName(targetrel),
-						RelationGetRelationName(view)),
-				 errhint("Create intake views with dlq_attach(table, mode => 'isolate').")));
-	name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(targetrel)),
-									  RelationGetRelationName(targetrel));
-	relation_close(targetrel, AccessShareLock);
-	return dlq_prepare_kept(psprintf("INSERT INTO %s SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)",
+/*
+ * The INSERT of a row into a table, prepared once per table and kept for
+ * the life of the backend (one per statement, kept forever, was a leak).
+ * Its SQL names the table, and a kept plan is parsed again by that name
+ * when it is invalidated (the table or its schema renamed, another created
+ * under the old name): it is used only while the name it was made with is
+ * still the table's, and prepared again otherwise.  The caller holds a lock
+ * on the table, so the name cannot change before the plan runs.  A plan
+ * replaced while an INSERT runs (one that renamed its own table and
+ * inserted through the view again) may be the one running: it is left
+ * allocated rather than freed under it.
+ */
+typedef struct CaptureIsolatePlan
+{
+	Oid			target;			/* hash key */
+	char	   *name;			/* in TopMemoryContext */
+	SPIPlanPtr	plan;
+} CaptureIsolatePlan;
+
+static HTAB *capture_isolate_plans = NULL;
+
+/* target's INSERT plan.  Inside SPI. */
+static SPIPlanPtr
+capture_isolate_plan(Oid target)
+{
+	Oid			types[1] = {JSONBOID};
+	char	   *name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(target)),
+												  get_rel_name(target));
+	CaptureIsolatePlan *entry = NULL;
+	SPIPlanPtr	plan;
+
+	if (capture_isolate_plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(CaptureIsolatePlan);
+		capture_isolate_plans = hash_create("dlq isolate plans", 16, &ctl,
+											HASH_ELEM | HASH_BLOBS);
+	}
+	else
+		entry = hash_search(capture_isolate_plans, &target, HASH_FIND, NULL);
+	if (entry != NULL && strcmp(entry->name, name) == 0)
+		return entry->plan;
+
+	/* Prepared before the entry changes: an error leaves it as it was. */
+	plan = dlq_prepare_kept(psprintf("INSERT INTO %s SELECT * FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)",
 									 name, name), 1, types);
+	if (entry != NULL)
+	{
+		if (capture_isolate_depth == 0)
+			SPI_freeplan(entry->plan);
+		pfree(entry->name);
+	}
+	else
+		entry = hash_search(capture_isolate_plans, &target, HASH_ENTER, NULL);
+	entry->name = MemoryContextStrdup(TopMemoryContext, name);
+	entry->plan = plan;
+	return plan;
 }
 
 /*
@@ -1022,17 +1052,20 @@ capture_isolate_insert(SPIPlanPtr plan, Jsonb *payload, MemoryContext oldcxt)
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
+	capture_isolate_depth++;
 	PG_TRY();
 	{
 		Datum		values[1] = {JsonbPGetDatum(payload)};
 
 		dlq_execute_kept(plan, values, NULL, false, 0, SPI_OK_INSERT);
+		capture_isolate_depth--;
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
 	}
 	PG_CATCH();
 	{
+		capture_isolate_depth--;
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		FlushErrorState();
@@ -1062,6 +1095,7 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ErrorData  *edata;
 	int64		copy_line;
+	SPIPlanPtr	plan;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
@@ -1071,19 +1105,26 @@ dlq_capture_isolate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("dlq_capture_isolate must be fired INSTEAD OF INSERT FOR EACH ROW")));
 
-	capture_isolate_args(trigdata->tg_trigger, &target, &queue, &component);
+	capture_register_callbacks();
+	capture_isolate_args(trigdata->tg_trigger, &queue, &component);
 	/* Read before SPI runs anything: a COPY into the view is on top now. */
 	copy_line = capture_copy_line(trigdata->tg_relation);
 	payload = capture_row_to_jsonb(heap_copy_tuple_as_datum(trigdata->tg_trigtuple,
 															RelationGetDescr(trigdata->tg_relation)));
 
-	/* One plan per statement and view, in the trigger's fn_extra. */
-	SPI_connect();
+	/* The target, checked on the statement's first row. */
 	if (fcinfo->flinfo->fn_extra == NULL)
-		fcinfo->flinfo->fn_extra = capture_isolate_plan(trigdata->tg_trigger,
-														trigdata->tg_relation, target);
+	{
+		Oid		   *checked = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(Oid));
 
-	edata = capture_isolate_insert(fcinfo->flinfo->fn_extra, payload, oldcxt);
+		*checked = capture_isolate_target(trigdata->tg_trigger, trigdata->tg_relation);
+		fcinfo->flinfo->fn_extra = checked;
+	}
+	target = *(Oid *) fcinfo->flinfo->fn_extra;
+
+	SPI_connect();
+	plan = capture_isolate_plan(target);
+	edata = capture_isolate_insert(plan, payload, oldcxt);
 	if (edata == NULL)
 		capture_limits_count(RelationGetRelid(trigdata->tg_relation), target, false);
 	else

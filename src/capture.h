@@ -10,6 +10,7 @@
 #ifndef DLQ_CAPTURE_H
 #define DLQ_CAPTURE_H
 
+#include "utils/elog.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
 
@@ -26,11 +27,20 @@ typedef struct DlqReapplyResult
  * by the current user (replay.c switches back to the caller before calling
  * this) and inserted as the table's owner in a security-restricted
  * operation.  A row that would still violate a constraint is reported in
- * *result without raising an error; a missing privilege, or row-level
- * security binding the current user on target, raises 42501.
+ * *result without raising an error, and needs no subtransaction; any other
+ * error raises (a trigger's, a value that no longer converts, an exclusion
+ * constraint), which replay.c catches per row in the runs of handler.c.
+ * A missing privilege, or row-level security binding the current user on
+ * target, raises 42501, which fails the whole replay.
  */
 extern void dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 							DlqReapplyResult *result);
+
+/*
+ * error_detail of a row whose re-apply raised edata: {detail, schema,
+ * table, column, constraint, datatype}, like a row isolate mode diverts.
+ */
+extern Jsonb *dlq_reapply_error_detail(const ErrorData *edata);
 
 /*
  * Check a new payload for a row captured from rel (dlq_edit): a JSON

@@ -16,7 +16,8 @@
  *	  util.c		helpers: argument validation, running as the extension
  *					owner and back as the caller, kept plans and checked SPI
  *					calls, id arrays, JSON strings, request ids, default
- *					channels, the audit trail (dlq.events) and tallies for it
+ *					channels, the audit trail (dlq.events) and tallies for
+ *					it, the table an isolate-mode intake view reads
  *	  version.c		the library against an older schema (version.h)
  *	  shmem.c		shared memory: the worker slots (shmem.h)
  *	  drop_guard.c	dlq.drop_guard() [dlq_drop_guard], the event trigger that
@@ -30,6 +31,9 @@
  *					sqlstate, error_class, since, until), dry_run, reason,
  *					ticket (filter.h)
  *	  replay.c		dlq_reprocess, dlq_reprocess_all
+ *	  handler.c		replay handlers, and each message's failure caught in
+ *					batched subtransactions for table and handler replays
+ *					(handler.h)
  *	  edit.c		dlq_edit: fixing the payload of an open message
  *	  history.c		failed replay attempts kept in the audit trail
  *					(history.h), for dlq_history
@@ -214,6 +218,9 @@ extern int64 *dlq_check_id_array(ArrayType *ids, int *nids);
 extern char *dlq_default_channel(const char *queue);
 extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
 extern void dlq_check_bindable_function(Oid funcid, Oid roleid);
+
+/* The one table an isolate-mode intake view reads, or InvalidOid (util.c). */
+extern Oid	dlq_intake_view_target(Relation view);
 
 /* A plan prepared once and kept for the life of the backend (util.c). */
 extern SPIPlanPtr dlq_prepare_kept(const char *sql, int nargs, Oid *types);

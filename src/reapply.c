@@ -423,6 +423,15 @@ dlq_reapply_row(Oid target, Jsonb *payload, const char *operation,
 	relation_close(rel, NoLock);
 }
 
+/* error_detail of a re-apply that raised.  See capture.h. */
+Jsonb *
+dlq_reapply_error_detail(const ErrorData *edata)
+{
+	return dlq_error_detail_json(edata->detail, edata->schema_name, edata->table_name,
+								 edata->column_name, edata->constraint_name, true,
+								 edata->datatype_name);
+}
+
 /*
  * Is the capture trigger firing on relid for the row dlq_reapply_row is
  * inserting?  Only for the target (or the partition the row is routed to)

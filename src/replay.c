@@ -9,7 +9,8 @@
  *	  them with a keyset loop over the queue's index, so a million messages
  *	  never need a million-element array).  Each batch first counts what
  *	  exists and checks every queue it touches once (paused, live consumer,
- *	  privileges on the replay target), then locks the eligible messages
+ *	  privileges on the replay target, EXECUTE on the replay handler), then
+ *	  locks the eligible messages
  *	  with FOR UPDATE SKIP LOCKED: a message locked by a concurrent replay or
  *	  discard is skipped, never replayed twice.
  *
@@ -24,7 +25,18 @@
  *	  max_attempts replays.  Only rows captured from the target are
  *	  ever re-applied to it: any other message in such a queue (a writer's
  *	  dlq_store, rows captured from another table) goes to review with
- *	  42501, audited, whoever replays it.
+ *	  42501, audited, whoever replays it.  Queues with a replay handler
+ *	  call it once per message, as the caller (handler.c), with the same
+ *	  outcomes; they need no live consumer.
+ *
+ *	  Re-applies and handler calls run a few messages per subtransaction
+ *	  (dlq_isolate_run, handler.h): any error of one message is its failure
+ *	  and undoes only what was done for it, except query cancel and the rest
+ *	  of class 57, and for a table a missing privilege, which fail the call.
+ *	  Only the re-apply or the call runs inside; the batch's messages are
+ *	  resolved in one statement, and failures recorded, outside.  Code a
+ *	  replay runs (a handler, a target's trigger) may not start a replay
+ *	  (55000), and a handler that changes its own message fails with 55000.
  *
  *	  Every call is one request id; every queue it touched gets one audit
  *	  event per kind of outcome, with the ids when there are few, and the
@@ -33,8 +45,9 @@
  *	  dlq_reprocess_all takes the filters of filter.c and dry_run.  A dry run
  *	  makes every check a real call makes (a paused queue, no live consumer
  *	  and missing privileges on the replay target fail it the same way), then
- *	  only reads: each message that would be handed to consumers or
- *	  re-applied counts as replayed, and one that would be refused (not
+ *	  only reads: each message that would be handed to consumers,
+ *	  re-applied or given to a handler counts as replayed (no handler is
+ *	  called), and one that would be refused (not
  *	  captured from the target) as failed, the only failure known without
  *	  trying.  Nothing is locked, changed, notified or audited.
  *
@@ -48,7 +61,9 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/uuid.h"
@@ -56,6 +71,7 @@
 #include "capture.h"
 #include "dlq.h"
 #include "filter.h"
+#include "handler.h"
 #include "history.h"
 #include "version.h"
 
@@ -70,11 +86,13 @@ typedef struct ReplayQueue
 	bool		checked;		/* and checked for replay */
 	bool		update_checked; /* UPDATE privilege on the target checked */
 	Oid			target;			/* replay target, or InvalidOid */
+	Oid			handler_fn;		/* replay handler, or InvalidOid */
+	DlqHandler *handler;		/* opened for the caller once checked */
 	char	   *channel;
 	DlqIdTally	handed;			/* moved to replaying */
 	DlqIdTally	redriven;		/* taken from review with force */
-	DlqIdTally	reapplied;		/* re-applied to the target */
-	DlqIdTally	failed;			/* re-apply failed */
+	DlqIdTally	reapplied;		/* re-applied to the target, or handled */
+	DlqIdTally	failed;			/* re-apply or handler failed */
 	DlqIdTally	refused;		/* not captured from the target: to review */
 	DlqAttemptLog *failed_log;	/* the failed attempts, for replay_failed */
 	DlqAttemptLog *refused_log; /* the refused ones */
@@ -94,13 +112,38 @@ typedef struct ReplayState
 	int64		found;
 	int64		nfailures;
 	StringInfoData failures;	/* JSON array elements, comma separated */
+	DlqIsolate	iso;			/* failures caught per message (handler.h) */
 	MemoryContext batch_cxt;
 } ReplayState;
+
+/*
+ * One message of a batch re-applied to its table or handed to its
+ * handler inside the runs of dlq_isolate_run, with its outcome.
+ */
+typedef struct ReplayItem
+{
+	int64		id;
+	ReplayQueue *rq;
+	bool		was_review;
+	Datum		arg;			/* payload, or dlq.message for its handler */
+	const char *operation;
+	ItemPointerData tid;		/* handler: the locked row in messages_live */
+	DlqReapplyResult result;
+} ReplayItem;
+
+typedef struct ReplayRun
+{
+	ReplayState *st;
+	ReplayItem *items;
+	bool		handlers;		/* the items go to handlers */
+} ReplayRun;
 
 static SPIPlanPtr info_plan = NULL;
 static SPIPlanPtr settings_plan = NULL;
 static SPIPlanPtr hand_plan = NULL;
 static SPIPlanPtr lock_target_plan = NULL;
+static SPIPlanPtr lock_handler_plan = NULL;
+static SPIPlanPtr untouched_plan = NULL;
 static SPIPlanPtr reapplied_plan = NULL;
 static SPIPlanPtr reapply_failed_plan = NULL;
 static SPIPlanPtr last_replay_plan = NULL;
@@ -118,6 +161,19 @@ replay_check_target_privilege(ReplayState *st, ReplayQueue *rq, AclMode mode)
 						get_rel_name(rq->target) ? get_rel_name(rq->target) : "?"),
 				 errdetail("Queue \"%s\" re-applies its rows to that table on behalf of the caller, which lacks %s on it.",
 						   rq->queue, mode == ACL_INSERT ? "INSERT" : "UPDATE")));
+}
+
+/*
+ * Open a queue's replay handler for the caller: it exists, and the caller
+ * may execute it (handler.c; 42883, 42501 for the whole call).
+ */
+static void
+replay_open_handler(ReplayState *st, ReplayQueue *rq)
+{
+	MemoryContext cxt = MemoryContextGetParent(st->batch_cxt);
+
+	rq->handler = MemoryContextAllocZero(cxt, sizeof(DlqHandler));
+	dlq_handler_open(rq->handler, rq->handler_fn, st->owner->caller, rq->queue, cxt);
 }
 
 static ReplayQueue *
@@ -164,9 +220,9 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 		{
 			Oid			types[1] = {TEXTOID};
 
-			settings_plan = dlq_prepare_kept(
+			settings_plan = dlq_prepare_kept(dlq_schema_sql(
 											 "SELECT paused, replay_target, channel, require_listener"
-											 " FROM dlq.queues WHERE queue = $1",
+											 "[[, replay_handler]] FROM dlq.queues WHERE queue = $1"),
 											 1, types);
 		}
 		dlq_execute_kept(settings_plan, &value, NULL, false, 1, SPI_OK_SELECT);
@@ -182,6 +238,12 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 		rq->channel = MemoryContextStrdup(MemoryContextGetParent(st->batch_cxt),
 										  TextDatumGetCString(SPI_getbinval(row, desc, 3, &isnull)));
 		require_listener = DatumGetBool(SPI_getbinval(row, desc, 4, &isnull));
+		rq->handler_fn = InvalidOid;
+		if (desc->natts >= 5)
+		{
+			d = SPI_getbinval(row, desc, 5, &isnull);
+			rq->handler_fn = isnull ? InvalidOid : DatumGetObjectId(d);
+		}
 		SPI_freetuptable(SPI_tuptable);
 
 		if (paused)
@@ -193,7 +255,7 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 		rq->settings_read = true;
 		if (!eligible)
 			return;
-		if (!OidIsValid(rq->target) && require_listener &&
+		if (!OidIsValid(rq->target) && !OidIsValid(rq->handler_fn) && require_listener &&
 			!dlq_consumer_alive(rq->queue))
 			ereport(ERROR,
 					(errcode(ERRCODE_DLQ_NO_CONSUMER),
@@ -201,7 +263,9 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 					 errdetail("Nothing was replayed: replayed messages would wait until a consumer appears."),
 					 errhint("Start a consumer that calls dlq_listen('%s'), or configure the queue with require_listener => false.",
 							 rq->queue)));
-		if (OidIsValid(rq->target))
+		if (OidIsValid(rq->handler_fn))
+			replay_open_handler(st, rq);
+		else if (OidIsValid(rq->target))
 			replay_check_target_privilege(st, rq, ACL_INSERT);
 		rq->checked = true;
 	}
@@ -266,7 +330,7 @@ replay_prepare(void)
 	hand_plan = dlq_prepare_kept(dlq_schema_sql(
 								 "WITH c AS (SELECT m.message_id, m.status AS old_status"
 								 "  FROM dlq.messages m JOIN dlq.queues q"
-								 "   ON q.queue = m.queue AND q.replay_target IS NULL"
+								 "   ON q.queue = m.queue AND q.replay_target IS NULL[[ AND q.replay_handler IS NULL]]"
 								 "  WHERE m.message_id = ANY ($1)[[ AND m.slot = 0]] AND (m.status = 'pending'"
 								 "   OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
 								 "  ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED)"
@@ -277,14 +341,15 @@ replay_prepare(void)
 								 " FROM c WHERE m.message_id = c.message_id[[ AND m.slot = 0]]"
 								 " RETURNING m.queue, m.message_id, c.old_status = 'review'"),
 								 3, types);
-	lock_target_plan = dlq_prepare_kept(
+	lock_target_plan = dlq_prepare_kept(dlq_schema_sql(
 										"SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.operation,"
 										"  m.source_relation"
 										" FROM dlq.messages m JOIN dlq.queues q"
 										"  ON q.queue = m.queue AND q.replay_target IS NOT NULL"
+										"[[ AND q.replay_handler IS NULL]]"
 										" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
 										"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
-										" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED",
+										" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED"),
 										3, types);
 	/* a dry run: what would be handed or re-applied, read without locks */
 	dry_plan = dlq_prepare_kept(
@@ -321,6 +386,36 @@ replay_prepare(void)
 									  DLQ_SET_CLOSING_SLOT
 									  " WHERE message_id = ANY ($1)[[ AND slot = 0]]"),
 									  2, reapplied_types);
+}
+
+/*
+ * The plans of handler replays, which need the current schema: lock the
+ * messages of handler queues (message_id, queue, was_review, payload, the
+ * row's ctid in messages_live, the message as a dlq.message); and after a
+ * run, the first of its rows (tid[]) that changed, by ordinal.
+ */
+static void
+replay_prepare_handlers(void)
+{
+	Oid			types[3] = {INT8ARRAYOID, BOOLOID, UUIDOID};
+	Oid			tid_types[1] = {TIDARRAYOID};
+
+	if (lock_handler_plan != NULL)
+		return;
+	dlq_require_current_schema();
+	lock_handler_plan = dlq_prepare_kept(dlq_schema_sql(
+										 "SELECT m.message_id, m.queue, m.status = 'review', m.payload, m.ctid,"
+										 "  ROW(" DLQ_MESSAGE_COLUMNS ")::dlq.message"
+										 " FROM dlq.messages m JOIN dlq.queues q"
+										 "  ON q.queue = m.queue AND q.replay_handler IS NOT NULL"
+										 " WHERE m.message_id = ANY ($1) AND m.slot = 0 AND (m.status = 'pending'"
+										 "  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
+										 " ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED"),
+										 3, types);
+	untouched_plan = dlq_prepare_kept(
+									  "SELECT min(u.i) FROM unnest($1) WITH ORDINALITY u(t, i)"
+									  " WHERE NOT EXISTS (SELECT FROM dlq.messages_live l WHERE l.ctid = u.t)",
+									  1, tid_types);
 }
 
 /*
@@ -402,70 +497,235 @@ replay_resolve_reapplied(ReplayState *st, const int64 *ids, int n)
 }
 
 /*
+ * After a run of handler calls, as the owner: did a handler change the
+ * message it was given (dlq_discard, dlq_resolve, dlq_edit, dlq_move on it
+ * by a caller who may)?  Then the first such message fails its run, which
+ * undoes what its handler did; the resolution of this replay must not
+ * overwrite what the handler did nor be overwritten by it.  A row changed
+ * by its own transaction has a new version with a new ctid (the old one
+ * cannot be pruned while the transaction runs).
+ */
+static void
+replay_check_untouched(ReplayRun *run, int from, int to, const bool *failed,
+					   volatile int *current)
+{
+	Datum	   *tids = palloc(sizeof(Datum) * (to - from));
+	int		   *index = palloc(sizeof(int) * (to - from));
+	int			n = 0;
+	Datum		value;
+	Datum		first;
+	bool		isnull;
+	ReplayItem *item;
+
+	for (int i = from; i < to; i++)
+	{
+		if (failed[i])
+			continue;
+		index[n] = i;
+		tids[n++] = PointerGetDatum(&run->items[i].tid);
+	}
+	value = PointerGetDatum(construct_array(tids, n, TIDOID, sizeof(ItemPointerData),
+											false, TYPALIGN_SHORT));
+	/* not read-only: a new snapshot that sees what the handlers did */
+	dlq_execute_kept(untouched_plan, &value, NULL, false, 1, SPI_OK_SELECT);
+	first = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	SPI_freetuptable(SPI_tuptable);
+	if (isnull)
+		return;
+	*current = index[DatumGetInt64(first) - 1];
+	item = &run->items[*current];
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("replay handler %s changed message " INT64_FORMAT " while replaying it",
+					item->rq->handler->name, item->id),
+			 errdetail("A replay handler may not discard, resolve, edit or move the message it is given; what it did was undone.")));
+}
+
+/*
+ * Run messages from..to-1 of a batch that have not failed, as the caller:
+ * re-apply each row to its table, or call each message's handler (a
+ * DlqIsolateRunFn).
+ */
+static void
+replay_run(void *arg, int from, int to, const bool *failed, volatile int *current,
+		   int64 *executions)
+{
+	ReplayRun  *run = (ReplayRun *) arg;
+	DlqCallerScope caller;
+
+	dlq_as_caller_begin(run->st->owner, &caller);
+	for (int i = from; i < to; i++)
+	{
+		ReplayItem *item = &run->items[i];
+
+		if (failed[i])
+			continue;
+		CHECK_FOR_INTERRUPTS();
+		*current = i;
+		(*executions)++;
+		if (run->handlers)
+		{
+			memset(&item->result, 0, sizeof(DlqReapplyResult));
+			dlq_handler_call(item->rq->handler, item->arg);
+			item->result.ok = true;
+		}
+		else
+			dlq_reapply_row(item->rq->target, DatumGetJsonbP(item->arg), item->operation,
+							&item->result);
+	}
+	*current = -1;
+
+	/*
+	 * Back to the owner, dropping any setting the caller's code changed
+	 * (dlq_as_caller_end would keep a plain SET): a search_path a handler
+	 * chose must not reach dlq's own statements.
+	 */
+	AtEOXact_GUC(false, caller.guc_nest_level);
+	SetUserIdAndSecContext(caller.userid, caller.sec_context);
+	if (run->handlers)
+		replay_check_untouched(run, from, to, failed, current);
+}
+
+/*
+ * A message's error in a run (a DlqIsolateFailFn): its failure, but for
+ * a table replay a missing privilege, which is not the row's fault (as in
+ * capture's isolate mode) and fails the call.
+ */
+static bool
+replay_fail(void *arg, int index, ErrorData *edata)
+{
+	ReplayRun  *run = (ReplayRun *) arg;
+	ReplayItem *item = &run->items[index];
+
+	if (!run->handlers && edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE)
+		return false;
+	memset(&item->result, 0, sizeof(DlqReapplyResult));
+	strlcpy(item->result.sqlstate, unpack_sql_state(edata->sqlerrcode),
+			sizeof(item->result.sqlstate));
+	item->result.error = edata->message ? edata->message : "replay failed";
+	item->result.error_detail = run->handlers ?
+		dlq_handler_error_detail(item->rq->handler, edata) :
+		dlq_reapply_error_detail(edata);
+	return true;
+}
+
+/*
+ * Run a batch's items with each failure caught (handler.h), then resolve
+ * the successes in one statement and record each failure, as the owner.
+ */
+static void
+replay_items(ReplayState *st, ReplayItem *items, int n, bool handlers)
+{
+	ReplayRun	run = {st, items, handlers};
+	int64	   *ok_ids = palloc(sizeof(int64) * Max(n, 1));
+	int			nok = 0;
+
+	dlq_isolate_run(&st->iso, n, replay_run, replay_fail, &run);
+	for (int i = 0; i < n; i++)
+	{
+		ReplayItem *item = &items[i];
+
+		if (item->result.ok)
+		{
+			ok_ids[nok++] = item->id;
+			dlq_tally_add(&item->rq->reapplied, item->id);
+		}
+		else
+			replay_record_failure(st, item->rq, item->id, item->was_review, false,
+								  &item->result);
+	}
+	if (nok > 0)
+		replay_resolve_reapplied(st, ok_ids, nok);
+}
+
+/*
  * Re-apply the locked rows of the last SPI result (message_id, queue,
  * was_review, payload, operation, source_relation) to their queue's replay
- * target on behalf of the caller.
+ * target on behalf of the caller.  A row not captured from the target is
+ * refused without running anything.
  */
 static void
 replay_reapply_rows(ReplayState *st)
 {
 	uint64		n = SPI_processed;
 	SPITupleTable *tt = SPI_tuptable;
-	int64	   *ok_ids = palloc(sizeof(int64) * Max(n, 1));
-	int			nok = 0;
+	ReplayItem *items = palloc0(sizeof(ReplayItem) * Max(n, 1));
+	int			nitems = 0;
 
 	for (uint64 i = 0; i < n; i++)
 	{
 		HeapTuple	row = tt->vals[i];
 		TupleDesc	desc = tt->tupdesc;
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
-		char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 2, &isnull));
-		bool		was_review = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
-		Jsonb	   *payload = DatumGetJsonbP(SPI_getbinval(row, desc, 4, &isnull));
-		Datum		op = SPI_getbinval(row, desc, 5, &isnull);
-		char	   *operation = isnull ? NULL : TextDatumGetCString(op);
-		Datum		src = SPI_getbinval(row, desc, 6, &isnull);
-		Oid			source = isnull ? InvalidOid : DatumGetObjectId(src);
-		ReplayQueue *rq = replay_queue(st, queue);
-		DlqReapplyResult result = {0};
-		bool		refused = source != rq->target;
+		ReplayItem *item = &items[nitems];
+		Datum		op;
+		Datum		src;
 
-		if (refused)
-			replay_refuse_foreign(rq->target, &result);
-		else
+		item->id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+		item->rq = replay_queue(st, TextDatumGetCString(SPI_getbinval(row, desc, 2, &isnull)));
+		item->was_review = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
+		item->arg = SPI_getbinval(row, desc, 4, &isnull);
+		op = SPI_getbinval(row, desc, 5, &isnull);
+		item->operation = isnull ? NULL : TextDatumGetCString(op);
+		src = SPI_getbinval(row, desc, 6, &isnull);
+		if (item->was_review)
+			dlq_tally_add(&item->rq->redriven, item->id);
+		if (isnull || DatumGetObjectId(src) != item->rq->target)
 		{
-			DlqCallerScope caller;
-
-			dlq_as_caller_begin(st->owner, &caller);
-			dlq_reapply_row(rq->target, payload, operation, &result);
-			dlq_as_caller_end(&caller);
+			replay_refuse_foreign(item->rq->target, &item->result);
+			replay_record_failure(st, item->rq, item->id, item->was_review, true,
+								  &item->result);
+			continue;
 		}
-
-		if (was_review)
-			dlq_tally_add(&rq->redriven, id);
-		if (result.ok)
-		{
-			ok_ids[nok++] = id;
-			dlq_tally_add(&rq->reapplied, id);
-		}
-		else
-			replay_record_failure(st, rq, id, was_review, refused, &result);
+		nitems++;
 	}
+	replay_items(st, items, nitems, false);
+	SPI_freetuptable(tt);
+}
 
-	if (nok > 0)
-		replay_resolve_reapplied(st, ok_ids, nok);
+/*
+ * Hand the locked messages of handler queues in the last SPI result
+ * (lock_handler_plan's columns) to their handlers on behalf of the caller.
+ */
+static void
+replay_handle_rows(ReplayState *st)
+{
+	uint64		n = SPI_processed;
+	SPITupleTable *tt = SPI_tuptable;
+	ReplayItem *items = palloc0(sizeof(ReplayItem) * Max(n, 1));
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	row = tt->vals[i];
+		TupleDesc	desc = tt->tupdesc;
+		bool		isnull;
+		ReplayItem *item = &items[i];
+
+		item->id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+		item->rq = replay_queue(st, TextDatumGetCString(SPI_getbinval(row, desc, 2, &isnull)));
+		item->was_review = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
+		/* pending meanwhile in a queue the batch's check did not see eligible */
+		if (item->rq->handler == NULL)
+			replay_check_queue(st, item->rq, true, false);
+		item->tid = *((ItemPointer) DatumGetPointer(SPI_getbinval(row, desc, 5, &isnull)));
+		item->arg = SPI_getbinval(row, desc, item->rq->handler->whole_message ? 6 : 4, &isnull);
+		if (item->was_review)
+			dlq_tally_add(&item->rq->redriven, item->id);
+	}
+	replay_items(st, items, (int) n, true);
 	SPI_freetuptable(tt);
 }
 
 /*
  * Count what exists of a batch, per queue, and check the queues of the
  * eligible messages (replay_check_queue).  Says whether any eligible
- * message is in a queue without a replay target (*any_handed) or with one
- * (*any_target).
+ * message is in a queue that hands its messages to consumers
+ * (*any_handed), re-applies them to a table (*any_target) or calls a
+ * handler (*any_handler).
  */
 static void
-replay_check_batch(ReplayState *st, Datum *values, bool *any_handed, bool *any_target)
+replay_check_batch(ReplayState *st, Datum *values, bool *any_handed, bool *any_target,
+				   bool *any_handler)
 {
 	SPITupleTable *tt;
 
@@ -485,7 +745,9 @@ replay_check_batch(ReplayState *st, Datum *values, bool *any_handed, bool *any_t
 			continue;
 		rq = replay_queue(st, queue);
 		replay_check_queue(st, rq, true, has_update);
-		if (OidIsValid(rq->target))
+		if (OidIsValid(rq->handler_fn))
+			*any_handler = true;
+		else if (OidIsValid(rq->target))
 			*any_target = true;
 		else
 			*any_handed = true;
@@ -541,7 +803,9 @@ replay_dry(ReplayState *st, Datum *values)
 
 		if (was_review)
 			dlq_tally_add(&rq->redriven, id);
-		if (!OidIsValid(rq->target))
+		if (OidIsValid(rq->handler_fn))
+			dlq_tally_add(&rq->reapplied, id);	/* nothing called */
+		else if (!OidIsValid(rq->target))
 			dlq_tally_add(&rq->handed, id);
 		else if (captured)
 			dlq_tally_add(&rq->reapplied, id);
@@ -566,6 +830,7 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	Datum		values[3];
 	bool		any_handed = false;
 	bool		any_target = false;
+	bool		any_handler = false;
 	MemoryContext old = MemoryContextSwitchTo(st->batch_cxt);
 
 	replay_prepare();
@@ -573,12 +838,12 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	values[1] = BoolGetDatum(st->force);
 	values[2] = st->request_id;
 
-	replay_check_batch(st, values, &any_handed, &any_target);
+	replay_check_batch(st, values, &any_handed, &any_target, &any_handler);
 	if (st->dry_run)
 	{
-		if (any_handed || any_target)
+		if (any_handed || any_target || any_handler)
 			replay_dry(st, values);
-		any_handed = any_target = false;
+		any_handed = any_target = any_handler = false;
 	}
 	if (any_handed)
 		replay_hand(st, values);
@@ -588,6 +853,14 @@ replay_batch(ReplayState *st, const int64 *ids, int n)
 	{
 		dlq_execute_kept_moved(lock_target_plan, values, NULL, 0, SPI_OK_SELECT);
 		replay_reapply_rows(st);
+	}
+
+	/* Queues with a handler: lock, then call it message by message. */
+	if (any_handler)
+	{
+		replay_prepare_handlers();
+		dlq_execute_kept_moved(lock_handler_plan, values, NULL, 0, SPI_OK_SELECT);
+		replay_handle_rows(st);
 	}
 
 	MemoryContextSwitchTo(old);
@@ -603,6 +876,7 @@ replay_init(ReplayState *st, DlqOwnerContext *owner, bool force)
 	st->request_id = dlq_new_request_id();
 	st->request_id_str = DatumGetCString(DirectFunctionCall1(uuid_out, st->request_id));
 	initStringInfo(&st->failures);
+	dlq_isolate_init(&st->iso);
 }
 
 static int
@@ -678,6 +952,11 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 		}
 	}
 
+	if (st->iso.subxacts > 0)
+		elog(DEBUG1, "dlq replay: " INT64_FORMAT " subtransactions, " INT64_FORMAT
+			 " rolled back, " INT64_FORMAT " messages run",
+			 st->iso.subxacts, st->iso.rollbacks, st->iso.executions);
+
 	initStringInfo(&buf);
 	appendStringInfo(&buf,
 					 "{\"request_id\": \"%s\", \"requested\": " INT64_FORMAT
@@ -699,6 +978,12 @@ replay_finish(ReplayState *st, MemoryContext result_cxt)
 static void
 replay_begin(ReplayState *st, DlqOwnerContext *owner, bool force)
 {
+	/* A handler or a target's trigger would replay its own message again. */
+	if (dlq_isolate_active())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot replay messages from inside a replay"),
+				 errdetail("A replay handler, or a trigger of a replay target, may not call dlq_reprocess or dlq_reprocess_all.")));
 	dlq_become_owner(owner);
 	SPI_connect();
 	replay_init(st, owner, force);
@@ -776,7 +1061,8 @@ replay_candidates_plan(const DlqFilter *filter)
  * One pass of dlq_reprocess_all: replay the queue's messages in one status
  * that pass the filter in keyset batches, oldest first, until max_messages
  * were requested in the whole call.  A message this call already replayed
- * (now back in review) is not taken again.
+ * (now back in review) is not taken again, nor one stored since the call
+ * began.
  */
 static void
 replay_all_pass(ReplayState *st, const char *queue, const DlqFilter *filter,
@@ -799,7 +1085,12 @@ replay_all_pass(ReplayState *st, const char *queue, const DlqFilter *filter,
 		values[3] = Int32GetDatum(limit);
 		values[4] = st->request_id;
 		dlq_filter_values(filter, values + 5, nulls + 5);
-		dlq_execute_kept(plan, values, nulls, false, 0, SPI_OK_SELECT);
+		/*
+		 * Read-only: with the snapshot the call started with, so that the
+		 * messages its own handlers or triggers store (into this queue, say)
+		 * are left for the next call instead of making this one endless.
+		 */
+		dlq_execute_kept(plan, values, nulls, true, 0, SPI_OK_SELECT);
 		n = dlq_spi_ids(ids);
 		if (n == 0)
 			break;

@@ -6,8 +6,9 @@
  *	  search_path and back as the caller, plans kept for the backend's life
  *	  and SPI calls whose result code is checked (dlq_execute_kept,
  *	  dlq_execute_sql), bigint[] id arrays, JSON string literals, request
- *	  ids, default channel names, and the audit trail (dlq_audit) with the
- *	  per-queue tallies that feed it.  Nothing here calls another module.
+ *	  ids, default channel names, the audit trail (dlq_audit) with the
+ *	  per-queue tallies that feed it, and the table an isolate-mode intake
+ *	  view reads.  Nothing here calls another module.
  *
  *-------------------------------------------------------------------------
  */
@@ -26,12 +27,14 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "rewrite/prs2lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/regproc.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
@@ -416,6 +419,47 @@ dlq_check_bindable_relation(Oid relid, Oid roleid)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of table %s", relname),
 				 errdetail("Only the owner of a table may bind a queue to it.")));
+}
+
+/*
+ * The table an isolate-mode intake view reads, which its trigger inserts
+ * into: the one relation in the range table of the view's query, not
+ * counting the view itself (before PostgreSQL 16 the stored query holds it
+ * twice, as OLD and NEW).  InvalidOid when view is not a view, or reads no
+ * relation or more than one.  The query names the table by OID and pg_dump
+ * writes it back by name, so the answer follows renames and survives a dump
+ * and restore, which an OID in the trigger's arguments does not.  The
+ * caller checks what kind of relation it is.
+ */
+Oid
+dlq_intake_view_target(Relation view)
+{
+	RuleLock   *rules = view->rd_rules;
+	Oid			target = InvalidOid;
+
+	if (view->rd_rel->relkind != RELKIND_VIEW || rules == NULL)
+		return InvalidOid;
+	for (int i = 0; i < rules->numLocks; i++)
+	{
+		Query	   *query;
+		ListCell   *lc;
+
+		if (rules->rules[i]->event != CMD_SELECT ||
+			list_length(rules->rules[i]->actions) != 1)
+			continue;
+		query = linitial_node(Query, rules->rules[i]->actions);
+		foreach(lc, query->rtable)
+		{
+			RangeTblEntry *rte = lfirst_node(RangeTblEntry, lc);
+
+			if (rte->rtekind != RTE_RELATION || rte->relid == RelationGetRelid(view))
+				continue;
+			if (OidIsValid(target) && rte->relid != target)
+				return InvalidOid;
+			target = rte->relid;
+		}
+	}
+	return target;
 }
 
 /*

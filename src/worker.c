@@ -78,6 +78,7 @@
 #include "utils/wait_event.h"
 
 #include "dlq.h"
+#include "handler.h"
 #include "shmem.h"
 #include "version.h"
 
@@ -508,7 +509,7 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		"SELECT queue, message_ids FROM dlq.worker_retry_due($1)",
 	1, {INT4OID}},
 	[DLQ_PLAN_RETRY_QUEUE] = {"reading a queue's retry role",
-		"SELECT retry_role, replay_target FROM dlq.queues"
+		"SELECT retry_role, replay_target, replay_handler FROM dlq.queues"
 		" WHERE queue = $1 AND auto_retry AND NOT paused",
 	1, {TEXTOID}},
 	[DLQ_PLAN_RETRY] = {"requesting automatic retries",
@@ -533,7 +534,8 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 		"SELECT task_id, due_at FROM dlq.worker_redrive_due()",
 	0, {InvalidOid}},
 	[DLQ_PLAN_REDRIVE_TAKE] = {"taking the candidates of a redrive task",
-		"SELECT queue, created_by, replay_target, force, reason, ticket, message_ids"
+		"SELECT queue, created_by, replay_target, force, reason, ticket, message_ids,"
+		"       replay_handler"
 		"  FROM dlq.worker_redrive_take($1, $2, $3)",
 	3, {INT8OID, INT4OID, TEXTOID}},
 	[DLQ_PLAN_REDRIVE] = {"replaying the messages of a redrive task",
@@ -1289,12 +1291,13 @@ worker_repeat(DlqPlanId id, Datum *values)
 
 /*
  * Why may role not run the automatic retries of a queue with this replay
- * target (InvalidOid: none)?  NULL when it may.  Checked at every run: the
- * role must still exist, be a member of dlq_operator and have INSERT on the
- * target.  Logging in is not needed.
+ * target or replay handler (InvalidOid: none)?  NULL when it may.  Checked
+ * at every run: the role must still exist, be a member of dlq_operator and
+ * have INSERT on the target, or EXECUTE on the handler, which must still
+ * exist (handler.c).  Logging in is not needed.
  */
 static const char *
-worker_retry_refusal(Oid role, Oid target)
+worker_retry_refusal(Oid role, Oid target, Oid handler)
 {
 	Oid			operator_role;
 
@@ -1310,6 +1313,8 @@ worker_retry_refusal(Oid role, Oid target)
 		return psprintf("role \"%s\" lacks INSERT on table %s",
 						GetUserNameFromId(role, false),
 						DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(target))));
+	if (OidIsValid(handler))
+		return dlq_handler_refusal(handler, role);
 	return NULL;
 }
 
@@ -1338,6 +1343,7 @@ worker_retry_body(void *arg)
 	Datum		d;
 	Oid			role;
 	Oid			target;
+	Oid			handler;
 	const char *why;
 	Oid			save_user;
 	int			save_sec;
@@ -1350,9 +1356,11 @@ worker_retry_body(void *arg)
 	role = isnull ? InvalidOid : DatumGetObjectId(d);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	target = isnull ? InvalidOid : DatumGetObjectId(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	handler = isnull ? InvalidOid : DatumGetObjectId(d);
 
 	values[0] = g->ids;
-	why = worker_retry_refusal(role, target);
+	why = worker_retry_refusal(role, target, handler);
 	if (why != NULL)
 	{
 		char		label[DLQ_LAST_ERROR_LEN];
@@ -1360,7 +1368,7 @@ worker_retry_body(void *arg)
 		ereport(WARNING,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("automatic retries of queue \"%s\" skipped: %s", g->queue, why),
-				 errdetail("Automatic retries run as the role that turned auto_retry on, while it may write to the queue's replay target."),
+				 errdetail("Automatic retries run as the role that turned auto_retry on, while it may write to the queue's replay target or execute its replay handler."),
 				 errhint("An operator turns them on again with dlq_configure('%s', auto_retry => true).",
 						 g->queue)));
 		snprintf(label, sizeof(label), "automatic retries of queue \"%s\" skipped", g->queue);
@@ -1606,6 +1614,7 @@ worker_redrive_body(void *arg)
 	Datum		d;
 	Oid			role;
 	Oid			target;
+	Oid			handler;
 	char	   *queue;
 	Datum		ids;
 	const char *why;
@@ -1625,9 +1634,11 @@ worker_redrive_body(void *arg)
 	d = SPI_getbinval(row, desc, 3, &isnull);
 	target = isnull ? InvalidOid : DatumGetObjectId(d);
 	ids = SPI_getbinval(row, desc, 7, &isnull);
+	d = SPI_getbinval(row, desc, 8, &isnull);
+	handler = isnull ? InvalidOid : DatumGetObjectId(d);
 
 	/* The same rule as automatic retries: the role is checked at every run. */
-	why = worker_retry_refusal(role, target);
+	why = worker_retry_refusal(role, target, handler);
 	if (why != NULL)
 	{
 		values[1] = CStringGetTextDatum(why);

@@ -76,6 +76,12 @@ $node->safe_psql('old', q{
     SELECT dlq.worker_expire(100);
     SELECT etl_register_stage('load_items', 'items', 'id');
     SELECT etl_watermark('load_items', 25);
+    -- an isolate-mode intake view as 1.0's dlq_attach made it: its trigger
+    -- names the table by OID
+    CREATE VIEW items_intake AS
+        SELECT x.id::pg_catalog.text AS id, x.qty::pg_catalog.text AS qty FROM public.items x WHERE false;
+    DO $$ BEGIN EXECUTE format('CREATE TRIGGER dlq_intake INSTEAD OF INSERT ON public.items_intake'
+        ' FOR EACH ROW EXECUTE FUNCTION dlq_capture_isolate(%L, %L)', 'items', 'items'::regclass::oid); END $$;
 });
 
 is($node->safe_psql('old',
@@ -142,7 +148,7 @@ sub schema_dump
 {
     my ($db) = @_;
     my ($out, $err);
-    IPC::Run::run([ 'pg_dump', '--schema-only', '--binary-upgrade', '--no-owner', '--exclude-table=public.items',
+    IPC::Run::run([ 'pg_dump', '--schema-only', '--binary-upgrade', '--no-owner', '--exclude-table=public.items', '--exclude-table=public.items_intake',
                     '-d', $node->connstr($db) ], '>', \$out, '2>', \$err)
       or die "pg_dump $db: $err";
     my @lines = grep {
@@ -188,6 +194,14 @@ $node->safe_psql('old', q{
 });
 is($node->safe_psql('old', q{SELECT qty FROM items WHERE id = 1}), '5',
     'a row captured under 1.0 is re-applied to its table after the update');
+
+# 1.0's intake view keeps working after the update, and dlq_detach finds it.
+$node->safe_psql('old', q{INSERT INTO items_intake VALUES ('50', '3'), ('51', '-1')});
+is($node->safe_psql('old', q{
+    SELECT (SELECT qty FROM items WHERE id = 50) || ' ' ||
+           (SELECT count(*) FROM dlq.messages WHERE queue = 'items' AND payload->>'id' = '51'
+               AND source_relation = 'items'::regclass)}),
+    '3 1', "1.0's intake view inserts good rows and diverts bad ones after the update");
 
 # Storage (issue 12): the 1.0 table is the live partition, with its closed
 # messages still in it; messages closed after the update go to the ring; the
@@ -236,6 +250,10 @@ ok($node->poll_query_until('old', q{
 is($node->safe_psql('old', q{
     SELECT actor || ' ' || message_count FROM dlq.events WHERE kind = 'archived' AND queue = 'orders'}),
     'dlq worker 1', '... audited');
+
+$node->safe_psql('old', q{SELECT dlq_detach('items')});
+is($node->safe_psql('old', q{SELECT to_regclass('items_intake') IS NULL}), 't',
+    "dlq_detach drops 1.0's intake view");
 
 $node->stop;
 done_testing();
