@@ -115,6 +115,19 @@ SET LOCAL ROLE redrive_op;
 SELECT dlq_test.try($$SELECT dlq_redrive_start('redrive_tq', 10)$$);
 ROLLBACK;
 
+-- a queue with a replay handler: the task calls it as its creator, who needs EXECUTE
+CREATE FUNCTION redrive_handle(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+REVOKE EXECUTE ON FUNCTION redrive_handle(jsonb) FROM PUBLIC;
+SELECT replay_handler FROM dlq_configure('redrive_hq', replay_handler => 'redrive_handle(jsonb)');
+SET ROLE redrive_op;
+SELECT dlq_test.err($$SELECT dlq_redrive_start('redrive_hq', 10)$$);
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION redrive_handle(jsonb) TO redrive_op;
+BEGIN;
+SET LOCAL ROLE redrive_op;
+SELECT dlq_test.try($$SELECT dlq_redrive_start('redrive_hq', 10)$$);
+ROLLBACK;
+
 -- nothing of the above is left
 SELECT count(*) AS tasks FROM dlq.redrive_tasks;
 SELECT count(*) AS redrive_events FROM dlq.events WHERE kind::text LIKE 'redrive\_%';
@@ -130,5 +143,7 @@ SELECT jsonb_array_length(etl_status_json()->'redrive_tasks') AS running_tasks;
 ROLLBACK;
 
 DROP TABLE redrive_t;
+SELECT replay_handler FROM dlq_configure('redrive_hq', replay_handler => 0);
+DROP FUNCTION redrive_handle(jsonb);
 SELECT dlq_discard_all('redrive_a')->>'discarded' AS discarded;
 DROP ROLE redrive_op, redrive_op2, redrive_reader, redrive_writer, redrive_nobody;

@@ -203,6 +203,27 @@ is(q1(q{SELECT count(*) FROM rd.t}), '25', 'the 25 rows are in the table');
 is(q1(q{SELECT string_agg(DISTINCT who || ' ' || role_refused, ',') || ' ' || count(*) FROM rd.seen}), 'rd_op true 25',
 	'the replays ran as the task\'s creator, in a security-restricted operation');
 
+# --- a queue with a replay handler: its failures count like a table's ---------------
+as_role('rd_op', q{
+    CREATE FUNCTION rd.handle(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF (p->>'n')::int % 3 = 0 THEN
+            RAISE EXCEPTION 'message % refused', p->>'n' USING ERRCODE = '22023';
+        END IF;
+    END $$;
+    SELECT dlq_configure('rd_h', replay_handler => 'rd.handle(jsonb)');
+});
+q1(q{SELECT count(dlq_store('rd_h', jsonb_build_object('n', g), 'failed')) FROM generate_series(1, 30) g});
+$task = as_role('rd_op', q{SELECT dlq_redrive_start('rd_h', 50)});
+ok($node->poll_query_until('postgres',
+		"SELECT state = 'finished' FROM dlq.redrive_tasks WHERE task_id = $task", 't'),
+	'the handler task finishes');
+is(q1(qq{SELECT moved || ' ' || failed FROM dlq.redrive_tasks WHERE task_id = $task}),
+	'20 10', 'the handler\'s 10 failures are counted');
+is(q1(q{SELECT string_agg(status || ':' || n, ' ' ORDER BY status)
+          FROM (SELECT status, count(*) AS n FROM dlq.messages WHERE queue = 'rd_h' GROUP BY 1) s}),
+	'pending:10 resolved:20', 'the handled messages are resolved, the refused ones pending');
+
 # --- early stop of automatic retries -------------------------------------------
 as_role('rd_op', q{
     CREATE TABLE rd.a (id int PRIMARY KEY, v int CHECK (v > 0));
