@@ -453,6 +453,7 @@ typedef enum DlqPlanId
 	DLQ_PLAN_REDRIVE_DUE,
 	DLQ_PLAN_REDRIVE_TAKE,
 	DLQ_PLAN_REDRIVE,
+	DLQ_PLAN_ROLE_PATH,
 	DLQ_PLAN_REDRIVE_DONE,
 	DLQ_PLAN_REDRIVE_PAUSE,
 	DLQ_PLAN_REDRIVE_FAIL,
@@ -541,6 +542,14 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 	[DLQ_PLAN_REDRIVE] = {"replaying the messages of a redrive task",
 		NULL,
 	4, {INT8ARRAYOID, BOOLOID, TEXTOID, TEXTOID}},
+	/* Precedence as at login: role in database, role, database, everyone. */
+	[DLQ_PLAN_ROLE_PATH] = {"reading a role's search_path",
+		"SELECT pg_catalog.substr(c, 13)"
+		"  FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c"
+		" WHERE s.setrole IN ($1, 0) AND s.setdatabase IN ($2, 0)"
+		"   AND c OPERATOR(pg_catalog.^@) 'search_path='"
+		" ORDER BY s.setrole = 0, s.setdatabase = 0 LIMIT 1",
+	2, {OIDOID, OIDOID}},
 	[DLQ_PLAN_REDRIVE_DONE] = {"counting a redrive task's replay",
 		"SELECT dlq.worker_redrive_done($1, $2, $3, $4)",
 	4, {INT8OID, INT8ARRAYOID, JSONBOID, TEXTOID}},
@@ -904,6 +913,57 @@ worker_exec(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 	SetUserIdAndSecContext(save_user, save_sec);
 	if (ret != SPI_OK_SELECT && ret != SPI_OK_INSERT)
 		elog(ERROR, "%s failed: %s", dlq_plan_defs[id].what, SPI_result_code_string(ret));
+}
+
+/*
+ * The search_path a session of role starts with in this database: its
+ * setting for this database, its own, the database's, everyone's (ALTER
+ * ROLE / ALTER DATABASE ... SET), else the server's.  NULL: the server's.
+ */
+static char *
+worker_role_search_path(Oid role)
+{
+	Datum		values[2] = {ObjectIdGetDatum(role), ObjectIdGetDatum(MyDatabaseId)};
+	bool		isnull;
+
+	worker_exec(DLQ_PLAN_ROLE_PATH, worker_state.owner, values, NULL);
+	if (SPI_processed == 0)
+		return NULL;
+	return TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											 1, &isnull));
+}
+
+/*
+ * Execute a plan that runs a role's code (automatic retries, redrive
+ * ticks: dlq_reprocess calls the replay handler or fires the replay
+ * target's triggers) as that role, the way pg_cron runs a job as its owner:
+ * in a security-restricted operation, with the search_path the role's own
+ * sessions have (not the worker's pg_catalog), both undone on every path.
+ */
+static void
+worker_exec_as_role(DlqPlanId id, Oid role, Datum *values, const char *nulls)
+{
+	char	   *path = worker_role_search_path(role);
+	Oid			save_user;
+	int			save_sec;
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("search_path",
+							 path ? path : GetConfigOptionResetString("search_path"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		worker_exec(id, InvalidOid, values, nulls);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_sec);
+		AtEOXact_GUC(false, nest);
+	}
+	PG_END_TRY();
 }
 
 /* One statement of the worker in a transaction of its own (worker_run). */
@@ -1345,8 +1405,6 @@ worker_retry_body(void *arg)
 	Oid			target;
 	Oid			handler;
 	const char *why;
-	Oid			save_user;
-	int			save_sec;
 
 	values[0] = CStringGetTextDatum(g->queue);
 	worker_exec(DLQ_PLAN_RETRY_QUEUE, worker_state.owner, values, NULL);
@@ -1377,18 +1435,7 @@ worker_retry_body(void *arg)
 		return;
 	}
 
-	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		worker_exec(DLQ_PLAN_RETRY, InvalidOid, values, NULL);
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_sec);
-	}
-	PG_END_TRY();
+	worker_exec_as_role(DLQ_PLAN_RETRY, role, values, NULL);
 
 	/* Audited as the worker's, next to dlq_reprocess's own events. */
 	values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -1516,30 +1563,6 @@ worker_keep_redrive_due(void)
 }
 
 /*
- * dlq_reprocess of a tick's ids as role, the way pg_cron runs a job as its
- * owner: in a security-restricted operation, switched back on every path.
- */
-static void
-worker_redrive_as_role(Oid role, Datum *values, const char *nulls)
-{
-	Oid			save_user;
-	int			save_sec;
-
-	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		worker_exec(DLQ_PLAN_REDRIVE, InvalidOid, values, nulls);
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_sec);
-	}
-	PG_END_TRY();
-}
-
-/*
  * dlq_reprocess of a tick's ids as role, in a subtransaction: its summary,
  * copied into the caller's context, or NULL with *error set when the call
  * failed (and was rolled back).
@@ -1558,7 +1581,7 @@ worker_redrive_replay(Oid role, Datum *values, const char *nulls, char **error)
 		bool		isnull;
 		Datum		d;
 
-		worker_redrive_as_role(role, values, nulls);
+		worker_exec_as_role(DLQ_PLAN_REDRIVE, role, values, nulls);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		MemoryContextSwitchTo(cxt);
 		summary = DatumGetJsonbPCopy(d);
