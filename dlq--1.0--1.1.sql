@@ -1962,6 +1962,546 @@ COMMENT ON FUNCTION @extschema@.dlq_capture_isolate() IS
 
 /* ---- Processing: redrive tasks and early stop (redrive.c, worker) ---- */
 
+/*
+ * Redrive tasks (DESIGN 7.3, like SQS's message move tasks): an operator
+ * starts one with dlq_redrive_start, the worker replays its messages at
+ * rate_per_second through dlq_reprocess, as the role that started it, one
+ * small transaction per tick, and the task's cursor is committed with each
+ * replay.  Early stop: a task pauses, and a queue's automatic retries stop,
+ * when the failure ratio of a batch of synchronous replays passes the
+ * queue's retry_stop_ratio; both resume by themselves at a recorded time.
+ * The new event kinds cannot be spelled in this script's SQL bodies (see
+ * "new states and event kinds" above): the functions below that write them
+ * are PL/pgSQL, and C writes the others.
+ */
+ALTER TYPE dlq.event_kind ADD VALUE 'redrive_started';
+ALTER TYPE dlq.event_kind ADD VALUE 'redrive_paused';
+ALTER TYPE dlq.event_kind ADD VALUE 'redrive_resumed';
+ALTER TYPE dlq.event_kind ADD VALUE 'redrive_finished';
+ALTER TYPE dlq.event_kind ADD VALUE 'redrive_cancelled';
+ALTER TYPE dlq.event_kind ADD VALUE 'redrive_failed';
+ALTER TYPE dlq.event_kind ADD VALUE 'retry_stopped';
+ALTER TYPE dlq.event_kind ADD VALUE 'retry_resumed';
+
+/*
+ * One row per redrive task.  A task covers the messages of its queue that
+ * existed when it started (message_id <= last_id), pending ones (and review
+ * ones with force) that pass its filters, in message_id order: cursor is the
+ * last message_id it has handed to dlq_reprocess, committed in the same
+ * transaction as that replay, so that a restart neither skips nor repeats a
+ * message.  At most one task per queue is running or paused at a time.
+ */
+CREATE TABLE dlq.redrive_tasks (
+    task_id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue               text NOT NULL,
+    state               text NOT NULL DEFAULT 'running'
+                        CHECK (state IN ('running', 'paused', 'finished', 'cancelled', 'failed')),
+    rate_per_second     integer NOT NULL CHECK (rate_per_second > 0),
+    component           text,
+    sqlstate            text,
+    error_class         text,
+    since               timestamptz,
+    until               timestamptz,
+    force               boolean NOT NULL DEFAULT false,
+    max_messages        bigint CHECK (max_messages > 0),
+    reason              text,
+    ticket              text,
+    created_by          regrole NOT NULL,
+    started_at          timestamptz NOT NULL DEFAULT now(),
+    finished_at         timestamptz,
+    end_reason          text,
+    last_id             bigint NOT NULL,
+    total               bigint NOT NULL,
+    cursor              bigint NOT NULL DEFAULT 0,
+    taken               bigint NOT NULL DEFAULT 0,
+    moved               bigint NOT NULL DEFAULT 0,
+    failed              bigint NOT NULL DEFAULT 0,
+    skipped             bigint NOT NULL DEFAULT 0,
+    tokens              double precision NOT NULL DEFAULT 0,
+    last_tick_at        timestamptz NOT NULL DEFAULT now(),
+    window_done         integer NOT NULL DEFAULT 0,
+    window_failed       integer NOT NULL DEFAULT 0,
+    pauses              integer NOT NULL DEFAULT 0,
+    paused_at           timestamptz,
+    paused_reason       text,
+    resume_at           timestamptz
+);
+CREATE UNIQUE INDEX redrive_tasks_active ON dlq.redrive_tasks (queue)
+    WHERE state IN ('running', 'paused');
+COMMENT ON TABLE dlq.redrive_tasks IS
+    'redrive tasks (dlq_redrive_start): the worker replays a queue''s messages at rate_per_second as created_by; at most one running or paused task per queue';
+COMMENT ON COLUMN dlq.redrive_tasks.state IS
+    'running, paused (early stop or a failed replay; resumes at resume_at), finished, cancelled (dlq_redrive_cancel) or failed (queue or role gone; end_reason says why)';
+COMMENT ON COLUMN dlq.redrive_tasks.created_by IS
+    'the role that started the task: its replays run as it, privileges checked again at every tick';
+COMMENT ON COLUMN dlq.redrive_tasks.last_id IS
+    'the newest message_id when the task started: later messages are not part of it';
+COMMENT ON COLUMN dlq.redrive_tasks.total IS
+    'candidates when the task started (at most max_messages), for the eta';
+COMMENT ON COLUMN dlq.redrive_tasks.cursor IS
+    'the last message_id handed to dlq_reprocess, committed with that replay';
+COMMENT ON COLUMN dlq.redrive_tasks.taken IS
+    'candidates handed to dlq_reprocess so far (max_messages counts these)';
+COMMENT ON COLUMN dlq.redrive_tasks.moved IS
+    'messages replayed (re-applied, handled or handed to consumers), from dlq_reprocess''s summaries';
+COMMENT ON COLUMN dlq.redrive_tasks.failed IS
+    'replays that failed, from dlq_reprocess''s summaries';
+COMMENT ON COLUMN dlq.redrive_tasks.skipped IS
+    'candidates dlq_reprocess skipped (taken by a concurrent call meanwhile) or no longer found';
+COMMENT ON COLUMN dlq.redrive_tasks.tokens IS
+    'token bucket of the rate: rate_per_second tokens a second since last_tick_at, one per message';
+COMMENT ON COLUMN dlq.redrive_tasks.window_done IS
+    'synchronous replays since the failure ratio was last looked at (early stop, at least 10)';
+COMMENT ON COLUMN dlq.redrive_tasks.pauses IS
+    'early stops in a row: the backoff to resume_at grows with it (dlq.retry_delay of the queue)';
+SELECT pg_catalog.pg_extension_config_dump('dlq.redrive_tasks', '');
+SELECT pg_catalog.pg_extension_config_dump('dlq.redrive_tasks_task_id_seq', '');
+REVOKE ALL ON dlq.redrive_tasks FROM PUBLIC;
+GRANT SELECT ON dlq.redrive_tasks TO dlq_reader;
+
+/* What dlq_redrive_status and etl_status_json show of a task. */
+CREATE FUNCTION dlq.redrive_task_json(t dlq.redrive_tasks)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'task_id', t.task_id, 'queue', t.queue, 'state', t.state,
+        'rate_per_second', t.rate_per_second,
+        'filters', jsonb_strip_nulls(jsonb_build_object(
+            'component', t.component, 'sqlstate', t.sqlstate, 'error_class', t.error_class,
+            'since', t.since, 'until', t.until)),
+        'force', t.force, 'max_messages', t.max_messages,
+        'reason', t.reason, 'ticket', t.ticket, 'created_by', t.created_by::text,
+        'started_at', t.started_at, 'finished_at', t.finished_at, 'end_reason', t.end_reason,
+        'total', t.total, 'taken', t.taken, 'moved', t.moved, 'failed', t.failed,
+        'skipped', t.skipped,
+        'paused_at', t.paused_at, 'paused_reason', t.paused_reason, 'resume_at', t.resume_at,
+        'eta', CASE WHEN t.state IN ('running', 'paused')
+                    THEN greatest(coalesce(t.resume_at, now()), now())
+                         + make_interval(secs => greatest(t.total - t.taken, 0)::float8
+                                                 / t.rate_per_second) END)
+$$;
+COMMENT ON FUNCTION dlq.redrive_task_json(dlq.redrive_tasks) IS
+    'a redrive task as dlq_redrive_status shows it: state, counters, filters, pause, eta';
+
+CREATE FUNCTION @extschema@.dlq_redrive_start(
+    queue text,
+    rate_per_second integer,
+    component text DEFAULT NULL,
+    sqlstate text DEFAULT NULL,
+    error_class text DEFAULT NULL,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL,
+    force boolean DEFAULT false,
+    max_messages bigint DEFAULT NULL,
+    reason text DEFAULT NULL,
+    ticket text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_redrive_start';
+COMMENT ON FUNCTION @extschema@.dlq_redrive_start(text, integer, text, text, text, timestamptz,
+    timestamptz, boolean, bigint, text, text) IS
+    'start a redrive task: the worker replays the queue''s pending messages (and review ones with force) that pass the filters, at rate_per_second, as the caller; returns the task id';
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_redrive_start(text, integer, text, text, text,
+    timestamptz, timestamptz, boolean, bigint, text, text) TO dlq_operator;
+
+CREATE FUNCTION @extschema@.dlq_redrive_status(task_id bigint)
+RETURNS jsonb
+LANGUAGE c STABLE PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'dlq_redrive_status';
+COMMENT ON FUNCTION @extschema@.dlq_redrive_status(bigint) IS
+    'a redrive task: state, moved, failed, started_at, finished_at, eta, rate, queue, filters, pause';
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_redrive_status(bigint) TO dlq_reader;
+
+CREATE FUNCTION @extschema@.dlq_redrive_cancel(task_id bigint)
+RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'dlq_redrive_cancel';
+COMMENT ON FUNCTION @extschema@.dlq_redrive_cancel(bigint) IS
+    'cancel a running or paused redrive task; true when this call cancelled it, false when it had already ended';
+GRANT EXECUTE ON FUNCTION @extschema@.dlq_redrive_cancel(bigint) TO dlq_operator;
+
+/*
+ * Worker step: the running tasks, and the paused ones with when they resume
+ * (due_at), so that the worker knows when to tick next.
+ */
+CREATE FUNCTION dlq.worker_redrive_due()
+RETURNS TABLE (task_id bigint, due_at timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.task_id, CASE WHEN t.state = 'paused' THEN t.resume_at ELSE now() END
+      FROM dlq.redrive_tasks t
+     WHERE t.state IN ('running', 'paused')
+     ORDER BY t.task_id
+$$;
+COMMENT ON FUNCTION dlq.worker_redrive_due() IS
+    'worker step: the running and paused redrive tasks, with the time each is due';
+
+/* A task ends (finished, cancelled, failed), audited. */
+CREATE FUNCTION dlq.redrive_end(task_id bigint, new_state text, why text, actor text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t dlq.redrive_tasks;
+BEGIN
+    UPDATE dlq.redrive_tasks r
+       SET state = new_state, finished_at = now(), end_reason = why,
+           paused_at = NULL, paused_reason = NULL, resume_at = NULL
+     WHERE r.task_id = redrive_end.task_id
+    RETURNING r.* INTO t;
+    INSERT INTO dlq.events (actor, kind, queue, message_count, detail)
+    VALUES (actor, ('redrive_' || new_state)::dlq.event_kind, t.queue, t.moved,
+            jsonb_strip_nulls(jsonb_build_object(
+                'task_id', t.task_id, 'moved', t.moved, 'failed', t.failed,
+                'skipped', t.skipped, 'taken', t.taken, 'reason', why)));
+END
+$$;
+COMMENT ON FUNCTION dlq.redrive_end(bigint, text, text, text) IS
+    'end a redrive task as finished, cancelled or failed, with its reason and an event';
+
+/*
+ * A task pauses until resume_at: after an early stop or a replay that failed
+ * as a whole (a paused queue, no live consumer, an error).  The wait is the
+ * queue's backoff (dlq.retry_delay without jitter) for the pauses in a row.
+ */
+CREATE FUNCTION dlq.redrive_pause(task_id bigint, why text, actor text,
+                                  detail jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t dlq.redrive_tasks;
+    q dlq.queues;
+BEGIN
+    SELECT * INTO t FROM dlq.redrive_tasks r WHERE r.task_id = redrive_pause.task_id;
+    SELECT * INTO q FROM dlq.queues s WHERE s.queue = t.queue;
+    UPDATE dlq.redrive_tasks r
+       SET state = 'paused', pauses = r.pauses + 1, paused_at = now(), paused_reason = why,
+           resume_at = now() + dlq.retry_delay(q, r.pauses + 1, 0.5),
+           window_done = 0, window_failed = 0
+     WHERE r.task_id = redrive_pause.task_id
+    RETURNING r.* INTO t;
+    INSERT INTO dlq.events (actor, kind, queue, detail)
+    VALUES (actor, 'redrive_paused', t.queue,
+            jsonb_build_object('task_id', t.task_id, 'reason', why,
+                               'resume_at', t.resume_at, 'pauses', t.pauses)
+            || coalesce(detail, '{}'));
+END
+$$;
+COMMENT ON FUNCTION dlq.redrive_pause(bigint, text, text, jsonb) IS
+    'pause a redrive task until the queue''s backoff for its pauses in a row has passed, with its reason and an event';
+
+/*
+ * Worker step, first half of a tick (the worker then replays the ids as
+ * created_by and calls dlq.worker_redrive_done, all in one transaction):
+ * locks the task (a task locked by dlq_redrive_cancel is left to the next
+ * tick), resumes it when paused and due, ends it when its queue is gone or
+ * nothing is left, and otherwise takes the next candidates after its cursor,
+ * as many as the token bucket holds (rate_per_second tokens a second since
+ * the last tick, at most one second's worth and batch_size).  No row when
+ * there is nothing to replay in this tick.
+ */
+CREATE FUNCTION dlq.worker_redrive_take(task_id bigint, batch_size integer,
+                                        actor text DEFAULT current_user)
+RETURNS TABLE (queue text, created_by oid, replay_target regclass, force boolean,
+               reason text, ticket text, message_ids bigint[], replay_handler regprocedure)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t dlq.redrive_tasks;
+    target regclass;
+    handler regprocedure;
+    budget double precision;
+    n bigint;
+    picked bigint[];
+BEGIN
+    /* A look without a lock first: most ticks of a slow task take nothing. */
+    SELECT * INTO t FROM dlq.redrive_tasks r WHERE r.task_id = worker_redrive_take.task_id;
+    IF NOT FOUND OR (t.state = 'paused' AND t.resume_at > now())
+       OR (t.state = 'running'
+           AND t.tokens + t.rate_per_second
+                          * greatest(extract(epoch FROM now() - t.last_tick_at)::float8, 0) < 1) THEN
+        RETURN;
+    END IF;
+    SELECT * INTO t FROM dlq.redrive_tasks r
+     WHERE r.task_id = worker_redrive_take.task_id FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND OR t.state NOT IN ('running', 'paused') THEN
+        RETURN;
+    END IF;
+    IF t.state = 'paused' THEN
+        IF t.resume_at > now() THEN
+            RETURN;
+        END IF;
+        UPDATE dlq.redrive_tasks r
+           SET state = 'running', paused_at = NULL, paused_reason = NULL, resume_at = NULL,
+               tokens = 0, last_tick_at = now()
+         WHERE r.task_id = t.task_id;
+        INSERT INTO dlq.events (actor, kind, queue, detail)
+        VALUES (actor, 'redrive_resumed', t.queue,
+                jsonb_build_object('task_id', t.task_id, 'paused_reason', t.paused_reason));
+        RETURN;
+    END IF;
+    SELECT s.replay_target, s.replay_handler INTO target, handler
+      FROM dlq.queues s WHERE s.queue = t.queue;
+    IF NOT FOUND THEN
+        PERFORM dlq.redrive_end(t.task_id, 'failed',
+                                format('queue "%s" no longer exists', t.queue), actor);
+        RETURN;
+    END IF;
+
+    budget := least(t.tokens + t.rate_per_second
+                               * greatest(extract(epoch FROM now() - t.last_tick_at)::float8, 0),
+                    greatest(t.rate_per_second, 1)::float8);
+    n := least(floor(budget)::bigint, greatest(batch_size, 1),
+               coalesce(t.max_messages - t.taken, batch_size));
+    IF n < 1 THEN
+        RETURN;
+    END IF;
+    picked := ARRAY(
+        SELECT m.message_id FROM dlq.messages m
+         WHERE m.slot = 0 AND m.queue = t.queue
+           AND (m.status = 'pending' OR (t.force AND m.status = 'review'))
+           AND m.message_id > t.cursor AND m.message_id <= t.last_id
+           AND (t.component IS NULL OR m.component = t.component)
+           AND (t.sqlstate IS NULL OR m.sqlstate = t.sqlstate::bpchar)
+           AND (t.error_class IS NULL OR m.error_class = t.error_class)
+           AND (t.since IS NULL OR m.stored_at >= t.since)
+           AND (t.until IS NULL OR m.stored_at < t.until)
+         ORDER BY m.message_id
+         LIMIT n);
+    IF cardinality(picked) = 0 THEN
+        PERFORM dlq.redrive_end(t.task_id, 'finished', 'no message left', actor);
+        RETURN;
+    END IF;
+    UPDATE dlq.redrive_tasks r
+       SET tokens = budget - cardinality(picked), last_tick_at = now()
+     WHERE r.task_id = t.task_id;
+    RETURN QUERY SELECT t.queue, t.created_by::oid, target, t.force, t.reason, t.ticket, picked,
+                        handler;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_redrive_take(bigint, integer, text) IS
+    'worker step: the next candidates of a redrive task that its rate allows now (resuming or ending it when due)';
+
+/*
+ * Worker step, second half of a tick: the replay of message_ids returned
+ * summary; the task's cursor and counters move in the same transaction.
+ * Early stop: once at least 10 synchronous replays (re-applied or handled
+ * now, not handed to consumers) were counted since the last look, the task
+ * pauses when more than the queue's retry_stop_ratio of them failed.
+ */
+CREATE FUNCTION dlq.worker_redrive_done(task_id bigint, message_ids bigint[], summary jsonb,
+                                        actor text DEFAULT current_user)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t dlq.redrive_tasks;
+    ratio double precision;
+    n_replayed bigint := coalesce((summary ->> 'replayed')::bigint, 0);
+    n_failed bigint := coalesce((summary ->> 'failed')::bigint, 0);
+    sync bigint;
+BEGIN
+    sync := n_replayed - coalesce((summary ->> 'notified')::bigint, 0) + n_failed;
+    UPDATE dlq.redrive_tasks r
+       SET cursor = greatest(r.cursor, (SELECT max(i) FROM unnest(message_ids) i)),
+           taken = r.taken + cardinality(message_ids),
+           moved = r.moved + n_replayed,
+           failed = r.failed + n_failed,
+           skipped = r.skipped + coalesce((summary ->> 'skipped')::bigint, 0)
+                               + coalesce((summary ->> 'not_found')::bigint, 0),
+           window_done = r.window_done + sync,
+           window_failed = r.window_failed + n_failed
+     WHERE r.task_id = worker_redrive_done.task_id
+    RETURNING r.* INTO t;
+
+    IF t.window_done >= 10 THEN
+        SELECT q.retry_stop_ratio INTO ratio FROM dlq.queues q WHERE q.queue = t.queue;
+        IF ratio IS NOT NULL AND t.window_failed::float8 / t.window_done > ratio THEN
+            PERFORM dlq.redrive_pause(t.task_id,
+                format('%s of the last %s replays failed, above the queue''s retry_stop_ratio %s',
+                       t.window_failed, t.window_done, ratio),
+                actor,
+                jsonb_build_object('failed', t.window_failed, 'replays', t.window_done,
+                                   'retry_stop_ratio', ratio));
+            RETURN;
+        END IF;
+        UPDATE dlq.redrive_tasks r SET window_done = 0, window_failed = 0, pauses = 0
+         WHERE r.task_id = t.task_id;
+    END IF;
+    IF t.taken >= t.max_messages THEN
+        PERFORM dlq.redrive_end(t.task_id, 'finished', 'max_messages reached', actor);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_redrive_done(bigint, bigint[], jsonb, text) IS
+    'worker step: count a redrive tick''s replay summary on its task, move its cursor, pause it early when too many failed, finish it at max_messages';
+
+/*
+ * Early stop of automatic retries: the queue's retries stop until
+ * retry_resume_at when the failure ratio of its synchronous retries passes
+ * retry_stop_ratio (looked at once at least 10 were counted).
+ */
+ALTER TABLE dlq.queues
+    ADD COLUMN retry_stopped_at timestamptz,
+    ADD COLUMN retry_resume_at timestamptz,
+    ADD COLUMN retry_stop_reason text,
+    ADD COLUMN retry_stops integer NOT NULL DEFAULT 0,
+    ADD COLUMN retry_window_done integer NOT NULL DEFAULT 0,
+    ADD COLUMN retry_window_failed integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN dlq.queues.retry_stopped_at IS
+    'when automatic retries stopped early (failure ratio above retry_stop_ratio); NULL: not stopped';
+COMMENT ON COLUMN dlq.queues.retry_resume_at IS
+    'when stopped automatic retries resume by themselves';
+COMMENT ON COLUMN dlq.queues.retry_stop_reason IS
+    'why automatic retries stopped early';
+COMMENT ON COLUMN dlq.queues.retry_stops IS
+    'early stops of automatic retries in a row: the wait to retry_resume_at grows with it';
+COMMENT ON COLUMN dlq.queues.retry_window_done IS
+    'synchronous automatic retries since the failure ratio was last looked at (at least 10)';
+COMMENT ON COLUMN dlq.queues.retry_window_failed IS
+    'of those, how many failed';
+
+/*
+ * Worker step after a queue's automatic retries: count the summary of their
+ * dlq_reprocess, and stop the queue's retries when too many failed.
+ */
+CREATE FUNCTION dlq.worker_retry_outcome(queue text, summary jsonb,
+                                         actor text DEFAULT current_user)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    q dlq.queues;
+    n_failed bigint := coalesce((summary ->> 'failed')::bigint, 0);
+    sync bigint;
+    why text;
+BEGIN
+    sync := coalesce((summary ->> 'replayed')::bigint, 0)
+            - coalesce((summary ->> 'notified')::bigint, 0) + n_failed;
+    IF sync <= 0 THEN
+        RETURN false;
+    END IF;
+    UPDATE dlq.queues s
+       SET retry_window_done = s.retry_window_done + sync,
+           retry_window_failed = s.retry_window_failed + n_failed
+     WHERE s.queue = worker_retry_outcome.queue
+    RETURNING s.* INTO q;
+    IF NOT FOUND OR q.retry_window_done < 10 THEN
+        RETURN false;
+    END IF;
+    IF q.retry_stop_ratio IS NULL
+       OR q.retry_window_failed::float8 / q.retry_window_done <= q.retry_stop_ratio THEN
+        UPDATE dlq.queues s SET retry_window_done = 0, retry_window_failed = 0, retry_stops = 0
+         WHERE s.queue = q.queue;
+        RETURN false;
+    END IF;
+    why := format('%s of the last %s automatic retries failed, above the queue''s retry_stop_ratio %s',
+                  q.retry_window_failed, q.retry_window_done, q.retry_stop_ratio);
+    UPDATE dlq.queues s
+       SET retry_stopped_at = now(), retry_stop_reason = why, retry_stops = s.retry_stops + 1,
+           retry_resume_at = now() + dlq.retry_delay(q, q.retry_stops + 1, 0.5),
+           retry_window_done = 0, retry_window_failed = 0
+     WHERE s.queue = q.queue
+    RETURNING s.* INTO q;
+    INSERT INTO dlq.events (actor, kind, queue, detail)
+    VALUES (actor, 'retry_stopped', q.queue,
+            jsonb_build_object('reason', why, 'resume_at', q.retry_resume_at,
+                               'stops', q.retry_stops, 'retry_stop_ratio', q.retry_stop_ratio));
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_retry_outcome(text, jsonb, text) IS
+    'worker step: count the outcome of a queue''s automatic retries and stop them early when the failure ratio passes retry_stop_ratio';
+
+/* Worker step: stopped automatic retries whose resume time has come resume, audited. */
+CREATE FUNCTION dlq.worker_retry_resume(actor text DEFAULT current_user)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    WITH due AS (
+        SELECT s.queue, s.retry_stop_reason FROM dlq.queues s
+         WHERE s.retry_resume_at <= now()
+           FOR UPDATE SKIP LOCKED
+    ), back AS (
+        UPDATE dlq.queues s
+           SET retry_stopped_at = NULL, retry_resume_at = NULL, retry_stop_reason = NULL
+          FROM due
+         WHERE s.queue = due.queue
+        RETURNING s.queue, due.retry_stop_reason AS why
+    ), audit AS (
+        INSERT INTO dlq.events (actor, kind, queue, detail)
+        SELECT actor, 'retry_resumed', back.queue, jsonb_build_object('stop_reason', back.why)
+          FROM back
+    )
+    SELECT count(*) INTO n FROM back;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_retry_resume(text) IS
+    'worker step: automatic retries stopped early resume once retry_resume_at has come';
+
+/*
+ * dlq.worker_retry_due as in "retry by error class" above, but a queue whose
+ * automatic retries stopped early is left out until retry_resume_at.
+ */
+CREATE OR REPLACE FUNCTION dlq.worker_retry_due(batch_size integer)
+RETURNS TABLE (queue text, message_ids bigint[])
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    retry bigint[];
+    waiting bigint[];
+BEGIN
+    SELECT coalesce(array_agg(d.message_id) FILTER (WHERE d.retry), '{}'),
+           coalesce(array_agg(d.message_id) FILTER (WHERE NOT d.retry), '{}')
+      INTO retry, waiting
+      FROM (SELECT m.message_id,
+                   q.retry_on = 'all'
+                   OR dlq.sqlstate_class(m.sqlstate, q.transient_sqlstates, q.permanent_sqlstates)
+                      = 'transient' AS retry
+              FROM dlq.messages m JOIN dlq.queues q ON q.queue = m.queue
+             WHERE m.slot = 0 AND m.status = 'pending' AND m.next_retry_at <= now()
+               AND q.auto_retry AND NOT q.paused
+               AND (q.retry_resume_at IS NULL OR q.retry_resume_at <= now())
+             ORDER BY m.next_retry_at
+             LIMIT batch_size) d;
+    /* Written only when there is something to write (a round takes no row lock otherwise). */
+    IF cardinality(waiting) > 0 THEN
+        UPDATE dlq.messages m SET next_retry_at = NULL
+         WHERE m.slot = 0 AND m.message_id = ANY (ARRAY(
+                   SELECT s.message_id FROM dlq.messages s
+                    WHERE s.slot = 0 AND s.message_id = ANY (waiting)
+                      AND s.status = 'pending' AND s.next_retry_at <= now()
+                      FOR UPDATE SKIP LOCKED));
+    END IF;
+    RETURN QUERY
+        SELECT m.queue, array_agg(m.message_id ORDER BY m.message_id)
+          FROM dlq.messages m
+         WHERE m.slot = 0 AND m.message_id = ANY (retry)
+         GROUP BY m.queue
+         ORDER BY m.queue;
+END
+$$;
+COMMENT ON FUNCTION dlq.worker_retry_due(integer) IS
+    'worker step: pending messages of auto_retry queues due for a retry that retry_on allows, at most batch_size looked at, grouped by queue, leaving out queues whose retries stopped early; the due ones it does not allow lose next_retry_at';
+
 /* ---- Privileges: nothing new reaches PUBLIC (keep this section last) ---- */
 DO $grants$
 DECLARE

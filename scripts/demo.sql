@@ -114,7 +114,43 @@ SELECT dlq_nack(min(message_id), 'still negative', sqlstate => '22023') AS nacke
 SELECT message_id, status, attempts, error FROM dlq_list('payments', status => 'any') ORDER BY message_id;
 
 \echo
-\echo '8. Pipeline health at a glance (after waiting up to 20 s for the background worker to notice'
+\echo '8. Processing inside the database: queue "invoices" replays through a handler function. Returning'
+\echo '   resolves a message; an error fails only that message, and what the handler wrote for it is undone.'
+CREATE TABLE invoices_booked (id int PRIMARY KEY, amount numeric);
+CREATE FUNCTION book_invoice(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO invoices_booked VALUES ((p->>'id')::int, (p->>'amount')::numeric);
+    IF (p->>'amount')::numeric <= 0 THEN
+        RAISE EXCEPTION 'invoice % has amount %', p->>'id', p->>'amount' USING ERRCODE = '22023';
+    END IF;
+END $$;
+SELECT (dlq_configure('invoices', replay_handler => 'book_invoice(jsonb)')).replay_handler;
+SELECT count(dlq_store('invoices', jsonb_build_object('id', i, 'amount', CASE WHEN i = 3 THEN -5 ELSE 10 * i END),
+                       'ledger was down')) AS stored
+  FROM generate_series(1, 5) i;
+SELECT dlq_reprocess_all('invoices') - 'request_id' - 'failures' AS summary;
+SELECT (SELECT count(*) FROM invoices_booked) AS booked,
+       string_agg(format('%s: %s (%s)', message_id, status, error), '; ') AS still_open
+  FROM dlq_list('invoices');
+\echo '   The operator corrects the invoice (dlq_edit), and a redrive task lets the worker replay the queue'
+\echo '   at 2 messages a second, as the role that started it:'
+SELECT status, payload FROM dlq_edit((SELECT min(message_id) FROM dlq_list('invoices')),
+                                     '{"id": 3, "amount": 30}', 'sign error in the source system');
+SELECT dlq_redrive_start('invoices', 2, reason => 'invoice 3 corrected') AS task \gset
+DO $$
+BEGIN
+    FOR i IN 1..150 LOOP
+        EXIT WHEN (SELECT state <> 'running' FROM dlq.redrive_tasks
+                    WHERE task_id = (SELECT max(task_id) FROM dlq.redrive_tasks));
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+END $$;
+SELECT s->>'state' AS state, s->>'moved' AS moved, s->>'failed' AS failed,
+       (SELECT count(*) FROM invoices_booked) AS booked
+  FROM dlq_redrive_status(:task) s;
+
+\echo
+\echo '9. Pipeline health at a glance (after waiting up to 20 s for the background worker to notice'
 \echo '   the new extension; it expires, purges, recovers stuck replays, retries and raises alerts):'
 DO $$
 BEGIN
@@ -127,5 +163,5 @@ SELECT name, health, lag, pending, replaying, resolved, review, worker FROM etl_
 SELECT etl_status_json()->>'health' AS overall_health;
 
 \echo
-\echo '9. The audit trail: who did what'
+\echo '10. The audit trail: who did what'
 SELECT kind, queue, actor, message_count FROM dlq.events ORDER BY event_id;

@@ -40,6 +40,8 @@
  *	  lifecycle.c	dlq_discard, dlq_discard_all, dlq_resolve,
  *					dlq_resolve_all
  *	  move.c		dlq_move, dlq_move_all: open messages to another queue
+ *	  redrive.c		dlq_redrive_start, dlq_redrive_status,
+ *					dlq_redrive_cancel: redrive tasks, run by the worker
  *	  consumer.c	dlq_listen, dlq_claim, dlq_ack, dlq_nack; the
  *					live-consumer registry (dlq_consumer_alive)
  *	  attach.c		dlq_attach (and its reject limits), dlq_detach
@@ -59,7 +61,8 @@
  *					etl_watermark [dlq_etl_watermark]; a stage source's key
  *					range for etl_status (dlq_stage_source_range)
  *	  worker.c		the launcher and per-database background workers;
- *					dlq.worker_status() [dlq_worker_status]
+ *					dlq.worker_status() [dlq_worker_status]; the ticks of
+ *					redrive tasks and the early stop of automatic retries
  *
  * SQL functions written in SQL or PL/pgSQL (dlq_history, dlq.recount,
  * dlq.retry_delay, the worker steps dlq.worker_*, the dlq.metrics view) are

@@ -94,6 +94,7 @@ static const char *const total_names[] = {"stored", "replayed", "replay_failed",
 "discarded", "expired"};
 
 static SPIPlanPtr queues_plan = NULL;
+static SPIPlanPtr processing_plan = NULL; /* 1.1: redrive tasks, stopped retries */
 static SPIPlanPtr stages_plan = NULL;
 static bool queues_plan_current = false;	/* prepared for the 1.1 schema */
 
@@ -661,6 +662,38 @@ status_json_row(StringInfo buf, const StatusRow *r, TimestampTz now)
 	appendStringInfoChar(buf, '}');
 }
 
+/*
+ * 1.1: the running and paused redrive tasks (redrive.c) and the queues
+ * whose automatic retries stopped early, as ,"redrive_tasks":[...] and
+ * ,"retries_stopped":[...]; nothing on an older schema.
+ */
+static void
+status_json_processing(StringInfo buf)
+{
+	DlqOwnerContext owner;
+
+	if (!dlq_schema_current())
+		return;
+	dlq_become_owner(&owner);
+	SPI_connect();
+	if (processing_plan == NULL)
+		processing_plan = dlq_prepare_kept(
+										   "SELECT coalesce((SELECT pg_catalog.jsonb_agg(dlq.redrive_task_json(t) ORDER BY t.task_id)"
+										   "  FROM dlq.redrive_tasks t WHERE t.state IN ('running', 'paused')), '[]'),"
+										   " coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
+										   "  'queue', q.queue, 'stopped_at', q.retry_stopped_at,"
+										   "  'resume_at', q.retry_resume_at, 'reason', q.retry_stop_reason)"
+										   "  ORDER BY q.queue)"
+										   "  FROM dlq.queues q WHERE q.retry_stopped_at IS NOT NULL), '[]')",
+										   0, NULL);
+	dlq_execute_kept(processing_plan, NULL, NULL, true, 1, SPI_OK_SELECT);
+	appendStringInfo(buf, ",\"redrive_tasks\":%s,\"retries_stopped\":%s",
+					 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+					 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	SPI_finish();
+	dlq_restore_caller(&owner);
+}
+
 PG_FUNCTION_INFO_V1(dlq_etl_status_json);
 
 /*
@@ -715,6 +748,7 @@ dlq_etl_status_json(PG_FUNCTION_ARGS)
 		}
 		appendStringInfoString(&buf, pass == 0 ? "]," : "]");
 	}
+	status_json_processing(&buf);
 	appendStringInfoChar(&buf, '}');
 
 	PG_RETURN_JSONB_P(dlq_jsonb(buf.data));

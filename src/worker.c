@@ -15,7 +15,8 @@
  * included (bgw_restart_time), and the launcher starts the workers again.
  *
  * A worker runs a round every naptime: it returns timed-out replays,
- * expires, requests automatic retries, purges and alerts.  Each step is one
+ * expires, requests automatic retries, ticks redrive tasks, purges and
+ * alerts; redrive tasks also tick between rounds ("Redrive tasks" below).  Each step is one
  * bounded batch (dlq.batch_size) in a transaction of its own, repeated
  * until a batch comes back short; the statements are the SQL functions
  * dlq.worker_* (dlq--1.0.sql, "Worker", and dlq--1.0--1.1.sql), which take
@@ -28,6 +29,8 @@
  * retries, which fire the triggers of a replay target, run as each queue's
  * retry_role (the role that turned auto_retry on) in a security-restricted
  * operation, after its privileges are checked again: never as the owner.
+ * The replays of a redrive task run the same way as the role that started
+ * it.
  *
  * A connected worker would make DROP DATABASE (and ALTER DATABASE RENAME,
  * CREATE DATABASE ... TEMPLATE) fail, so at least once a second it checks,
@@ -67,6 +70,7 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -444,6 +448,15 @@ typedef enum DlqPlanId
 	DLQ_PLAN_RETRY,
 	DLQ_PLAN_RETRY_AUDIT,
 	DLQ_PLAN_RETRY_DEFER,
+	DLQ_PLAN_RETRY_OUTCOME,
+	DLQ_PLAN_RETRY_RESUME,
+	DLQ_PLAN_REDRIVE_DUE,
+	DLQ_PLAN_REDRIVE_TAKE,
+	DLQ_PLAN_REDRIVE,
+	DLQ_PLAN_ROLE_PATH,
+	DLQ_PLAN_REDRIVE_DONE,
+	DLQ_PLAN_REDRIVE_PAUSE,
+	DLQ_PLAN_REDRIVE_FAIL,
 	DLQ_PLAN_ROTATE,
 	DLQ_PLAN_PURGE,
 	DLQ_PLAN_PURGE_EVENTS,
@@ -512,6 +525,40 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 	[DLQ_PLAN_RETRY_DEFER] = {"deferring retries",
 		"SELECT dlq.worker_retry_defer($1)",
 	1, {INT8ARRAYOID}},
+	[DLQ_PLAN_RETRY_OUTCOME] = {"counting the outcome of automatic retries",
+		"SELECT dlq.worker_retry_outcome($1, $2, $3)",
+	3, {TEXTOID, JSONBOID, TEXTOID}},
+	[DLQ_PLAN_RETRY_RESUME] = {"resuming stopped automatic retries",
+		"SELECT dlq.worker_retry_resume($1)",
+	1, {TEXTOID}},
+	[DLQ_PLAN_REDRIVE_DUE] = {"finding redrive tasks",
+		"SELECT task_id, due_at FROM dlq.worker_redrive_due()",
+	0, {InvalidOid}},
+	[DLQ_PLAN_REDRIVE_TAKE] = {"taking the candidates of a redrive task",
+		"SELECT queue, created_by, replay_target, force, reason, ticket, message_ids,"
+		"       replay_handler"
+		"  FROM dlq.worker_redrive_take($1, $2, $3)",
+	3, {INT8OID, INT4OID, TEXTOID}},
+	[DLQ_PLAN_REDRIVE] = {"replaying the messages of a redrive task",
+		NULL,
+	4, {INT8ARRAYOID, BOOLOID, TEXTOID, TEXTOID}},
+	/* Precedence as at login: role in database, role, database, everyone. */
+	[DLQ_PLAN_ROLE_PATH] = {"reading a role's search_path",
+		"SELECT pg_catalog.substr(c, 13)"
+		"  FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c"
+		" WHERE s.setrole IN ($1, 0) AND s.setdatabase IN ($2, 0)"
+		"   AND c OPERATOR(pg_catalog.^@) 'search_path='"
+		" ORDER BY s.setrole = 0, s.setdatabase = 0 LIMIT 1",
+	2, {OIDOID, OIDOID}},
+	[DLQ_PLAN_REDRIVE_DONE] = {"counting a redrive task's replay",
+		"SELECT dlq.worker_redrive_done($1, $2, $3, $4)",
+	4, {INT8OID, INT8ARRAYOID, JSONBOID, TEXTOID}},
+	[DLQ_PLAN_REDRIVE_PAUSE] = {"pausing a redrive task",
+		"SELECT dlq.redrive_pause($1, $2, $3)",
+	3, {INT8OID, TEXTOID, TEXTOID}},
+	[DLQ_PLAN_REDRIVE_FAIL] = {"ending a redrive task that failed",
+		"SELECT dlq.redrive_end($1, 'failed', $2, $3)",
+	3, {INT8OID, TEXTOID, TEXTOID}},
 	[DLQ_PLAN_ROTATE] = {"turning the rings of closed and archived messages",
 		"SELECT (r ->> 'purged')::int8"
 		"  FROM dlq.worker_rotate($1, $2 * interval '1 second',"
@@ -635,6 +682,9 @@ worker_plan(DlqPlanId id)
 		if (id == DLQ_PLAN_RETRY)
 			sql = psprintf("SELECT %s.dlq_reprocess($1, false)",
 						   quote_identifier(worker_state.schema));
+		else if (id == DLQ_PLAN_REDRIVE)
+			sql = psprintf("SELECT %s.dlq_reprocess($1, $2, $3, $4)",
+						   quote_identifier(worker_state.schema));
 
 		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
 		if (plan == NULL)
@@ -718,11 +768,16 @@ worker_keep_check(void)
 															SPI_tuptable->tupdesc, 3, &isnull));
 	if (worker_state.schema == NULL || strcmp(worker_state.schema, schema) != 0)
 	{
-		/* Another schema (dropped and created again): the retry plan names it. */
+		/* Another schema (dropped and created again): two plans name it. */
 		if (dlq_plans[DLQ_PLAN_RETRY] != NULL)
 		{
 			SPI_freeplan(dlq_plans[DLQ_PLAN_RETRY]);
 			dlq_plans[DLQ_PLAN_RETRY] = NULL;
+		}
+		if (dlq_plans[DLQ_PLAN_REDRIVE] != NULL)
+		{
+			SPI_freeplan(dlq_plans[DLQ_PLAN_REDRIVE]);
+			dlq_plans[DLQ_PLAN_REDRIVE] = NULL;
 		}
 		worker_state.schema = MemoryContextStrdup(worker_cxt, schema);
 	}
@@ -860,6 +915,57 @@ worker_exec(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 		elog(ERROR, "%s failed: %s", dlq_plan_defs[id].what, SPI_result_code_string(ret));
 }
 
+/*
+ * The search_path a session of role starts with in this database: its
+ * setting for this database, its own, the database's, everyone's (ALTER
+ * ROLE / ALTER DATABASE ... SET), else the server's.  NULL: the server's.
+ */
+static char *
+worker_role_search_path(Oid role)
+{
+	Datum		values[2] = {ObjectIdGetDatum(role), ObjectIdGetDatum(MyDatabaseId)};
+	bool		isnull;
+
+	worker_exec(DLQ_PLAN_ROLE_PATH, worker_state.owner, values, NULL);
+	if (SPI_processed == 0)
+		return NULL;
+	return TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											 1, &isnull));
+}
+
+/*
+ * Execute a plan that runs a role's code (automatic retries, redrive
+ * ticks: dlq_reprocess calls the replay handler or fires the replay
+ * target's triggers) as that role, the way pg_cron runs a job as its owner:
+ * in a security-restricted operation, with the search_path the role's own
+ * sessions have (not the worker's pg_catalog), both undone on every path.
+ */
+static void
+worker_exec_as_role(DlqPlanId id, Oid role, Datum *values, const char *nulls)
+{
+	char	   *path = worker_role_search_path(role);
+	Oid			save_user;
+	int			save_sec;
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("search_path",
+							 path ? path : GetConfigOptionResetString("search_path"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		worker_exec(id, InvalidOid, values, nulls);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_sec);
+		AtEOXact_GUC(false, nest);
+	}
+	PG_END_TRY();
+}
+
 /* One statement of the worker in a transaction of its own (worker_run). */
 typedef struct DlqRun
 {
@@ -870,6 +976,8 @@ typedef struct DlqRun
 	int64		result;			/* bigint of the first column, 0 without */
 	const char *leave;			/* DLQ_PLAN_CHECK: why the worker must leave */
 } DlqRun;
+
+static void worker_keep_redrive_due(void);
 
 static void
 worker_run_body(void *arg)
@@ -891,6 +999,8 @@ worker_run_body(void *arg)
 	}
 	else if (run->id == DLQ_PLAN_RETRY_DUE)
 		worker_keep_retry_groups();
+	else if (run->id == DLQ_PLAN_REDRIVE_DUE)
+		worker_keep_redrive_due();
 	else if (run->id == DLQ_PLAN_STEP_QUEUES)
 		worker_keep_step_queues();
 	else if (run->id == DLQ_PLAN_ALERT)
@@ -997,7 +1107,16 @@ worker_step_name(DlqPlanId id)
 		case DLQ_PLAN_RETRY:
 		case DLQ_PLAN_RETRY_AUDIT:
 		case DLQ_PLAN_RETRY_DEFER:
+		case DLQ_PLAN_RETRY_OUTCOME:
+		case DLQ_PLAN_RETRY_RESUME:
 			return "retry";
+		case DLQ_PLAN_REDRIVE_DUE:
+		case DLQ_PLAN_REDRIVE_TAKE:
+		case DLQ_PLAN_REDRIVE:
+		case DLQ_PLAN_REDRIVE_DONE:
+		case DLQ_PLAN_REDRIVE_PAUSE:
+		case DLQ_PLAN_REDRIVE_FAIL:
+			return "redrive";
 		case DLQ_PLAN_ROTATE:
 			return "rotate";
 		case DLQ_PLAN_PURGE:
@@ -1045,6 +1164,16 @@ worker_progress_done(int64 n)
 	LWLockRelease(dlq_shared->lock);
 }
 
+/* No step under way (caller holds dlq_shared->lock). */
+static void
+worker_progress_clear(void)
+{
+	worker_slot->step[0] = '\0';
+	worker_slot->step_queue[0] = '\0';
+	worker_slot->step_started_at = 0;
+	worker_slot->step_done = 0;
+}
+
 /*
  * The round is over: no step under way, and its throttle sleep becomes the
  * last round's.  The naptime is rest enough, so the balance starts again.
@@ -1056,10 +1185,7 @@ worker_progress_end(void)
 	if (worker_slot == NULL)
 		return;
 	LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
-	worker_slot->step[0] = '\0';
-	worker_slot->step_queue[0] = '\0';
-	worker_slot->step_started_at = 0;
-	worker_slot->step_done = 0;
+	worker_progress_clear();
 	worker_slot->last_throttle_sleep_us = worker_slot->throttle_sleep_us;
 	worker_slot->throttle_sleep_us = 0;
 	LWLockRelease(dlq_shared->lock);
@@ -1279,8 +1405,6 @@ worker_retry_body(void *arg)
 	Oid			target;
 	Oid			handler;
 	const char *why;
-	Oid			save_user;
-	int			save_sec;
 
 	values[0] = CStringGetTextDatum(g->queue);
 	worker_exec(DLQ_PLAN_RETRY_QUEUE, worker_state.owner, values, NULL);
@@ -1311,24 +1435,18 @@ worker_retry_body(void *arg)
 		return;
 	}
 
-	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		worker_exec(DLQ_PLAN_RETRY, InvalidOid, values, NULL);
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_sec);
-	}
-	PG_END_TRY();
+	worker_exec_as_role(DLQ_PLAN_RETRY, role, values, NULL);
 
 	/* Audited as the worker's, next to dlq_reprocess's own events. */
 	values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	values[1] = CStringGetTextDatum(g->queue);
 	values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
 	worker_exec(DLQ_PLAN_RETRY_AUDIT, worker_state.owner, values, NULL);
+
+	/* Early stop: too many of them failed, and the queue's retries stop. */
+	values[0] = values[1];
+	values[1] = values[3];
+	worker_exec(DLQ_PLAN_RETRY_OUTCOME, worker_state.owner, values, NULL);
 	run->retried = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(g->ids)),
 								  ARR_DIMS(DatumGetArrayTypeP(g->ids)));
 }
@@ -1348,6 +1466,10 @@ worker_retry(void)
 
 	if (!worker_state.has_reprocess)
 		return 0;
+
+	/* Queues whose retries stopped early and are due to resume. */
+	values[0] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	(void) worker_run(DLQ_PLAN_RETRY_RESUME, worker_state.owner, values, NULL, NULL);
 
 	values[0] = Int32GetDatum(dlq_batch_size);
 	if (worker_run(DLQ_PLAN_RETRY_DUE, worker_state.owner, values, NULL, NULL) < 0)
@@ -1372,6 +1494,259 @@ worker_retry(void)
 		worker_throttle(run.retried);
 		worker_interrupts();
 	}
+	return total;
+}
+
+/* ----------------------------------------------------------------
+ * Redrive tasks
+ *
+ * The worker ticks every running task of dlq.redrive_tasks (redrive.c) at
+ * most every DLQ_REDRIVE_TICK_MS, in the round and between rounds, so that
+ * a task's rate does not depend on dlq.naptime; the rest of the round runs
+ * no more often for it.  A tick is one transaction: dlq.worker_redrive_take
+ * takes the candidates the task's token bucket allows (at most
+ * dlq.batch_size), dlq_reprocess replays them as the role that started the
+ * task, switched like the automatic retries, after its privileges are
+ * checked again (worker_retry_refusal), and dlq.worker_redrive_done moves
+ * the task's cursor and counters: a restart neither skips nor repeats a
+ * message.  A replay that fails as a whole (a paused queue, no live
+ * consumer, an error) is rolled back to a subtransaction and pauses the
+ * task for the queue's backoff; a role that may no longer replay ends it as
+ * failed.  Not throttled by dlq.worker_cost_limit: its rate is its own
+ * throttle.
+ * ----------------------------------------------------------------
+ */
+
+/* The longest wait between two ticks of a running task. */
+#define DLQ_REDRIVE_TICK_MS 100
+
+/* A task from DLQ_PLAN_REDRIVE_DUE. */
+typedef struct DlqRedriveDue
+{
+	int64		task_id;
+	TimestampTz due_at;
+} DlqRedriveDue;
+
+/* One tick of one task (worker_redrive_body). */
+typedef struct DlqRedriveTick
+{
+	int64		task_id;
+	int64		replayed;		/* ids handed to dlq_reprocess */
+} DlqRedriveTick;
+
+static MemoryContext redrive_cxt = NULL;	/* reset every worker_redrive */
+static List *redrive_due = NIL; /* result of DLQ_PLAN_REDRIVE_DUE */
+
+/* The next tick; DT_NOEND when no task is running or paused. */
+static TimestampTz redrive_next = DT_NOEND;
+
+/* Keep the rows of DLQ_PLAN_REDRIVE_DUE for worker_redrive. */
+static void
+worker_keep_redrive_due(void)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(redrive_cxt);
+
+	redrive_due = NIL;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		DlqRedriveDue *t = palloc(sizeof(DlqRedriveDue));
+		bool		isnull;
+		Datum		d;
+
+		t->task_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+		t->due_at = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+		redrive_due = lappend(redrive_due, t);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * dlq_reprocess of a tick's ids as role, in a subtransaction: its summary,
+ * copied into the caller's context, or NULL with *error set when the call
+ * failed (and was rolled back).
+ */
+static Jsonb *
+worker_redrive_replay(Oid role, Datum *values, const char *nulls, char **error)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner resowner = CurrentResourceOwner;
+	Jsonb	   *volatile summary = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		bool		isnull;
+		Datum		d;
+
+		worker_exec_as_role(DLQ_PLAN_REDRIVE, role, values, nulls);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContextSwitchTo(cxt);
+		summary = DatumGetJsonbPCopy(d);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = resowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = resowner;
+		*error = psprintf("replay failed with SQLSTATE %s: %s",
+						  unpack_sql_state(edata->sqlerrcode), edata->message);
+		FreeErrorData(edata);
+		summary = NULL;
+	}
+	PG_END_TRY();
+	return summary;
+}
+
+/* Tell the log that a task stopped (failed) or paused after an error. */
+static void
+worker_redrive_warn(int64 task, const char *queue, const char *what, const char *why)
+{
+	char		label[DLQ_LAST_ERROR_LEN];
+
+	ereport(WARNING,
+			(errmsg("redrive task " INT64_FORMAT " of queue \"%s\" %s: %s", task, queue, what, why),
+			 errhint("dlq_redrive_status(" INT64_FORMAT ") shows the task.", task)));
+	snprintf(label, sizeof(label), "redrive task " INT64_FORMAT " %s", task, what);
+	worker_record_error(label, why);
+}
+
+/*
+ * One tick of a task: take, replay as the task's creator, count.  All of
+ * it in the transaction of worker_txn.
+ */
+static void
+worker_redrive_body(void *arg)
+{
+	DlqRedriveTick *tick = (DlqRedriveTick *) arg;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	Oid			role;
+	Oid			target;
+	Oid			handler;
+	char	   *queue;
+	Datum		ids;
+	const char *why;
+	char	   *error = NULL;
+	Jsonb	   *summary;
+
+	values[0] = Int64GetDatum(tick->task_id);
+	values[1] = Int32GetDatum(dlq_batch_size);
+	values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	worker_exec(DLQ_PLAN_REDRIVE_TAKE, worker_state.owner, values, NULL);
+	if (SPI_processed == 0)
+		return;					/* nothing this tick, or the task ended */
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	queue = SPI_getvalue(row, desc, 1);
+	role = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
+	d = SPI_getbinval(row, desc, 3, &isnull);
+	target = isnull ? InvalidOid : DatumGetObjectId(d);
+	ids = SPI_getbinval(row, desc, 7, &isnull);
+	d = SPI_getbinval(row, desc, 8, &isnull);
+	handler = isnull ? InvalidOid : DatumGetObjectId(d);
+
+	/* The same rule as automatic retries: the role is checked at every run. */
+	why = worker_retry_refusal(role, target, handler);
+	if (why != NULL)
+	{
+		values[1] = CStringGetTextDatum(why);
+		worker_exec(DLQ_PLAN_REDRIVE_FAIL, worker_state.owner, values, NULL);
+		worker_redrive_warn(tick->task_id, queue, "failed", why);
+		return;
+	}
+
+	values[0] = ids;
+	values[1] = SPI_getbinval(row, desc, 4, &isnull);
+	values[2] = SPI_getbinval(row, desc, 5, &isnull);
+	nulls[2] = isnull ? 'n' : ' ';
+	values[3] = SPI_getbinval(row, desc, 6, &isnull);
+	nulls[3] = isnull ? 'n' : ' ';
+	summary = worker_redrive_replay(role, values, nulls, &error);
+
+	values[0] = Int64GetDatum(tick->task_id);
+	if (summary == NULL)
+	{
+		values[1] = CStringGetTextDatum(error);
+		values[2] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+		worker_exec(DLQ_PLAN_REDRIVE_PAUSE, worker_state.owner, values, NULL);
+		worker_redrive_warn(tick->task_id, queue, "paused", error);
+		return;
+	}
+	values[1] = ids;
+	values[2] = JsonbPGetDatum(summary);
+	values[3] = CStringGetTextDatum(DLQ_WORKER_ACTOR);
+	worker_exec(DLQ_PLAN_REDRIVE_DONE, worker_state.owner, values, NULL);
+	tick->replayed = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(ids)),
+									ARR_DIMS(DatumGetArrayTypeP(ids)));
+}
+
+/*
+ * Tick every task that is due, each in a transaction of its own, and work
+ * out when the next tick is due (redrive_next).  Returns how many messages
+ * the ticks handed to dlq_reprocess.
+ */
+static int64
+worker_redrive(void)
+{
+	int64		total = 0;
+	TimestampTz now;
+	TimestampTz next = DT_NOEND;
+	bool		failed = false;
+	ListCell   *lc;
+
+	redrive_next = DT_NOEND;
+	if (!worker_state.has_reprocess || !worker_state.schema_current)
+		return 0;
+	if (redrive_cxt == NULL)
+		redrive_cxt = AllocSetContextCreate(worker_cxt, "dlq worker redrive",
+											ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(redrive_cxt);
+	redrive_due = NIL;
+	if (worker_run(DLQ_PLAN_REDRIVE_DUE, worker_state.owner, NULL, NULL, NULL) < 0)
+		return 0;
+	MemoryContextSwitchTo(redrive_cxt);
+
+	now = GetCurrentTimestamp();
+	foreach(lc, redrive_due)
+	{
+		DlqRedriveDue *t = (DlqRedriveDue *) lfirst(lc);
+		DlqRedriveTick tick = {t->task_id, 0};
+
+		if (t->due_at > now)
+		{
+			next = Min(next, t->due_at);
+			continue;
+		}
+		next = Min(next, TimestampTzPlusMilliseconds(now, DLQ_REDRIVE_TICK_MS));
+		if (worker_txn(dlq_plan_defs[DLQ_PLAN_REDRIVE].what, NULL,
+					   worker_redrive_body, &tick))
+			total += tick.replayed;
+		else
+			failed = true;
+		MemoryContextSwitchTo(redrive_cxt);
+		worker_interrupts();
+	}
+
+	/* A tick that failed (logged) is not tried again ten times a second. */
+	if (failed)
+		next = Max(next, TimestampTzPlusMilliseconds(now, DLQ_MAX_SLEEP_MS));
+	redrive_next = next;
+	MemoryContextSwitchTo(round_cxt);
 	return total;
 }
 
@@ -1542,6 +1917,7 @@ worker_round(void)
 	expired += worker_repeat(DLQ_PLAN_CAP, values);
 
 	retried = worker_retry();
+	retried += worker_redrive();
 
 	/*
 	 * Closed messages leave by TRUNCATE of a slot (archived on the way when
@@ -1586,10 +1962,27 @@ worker_sleep(TimestampTz round_start)
 	for (;;)
 	{
 		TimestampTz next = TimestampTzPlusMilliseconds(round_start, dlq_naptime);
-		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
+		TimestampTz now = GetCurrentTimestamp();
+		long		left;
 
-		if (left <= 0)
+		if (now >= next)
 			return;
+		/* Redrive tasks tick between rounds too (worker_redrive). */
+		if (now >= redrive_next)
+		{
+			(void) worker_redrive();
+			if (worker_slot != NULL)
+			{
+				/* between rounds, no step is under way, and the worker is alive */
+				LWLockAcquire(dlq_shared->lock, LW_EXCLUSIVE);
+				worker_progress_clear();
+				worker_slot->last_heartbeat = GetCurrentTimestamp();
+				LWLockRelease(dlq_shared->lock);
+			}
+			worker_leave_if_claimed();
+			continue;
+		}
+		left = TimestampDifferenceMilliseconds(now, Min(next, redrive_next));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Min(left, DLQ_MAX_SLEEP_MS),
 						 worker_get_wait_event("DlqWorkerMain"));
