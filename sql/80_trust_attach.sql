@@ -321,6 +321,21 @@ SELECT dlq_attach('sa_autot', queue => 'sa_autoq');
 RESET ROLE;
 SELECT queue, replay_target, auto_retry, retry_role FROM dlq.queues WHERE queue = 'sa_autoq';
 
+-- The statement trigger checks its table once per transaction (a replay
+-- inserts each row in a statement of its own) until the table changes:
+-- moved into dlq's schema in the same transaction, it is refused at once.
+-- The INSERTs insert no row, so that only the statement trigger runs.
+CREATE TABLE sa_cached (id int PRIMARY KEY);
+SELECT dlq_attach('sa_cached');
+BEGIN;
+INSERT INTO sa_cached SELECT 1 WHERE false;
+INSERT INTO sa_cached SELECT 1 WHERE false;
+ALTER TABLE sa_cached SET SCHEMA dlq;
+SELECT dlq_test.err($$INSERT INTO dlq.sa_cached SELECT 1 WHERE false$$);
+ROLLBACK;
+SELECT dlq_detach('sa_cached');
+DROP TABLE sa_cached;
+
 -- Clean up.
 SELECT dlq_detach('sa_autot');
 DROP TABLE sa_autot;

@@ -743,6 +743,27 @@ capture_check_relation(Relation rel)
 }
 
 /*
+ * capture_check_relation for the statement trigger, once per transaction
+ * while the table's cache entry stands (a change to the table drops it): a
+ * replay inserts each row in a statement of its own, and the check reads
+ * pg_extension and pg_depend.
+ */
+static void
+capture_check_relation_cached(Relation rel)
+{
+	char		relkind = rel->rd_rel->relkind;
+	CaptureRel *entry;
+
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+		return;
+	entry = dlq_predict_get_rel(rel);
+	if (entry->bindable_lxid == DLQ_LXID)
+		return;
+	capture_check_relation(rel);
+	entry->bindable_lxid = DLQ_LXID;
+}
+
+/*
  * The table a capture trigger was made on: for a trigger cloned onto a
  * partition, the table of the trigger it was cloned from (its topmost
  * parent), else the trigger's own table.  This is what a diverted row
@@ -846,7 +867,7 @@ dlq_capture(PG_FUNCTION_ARGS)
 	if (TRIGGER_FIRED_AFTER(trigdata->tg_event) &&
 		TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
 	{
-		capture_check_relation(trigdata->tg_relation);
+		capture_check_relation_cached(trigdata->tg_relation);
 		capture_limits_end(RelationGetRelid(trigdata->tg_relation));
 		capture_flush();
 		return PointerGetDatum(NULL);

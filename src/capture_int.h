@@ -22,7 +22,15 @@
 #include "executor/spi.h"
 #include "nodes/execnodes.h"
 #include "utils/jsonb.h"
+#include "storage/proc.h"
 #include "utils/relcache.h"
+
+/* This backend's current local transaction id, for per-transaction state. */
+#if PG_VERSION_NUM >= 170000
+#define DLQ_LXID (MyProc->vxid.lxid)
+#else
+#define DLQ_LXID (MyProc->lxid)
+#endif
 
 /* One foreign key of a relation, with its probe (capture_predict.c). */
 typedef struct CaptureFk CaptureFk;
@@ -58,6 +66,13 @@ typedef struct CaptureRel
 	FmgrInfo   *infuncs;		/* per attribute, for fast_convert */
 	Oid		   *ioparams;
 	char	   *convkind;		/* per attribute: 'j' json(b), 'd' domain, 's' */
+
+	/*
+	 * capture.c: the transaction in which the table last passed the check
+	 * that it is neither a catalog nor one of dlq's tables, made by the
+	 * statement trigger after every statement (each replayed row is one).
+	 */
+	LocalTransactionId bindable_lxid;
 
 	/* executor state for one transaction, in a child of TopTransactionContext */
 	LocalTransactionId lxid;

@@ -62,12 +62,6 @@
 #include "capture_int.h"
 #include "dlq.h"
 
-#if PG_VERSION_NUM >= 170000
-#define DLQ_LXID (MyProc->vxid.lxid)
-#else
-#define DLQ_LXID (MyProc->lxid)
-#endif
-
 /* Longest value shown in a "Failing row contains" detail, as execMain.c. */
 #define PREDICT_MAX_FIELD_LEN 64
 

@@ -347,7 +347,7 @@ replay_prepare(void)
 										" FROM dlq.messages m JOIN dlq.queues q"
 										"  ON q.queue = m.queue AND q.replay_target IS NOT NULL"
 										"[[ AND q.replay_handler IS NULL]]"
-										" WHERE m.message_id = ANY ($1) AND (m.status = 'pending'"
+										" WHERE m.message_id = ANY ($1)[[ AND m.slot = 0]] AND (m.status = 'pending'"
 										"  OR ($2 AND m.status = 'review' AND m.replay_request_id IS DISTINCT FROM $3))"
 										" ORDER BY m.message_id FOR UPDATE OF m SKIP LOCKED"),
 										3, types);
@@ -375,7 +375,7 @@ replay_prepare(void)
 										   "   >= m.max_attempts THEN NULL"
 										   "   WHEN q.auto_retry THEN now() + dlq.retry_delay(q,"
 										   "    CASE WHEN $7 THEN 1 ELSE m.attempts + 1 END) END"
-										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1"
+										   " FROM dlq.queues q WHERE q.queue = m.queue AND m.message_id = $1[[ AND m.slot = 0]]"
 										   " RETURNING m.attempts"),
 										   8, failed_types);
 	reapplied_plan = dlq_prepare_kept(dlq_schema_sql(
@@ -1047,12 +1047,13 @@ replay_candidates_plan(const DlqFilter *filter)
 		initStringInfo(&sql);
 		appendStringInfoString(&sql,
 							   "SELECT m.message_id FROM dlq.messages m"
-							   " WHERE m.queue = $1 AND m.status = $2::dlq.status"
+							   " WHERE [[m.slot = 0 AND ]]m.queue = $1 AND m.status = $2::dlq.status"
 							   " AND m.message_id > $3"
 							   " AND m.replay_request_id IS DISTINCT FROM $5");
 		dlq_filter_sql(&sql, flags, "m", 6);
 		appendStringInfoString(&sql, " ORDER BY m.message_id LIMIT $4");
-		candidates_plans[flags] = dlq_prepare_kept(sql.data, 5 + DLQ_FILTER_NARGS, types);
+		candidates_plans[flags] = dlq_prepare_kept(dlq_schema_sql(sql.data),
+												   5 + DLQ_FILTER_NARGS, types);
 	}
 	return candidates_plans[flags];
 }
