@@ -1,5 +1,7 @@
 -- Replay through a queue's replay_handler (DESIGN 7.3): the handler is
--- called once per message, as the caller of the replay; returning resolves
+-- called once per message, authorised by the caller's EXECUTE and run as
+-- the function's owner (who bound it) in a security-restricted operation
+-- with the owner's search_path, like a replay target's triggers; returning resolves
 -- the message, an error is that message's failure (recorded, attempts + 1,
 -- pending or review), and what a failing call wrote is undone.  Binding a
 -- handler is tested in 87_trust_handler_binding.
@@ -50,7 +52,8 @@ SELECT r - 'request_id' - 'failures' AS summary,
           FROM jsonb_array_elements(r->'failures') f) AS failures
   FROM dlq_reprocess_all('hr_q') r;
 RESET ROLE;
--- The handler ran as the caller; only the successful calls' rows are kept.
+-- The handler ran as its owner, not as the superuser who replayed; only the
+-- successful calls' rows are kept.
 SELECT n, who, note FROM hr_out ORDER BY n;
 SELECT payload->>'n' AS n, status, attempts, sqlstate, error_class, error,
        error_detail->>'detail' AS detail, error_detail->>'hint' AS hint,
@@ -83,7 +86,7 @@ SELECT n, who, note FROM hr_out ORDER BY n;
 SELECT status, count(*) FROM dlq.messages WHERE queue = 'hr_q' GROUP BY status;
 
 -- A caller without EXECUTE on the handler: 42501 for the whole call,
--- nothing changed.  Granted, the handler runs as that caller.
+-- nothing changed.  Granted, the handler still runs as its owner.
 SELECT replay_handler FROM dlq_configure('hr_q', replay_handler => 'hr_handle(jsonb)');
 SELECT dlq_store('hr_q', jsonb_build_object('n', g), 'e') IS NOT NULL AS stored FROM generate_series(7, 8) g;
 REVOKE EXECUTE ON FUNCTION hr_handle(jsonb) FROM PUBLIC;
@@ -100,7 +103,7 @@ SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('
 RESET ROLE;
 SELECT n, who FROM hr_out ORDER BY n;
 
--- A hostile handler fails only its own message: it runs as the caller (no
+-- A hostile handler fails only its own message: it runs as its owner (no
 -- rights on dlq's tables) in a security-restricted operation (no SET ROLE),
 -- and may not replay, nor change the message it is given, nor commit.
 SET ROLE hr_op;
@@ -119,7 +122,8 @@ BEGIN
     WHEN 'commit' THEN
         COMMIT;
     WHEN 'path' THEN
-        -- sees the caller's search_path; its own choice ends with the call
+        -- sees its owner's search_path, not the caller's; its own choice
+        -- ends with the call
         INSERT INTO public.hr_out VALUES ((p->>'n')::int, current_user, current_setting('search_path'));
         PERFORM set_config('search_path', 'hr_evil, pg_catalog', false);
     ELSE
@@ -145,6 +149,21 @@ SELECT payload->>'attack' AS attack, status, sqlstate,
   FROM dlq.messages WHERE queue = 'hr_hq' ORDER BY message_id;
 SELECT n, who, note FROM hr_out ORDER BY n;
 SELECT current_user;
+
+-- The trojan a handler run as the caller would be: its owner's code run by a
+-- superuser's replay.  It runs as the owner instead, who cannot make itself
+-- superuser; only that message fails.
+SET ROLE hr_op;
+CREATE FUNCTION hr_trojan(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE 'ALTER ROLE hr_op SUPERUSER';
+END $$;
+RESET ROLE;
+SELECT replay_handler FROM dlq_configure('hr_tq', replay_handler => 'hr_trojan(jsonb)');
+SELECT dlq_store('hr_tq', '{"n": 1}', 'e') IS NOT NULL AS stored;
+SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_tq') r;
+SELECT status, sqlstate, error FROM dlq.messages WHERE queue = 'hr_tq';
+SELECT rolsuper FROM pg_roles WHERE rolname = 'hr_op';
 
 -- A SQL function works the same way (its cached plan survives the calls
 -- rolled back).

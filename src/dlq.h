@@ -218,6 +218,7 @@ extern int64 *dlq_check_id_array(ArrayType *ids, int *nids);
 extern char *dlq_default_channel(const char *queue);
 extern void dlq_check_bindable_relation(Oid relid, Oid roleid);
 extern void dlq_check_bindable_function(Oid funcid, Oid roleid);
+extern char *dlq_role_search_path(Oid role);
 
 /* The one table an isolate-mode intake view reads, or InvalidOid (util.c). */
 extern Oid	dlq_intake_view_target(Relation view);

@@ -232,6 +232,7 @@ dlq_handler_open(DlqHandler *h, Oid fn, Oid caller, const char *queue,
 	proc = (Form_pg_proc) GETSTRUCT(tup);
 	h->fn = fn;
 	h->whole_message = proc->pronargs == 1 && proc->proargtypes.values[0] != JSONBOID;
+	h->owner = proc->proowner;
 	usable = proc->pronargs == 1 && proc->prokind == PROKIND_FUNCTION && !proc->proretset &&
 		(!h->whole_message || proc->proargtypes.values[0] == handler_message_type());
 	ReleaseSysCache(tup);
@@ -247,27 +248,41 @@ dlq_handler_open(DlqHandler *h, Oid fn, Oid caller, const char *queue,
 				 errmsg("permission denied to replay through function %s", h->name),
 				 errdetail("Queue \"%s\" hands its messages to that function on behalf of the caller, which lacks EXECUTE on it. Nothing was replayed.",
 						   queue)));
+	h->search_path = MemoryContextStrdup(cxt, dlq_role_search_path(h->owner));
 	fmgr_info_cxt(fn, &h->flinfo, cxt);
 }
 
 /*
  * Call the handler with one message (jsonb payload or dlq.message row);
- * its result is ignored, its error raised.  Inside a run, as the caller.
- * A setting the handler changes (even with a plain SET) ends with its
- * call, as if the function had a SET clause: every call starts from the
- * caller's settings, and none reaches dlq's own statements.
+ * its result is ignored, its error raised.  Inside a run.  The caller's
+ * EXECUTE authorised it (dlq_handler_open); it runs as the function's
+ * owner, who bound it, in a security-restricted operation with the owner's
+ * search_path, the way a replay target's triggers run as the table's owner
+ * (reapply.c): code someone else wrote never runs with the replaying
+ * role's privileges, whoever replays (a superuser included).  A setting the
+ * handler changes (even with a plain SET) ends with its call, as if the
+ * function had a SET clause.  An error unwinds the user and the settings
+ * with the run's subtransaction.
  */
 void
 dlq_handler_call(DlqHandler *h, Datum arg)
 {
 	LOCAL_FCINFO(fcinfo, 1);
+	Oid			save_user;
+	int			save_sec;
 	int			nest_level = NewGUCNestLevel();
 
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(h->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	(void) set_config_option("search_path", h->search_path, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	InitFunctionCallInfoData(*fcinfo, &h->flinfo, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = arg;
 	fcinfo->args[0].isnull = false;
 	(void) FunctionCallInvoke(fcinfo);
 	AtEOXact_GUC(false, nest_level);
+	SetUserIdAndSecContext(save_user, save_sec);
 }
 
 /*

@@ -66,6 +66,8 @@ typedef struct DlqHandler
 	Oid			fn;
 	bool		whole_message;	/* takes dlq.message, else jsonb */
 	char	   *name;			/* regprocedure text */
+	Oid			owner;			/* it runs as its owner */
+	char	   *search_path;	/* the owner's (dlq_role_search_path) */
 	FmgrInfo	flinfo;
 } DlqHandler;
 

@@ -151,6 +151,42 @@ dlq_as_caller_end(DlqCallerScope *scope)
 	SetUserIdAndSecContext(scope->userid, scope->sec_context);
 }
 
+/*
+ * The search_path a session of role starts with in this database: its
+ * setting for this database, its own, the database's, everyone's (ALTER
+ * ROLE / ALTER DATABASE ... SET, in the precedence of a login), else
+ * PostgreSQL's default.  Never the current session's: code run as role
+ * (a replay handler, the worker's retries) must not resolve names in a path
+ * someone else chose.  Inside SPI.
+ */
+char *
+dlq_role_search_path(Oid role)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		values[2] = {ObjectIdGetDatum(role), ObjectIdGetDatum(MyDatabaseId)};
+	bool		isnull;
+	char	   *path;
+
+	if (plan == NULL)
+	{
+		Oid			types[2] = {OIDOID, OIDOID};
+
+		plan = dlq_prepare_kept("SELECT pg_catalog.substr(c, 13)"
+								"  FROM pg_catalog.pg_db_role_setting s,"
+								"       pg_catalog.unnest(s.setconfig) c"
+								" WHERE s.setrole IN ($1, 0) AND s.setdatabase IN ($2, 0)"
+								"   AND c OPERATOR(pg_catalog.^@) 'search_path='"
+								" ORDER BY s.setrole = 0, s.setdatabase = 0 LIMIT 1",
+								2, types);
+	}
+	if (dlq_execute_kept(plan, values, NULL, true, 1, SPI_OK_SELECT) == 0)
+		return pstrdup("\"$user\", public");
+	path = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return path;
+}
+
 /* The owner of a relation that exists. */
 Oid
 dlq_rel_owner(Oid relid)

@@ -453,7 +453,6 @@ typedef enum DlqPlanId
 	DLQ_PLAN_REDRIVE_DUE,
 	DLQ_PLAN_REDRIVE_TAKE,
 	DLQ_PLAN_REDRIVE,
-	DLQ_PLAN_ROLE_PATH,
 	DLQ_PLAN_REDRIVE_DONE,
 	DLQ_PLAN_REDRIVE_PAUSE,
 	DLQ_PLAN_REDRIVE_FAIL,
@@ -542,14 +541,6 @@ static const DlqPlanDef dlq_plan_defs[DLQ_NUM_PLANS] = {
 	[DLQ_PLAN_REDRIVE] = {"replaying the messages of a redrive task",
 		NULL,
 	4, {INT8ARRAYOID, BOOLOID, TEXTOID, TEXTOID}},
-	/* Precedence as at login: role in database, role, database, everyone. */
-	[DLQ_PLAN_ROLE_PATH] = {"reading a role's search_path",
-		"SELECT pg_catalog.substr(c, 13)"
-		"  FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c"
-		" WHERE s.setrole IN ($1, 0) AND s.setdatabase IN ($2, 0)"
-		"   AND c OPERATOR(pg_catalog.^@) 'search_path='"
-		" ORDER BY s.setrole = 0, s.setdatabase = 0 LIMIT 1",
-	2, {OIDOID, OIDOID}},
 	[DLQ_PLAN_REDRIVE_DONE] = {"counting a redrive task's replay",
 		"SELECT dlq.worker_redrive_done($1, $2, $3, $4)",
 	4, {INT8OID, INT8ARRAYOID, JSONBOID, TEXTOID}},
@@ -916,24 +907,6 @@ worker_exec(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 }
 
 /*
- * The search_path a session of role starts with in this database: its
- * setting for this database, its own, the database's, everyone's (ALTER
- * ROLE / ALTER DATABASE ... SET), else the server's.  NULL: the server's.
- */
-static char *
-worker_role_search_path(Oid role)
-{
-	Datum		values[2] = {ObjectIdGetDatum(role), ObjectIdGetDatum(MyDatabaseId)};
-	bool		isnull;
-
-	worker_exec(DLQ_PLAN_ROLE_PATH, worker_state.owner, values, NULL);
-	if (SPI_processed == 0)
-		return NULL;
-	return TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-											 1, &isnull));
-}
-
-/*
  * Execute a plan that runs a role's code (automatic retries, redrive
  * ticks: dlq_reprocess calls the replay handler or fires the replay
  * target's triggers) as that role, the way pg_cron runs a job as its owner:
@@ -943,14 +916,12 @@ worker_role_search_path(Oid role)
 static void
 worker_exec_as_role(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 {
-	char	   *path = worker_role_search_path(role);
+	char	   *path = dlq_role_search_path(role);
 	Oid			save_user;
 	int			save_sec;
 	int			nest = NewGUCNestLevel();
 
-	(void) set_config_option("search_path",
-							 path ? path : GetConfigOptionResetString("search_path"),
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("search_path", path, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);

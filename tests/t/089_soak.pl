@@ -1,6 +1,8 @@
 # Concurrency soak: about a minute of eight pgbench clients mixing every
-# lifecycle call on four queues (plain, one that needs a live consumer, one
-# with automatic retries, one with short retention and expiry), with the
+# lifecycle call on five queues (plain, one that needs a live consumer, one
+# with automatic retries, one with short retention and expiry, one replayed
+# through a handler that fails at random, with automatic retries, early stop
+# and a redrive task), with the
 # background worker running, and one client backend killed with SIGKILL
 # midway (the postmaster then restarts every backend, and the load starts
 # again).  Afterwards every message must be accounted for, dlq.counts must
@@ -69,7 +71,21 @@ CREATE TABLE soak_trapped (op text NOT NULL, sqlstate text NOT NULL, message tex
 GRANT INSERT ON soak_trapped TO soak_op;
 
 CREATE FUNCTION soak_queue(i int) RETURNS text LANGUAGE sql IMMUTABLE
-    AS $$ SELECT (ARRAY['soak_a', 'soak_b', 'soak_r', 'soak_d'])[i] $$;
+    AS $$ SELECT (ARRAY['soak_a', 'soak_b', 'soak_r', 'soak_d', 'soak_h'])[i] $$;
+
+-- soak_h's replay handler: it writes, then fails one call in three at
+-- random, so a message that passed may fail when its run is redone.  Owned
+-- by the operator, who binds it; it runs as whoever replays.
+CREATE TABLE soak_handled (p jsonb);
+GRANT INSERT ON soak_handled TO soak_op;
+CREATE FUNCTION soak_handle(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.soak_handled VALUES (p);
+    IF random() < 0.33 THEN
+        RAISE EXCEPTION 'soak: the handler failed' USING ERRCODE = 'P0001';
+    END IF;
+END $$;
+ALTER FUNCTION soak_handle(jsonb) OWNER TO soak_op;
 
 -- A consumer's nack may lose its message to an operator in between: a
 -- dlq_resolve closes it (55000, "is not being replayed"), or it timed out
@@ -118,6 +134,9 @@ SELECT dlq_configure('soak_r', require_listener => false, auto_retry => true, re
                      resolved_retention => '2 seconds');
 SELECT dlq_configure('soak_d', require_listener => false, max_attempts => 2,
                      retention => '4 seconds', resolved_retention => '1 second');
+SELECT dlq_configure('soak_h', replay_handler => 'soak_handle(jsonb)', auto_retry => true,
+                     retry_on => 'all', max_attempts => 4, retry_base => '1 second',
+                     retry_max => '2 seconds', retry_stop_ratio => 0.6);
 }, extra_params => [ '-U', 'soak_op' ]);
 # soak_r's closed messages are archived (two-second slots of the archive
 # ring) and purged from there two seconds later; the others are purged from
@@ -130,21 +149,21 @@ UPDATE dlq.queues SET archive_retention = CASE queue WHEN 'soak_r' THEN interval
 my $dir = PostgreSQL::Test::Utils::tempdir;
 my %scripts = (
 	store => q{
-\set q random(1, 4)
+\set q random(1, 5)
 \set p random(1, 1000000)
 INSERT INTO soak_stored (id)
 SELECT dlq_store(soak_queue(:q), jsonb_build_object('p', :p), 'soak: failed',
                  component => 'c' || :q, sqlstate => 'P0001');
 },
 	store_dedup => q{
-\set q random(1, 4)
+\set q random(1, 5)
 \set k random(1, 8)
 INSERT INTO soak_stored (id)
 SELECT dlq_store(soak_queue(:q), jsonb_build_object('k', :k), 'soak: failed with a key',
                  dedup_key => 'k' || :k);
 },
 	ack => q{
-\set q random(1, 4)
+\set q random(1, 5)
 \if :q = 2
 SELECT dlq_listen('soak_b');
 \endif
@@ -155,7 +174,7 @@ SELECT dlq_ack(':ids'::bigint[]);
 \endif
 },
 	nack => q{
-\set q random(1, 4)
+\set q random(1, 5)
 \if :q = 2
 SELECT dlq_listen('soak_b');
 \endif
@@ -165,12 +184,12 @@ SELECT soak_nack(:mid);
 \endif
 },
 	reprocess => q{
-\set q random(1, 4)
+\set q random(1, 5)
 \set mode random(0, 3)
 SELECT soak_reprocess(soak_queue(:q), :mode);
 },
 	discard => q{
-\set q random(1, 4)
+\set q random(1, 5)
 SELECT dlq_discard(ARRAY[message_id])
   FROM (SELECT message_id FROM dlq.messages
          WHERE queue = soak_queue(:q)
@@ -178,7 +197,7 @@ SELECT dlq_discard(ARRAY[message_id])
          ORDER BY message_id LIMIT 1) x;
 },
 	resolve => q{
-\set q random(1, 4)
+\set q random(1, 5)
 SELECT dlq_resolve(ARRAY[message_id], 'soak')
   FROM (SELECT message_id FROM dlq.messages
          WHERE queue = soak_queue(:q)
@@ -301,6 +320,10 @@ for my $kind (sort keys %$p1)
 }
 
 # --- phase 2: load again on the restarted server -----------------------------------
+# A redrive task replays soak_h through its handler, in the worker, while
+# the clients replay, discard and resolve the same messages.
+$node->safe_psql('postgres', q{SELECT dlq_redrive_start('soak_h', 20, force => true)},
+	extra_params => [ '-U', 'soak_op' ]);
 my $t1 = time;
 $load = start_load('p2', $half);
 my $p2 = finish_load($load);
@@ -330,8 +353,11 @@ $node->safe_psql('postgres', q{
 # --- quiesce -----------------------------------------------------------------------
 # Without automatic retries no new replay starts, so every replaying message
 # must come back within visibility + replay_timeout + a few naptimes.
-$node->safe_psql('postgres', q{SELECT dlq_configure('soak_r', auto_retry => false)},
-	extra_params => [ '-U', 'soak_op' ]);
+$node->safe_psql('postgres', q{
+    SELECT dlq_configure('soak_r', auto_retry => false);
+    SELECT dlq_configure('soak_h', auto_retry => false);
+    SELECT dlq_redrive_cancel(task_id) FROM dlq.redrive_tasks;
+}, extra_params => [ '-U', 'soak_op' ]);
 ok( $node->poll_query_until(
 		'postgres', q{SELECT count(*) = 0 FROM dlq.messages WHERE status = 'replaying'}),
 	'no message stays replaying past the timeout once the load stopped');
@@ -353,9 +379,21 @@ diag("errors trapped in SQL (allowed):\n" . $node->safe_psql('postgres', q{
 is( $node->safe_psql(
 		'postgres', q{
     SELECT string_agg(k, ',' ORDER BY k) FROM unnest(ARRAY['acked', 'nacked', 'replay_requested',
-        'discarded', 'resolved', 'retried', 'timed_out', 'expired', 'archived', 'purged']) k
+        'discarded', 'resolved', 'retried', 'timed_out', 'expired', 'archived', 'purged',
+        'replayed', 'replay_failed', 'redrive_started']) k
      WHERE NOT EXISTS (SELECT 1 FROM dlq.events e WHERE e.kind::text = k)}),
-	'', 'the soak exercised acks, nacks, replays, discards, resolves, retries, timeouts, expiry, archive and purge');
+	'', 'the soak exercised acks, nacks, replays, discards, resolves, retries, timeouts, expiry, archive, '
+	  . 'purge, handler replays and a redrive task');
+# A handler's writes are kept exactly for the calls that resolved their
+# message (a failed call's, and a call redone after another message of its
+# run failed, are rolled back): one row of soak_handled per message the
+# replayed events of soak_h count, however the runs were split, the worker
+# retried, the redrive task ticked and the kill cut in.
+is( $node->safe_psql('postgres', q{
+    SELECT (SELECT coalesce(sum(message_count), 0) FROM dlq.events
+             WHERE queue = 'soak_h' AND kind = 'replayed')
+           - (SELECT count(*) FROM soak_handled)}),
+	'0', 'the handler left one row per message it resolved, no more, no fewer');
 
 # --- every message is accounted for ------------------------------------------------------
 # Messages leave dlq.messages only by dlq_discard (event "discarded") and the
