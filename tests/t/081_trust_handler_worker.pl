@@ -69,9 +69,10 @@ ok($node->poll_query_until('postgres', q{
 is(query(q{SELECT who || ':' || role_refused FROM hw.seen WHERE id = 1}), 'hw_op:true',
 	'the handler ran as the retry_role and could not SET ROLE');
 
-# The handler runs with the search_path the role's own sessions have (ALTER
-# ROLE ... SET search_path), not the worker's pg_catalog: an unqualified
-# name in it resolves as it does when the role replays by hand.
+# The handler runs with the search_path its owner's sessions have (ALTER
+# ROLE ... SET search_path; here the owner is also the retry_role), not the
+# worker's pg_catalog: an unqualified name in it resolves as it does when
+# the role replays by hand.
 $node->safe_psql('postgres', q{ALTER ROLE hw_op SET search_path = hw, public});
 as_role('hw_op', q{
     CREATE TABLE hw.plain (id int, path text);
@@ -87,7 +88,7 @@ ok($node->poll_query_until('postgres', q{
     SELECT status = 'resolved' FROM dlq.messages WHERE queue = 'hw_plain'}),
 	'a handler naming its table without a schema is retried by the worker');
 is(query(q{SELECT id || ':' || path FROM hw.plain}), '7:hw, public',
-	"the handler ran with the retry_role's own search_path");
+	"the handler ran with its owner's own search_path");
 
 # Without EXECUTE, then with the handler dropped: skipped with a warning.
 sub skipped_retry
