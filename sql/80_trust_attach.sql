@@ -223,7 +223,11 @@ SELECT dlq_test.err($$SELECT dlq_detach('sa_look')$$);
 SELECT to_regclass('sa_look_intake') IS NOT NULL AS view_kept,
        (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'sa_look'::regclass) AS triggers_kept;
 RESET ROLE;
--- Objects dlq made but the caller does not own: an error, nothing dropped.
+-- A table that changed owner: the intake view its old owner owns is no
+-- longer its intake (a view only feeds a table its owner owns), so the new
+-- owner's detach finds nothing (42704) and drops nothing, and a row through
+-- the view is refused before anything is captured.  Given back, it is the
+-- intake again.
 SET ROLE sec_attach_w;
 CREATE TABLE sa_moved (id int PRIMARY KEY);
 SELECT dlq_attach('sa_moved', 'sa_moved_q', 'isolate');
@@ -232,8 +236,13 @@ ALTER TABLE sa_moved OWNER TO sec_attach_w2;
 SET ROLE sec_attach_w2;
 SELECT dlq_test.err($$SELECT dlq_detach('sa_moved')$$);
 RESET ROLE;
+SET ROLE sec_attach_w;
+SELECT dlq_test.try($$INSERT INTO sa_moved_intake VALUES ('x')$$);
+RESET ROLE;
 SELECT to_regclass('sa_moved_intake') IS NOT NULL AS view_kept,
-       (SELECT replay_target FROM dlq.queues WHERE queue = 'sa_moved_q') AS still_bound;
+       (SELECT replay_target FROM dlq.queues WHERE queue = 'sa_moved_q') AS still_bound,
+       (SELECT count(*) FROM dlq.messages WHERE queue = 'sa_moved_q') AS captured;
+ALTER TABLE sa_moved OWNER TO sec_attach_w;
 SELECT dlq_detach('sa_moved');
 
 -- Capture: source_relation is always the table the capturing trigger was

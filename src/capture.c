@@ -983,9 +983,9 @@ capture_isolate_target(Trigger *trigger, Relation view)
 	if (!OidIsValid(target))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("view \"%s\" of trigger \"%s\" does not read exactly one table",
+				 errmsg("view \"%s\" of trigger \"%s\" does not read exactly one table of its owner",
 						RelationGetRelationName(view), trigger->tgname),
-				 errdetail("The trigger inserts each row into the table its view reads."),
+				 errdetail("The trigger inserts each row into the table its view reads, which the view's owner must own."),
 				 errhint("Create intake views with dlq_attach(table, mode => 'isolate').")));
 	targetrel = try_relation_open(target, AccessShareLock);
 	if (targetrel == NULL)

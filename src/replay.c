@@ -707,6 +707,14 @@ replay_handle_rows(ReplayState *st)
 		/* pending meanwhile in a queue the batch's check did not see eligible */
 		if (item->rq->handler == NULL)
 			replay_check_queue(st, item->rq, true, false);
+		/* checked as another kind of queue earlier in this call, bound since */
+		if (item->rq->handler == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("replay settings of queue \"%s\" changed during the replay",
+							item->rq->queue),
+					 errdetail("Its replay handler was set after this call had read the queue's settings. Nothing was replayed."),
+					 errhint("Replay again.")));
 		item->tid = *((ItemPointer) DatumGetPointer(SPI_getbinval(row, desc, 5, &isnull)));
 		item->arg = SPI_getbinval(row, desc, item->rq->handler->whole_message ? 6 : 4, &isnull);
 		if (item->was_review)
@@ -728,10 +736,13 @@ replay_check_batch(ReplayState *st, Datum *values, bool *any_handed, bool *any_t
 				   bool *any_handler)
 {
 	SPITupleTable *tt;
+	uint64		nrows;
 
+	/* replay_check_queue runs queries: the rows are read from tt, nrows */
 	dlq_execute_kept(info_plan, values, NULL, false, 0, SPI_OK_SELECT);
 	tt = SPI_tuptable;
-	for (uint64 i = 0; i < SPI_processed; i++)
+	nrows = SPI_processed;
+	for (uint64 i = 0; i < nrows; i++)
 	{
 		bool		isnull;
 		char	   *queue = TextDatumGetCString(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
@@ -760,12 +771,16 @@ static void
 replay_hand(ReplayState *st, Datum *values)
 {
 	ReplayQueue *rq = NULL;
+	SPITupleTable *tt;
+	uint64		nrows;
 
 	dlq_execute_kept_moved(hand_plan, values, NULL, 0, SPI_OK_UPDATE_RETURNING);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	tt = SPI_tuptable;
+	nrows = SPI_processed;
+	for (uint64 i = 0; i < nrows; i++)
 	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		HeapTuple	row = tt->vals[i];
+		TupleDesc	desc = tt->tupdesc;
 		bool		isnull;
 		char	   *queue = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
 		int64		id = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
@@ -776,7 +791,7 @@ replay_hand(ReplayState *st, Datum *values)
 		if (DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)))
 			dlq_tally_add(&rq->redriven, id);
 	}
-	SPI_freetuptable(SPI_tuptable);
+	SPI_freetuptable(tt);
 }
 
 /*
@@ -788,10 +803,12 @@ static void
 replay_dry(ReplayState *st, Datum *values)
 {
 	SPITupleTable *tt;
+	uint64		nrows;
 
 	dlq_execute_kept(dry_plan, values, NULL, true, 0, SPI_OK_SELECT);
 	tt = SPI_tuptable;
-	for (uint64 i = 0; i < SPI_processed; i++)
+	nrows = SPI_processed;
+	for (uint64 i = 0; i < nrows; i++)
 	{
 		HeapTuple	row = tt->vals[i];
 		bool		isnull;

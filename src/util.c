@@ -465,7 +465,11 @@ dlq_check_bindable_relation(Oid relid, Oid roleid)
  * relation or more than one.  The query names the table by OID and pg_dump
  * writes it back by name, so the answer follows renames and survives a dump
  * and restore, which an OID in the trigger's arguments does not.  The
- * caller checks what kind of relation it is.
+ * caller checks what kind of relation it is.  Only a table the view's
+ * owner owns (or whose owning role it is a member of), as dlq_attach
+ * requires: a view someone repointed at another role's table is nobody's
+ * intake (InvalidOid), so that its trigger never captures rows as that
+ * table's, nor stands in for that table's own intake view.
  */
 Oid
 dlq_intake_view_target(Relation view)
@@ -495,6 +499,9 @@ dlq_intake_view_target(Relation view)
 			target = rte->relid;
 		}
 	}
+	if (OidIsValid(target) &&
+		!has_privs_of_role(view->rd_rel->relowner, dlq_rel_owner(target)))
+		return InvalidOid;
 	return target;
 }
 
