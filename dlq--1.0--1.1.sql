@@ -1880,6 +1880,14 @@ ALTER TABLE dlq.queues
         CHECK (replay_target IS NULL OR replay_handler IS NULL);
 COMMENT ON COLUMN dlq.queues.replay_handler IS
     'function replays call once per message, with the payload (jsonb) or the message (dlq.message), as the replaying role; returning resolves the message, an error is its failure; NULL: none';
+/*
+ * The handler's owner when it was bound: a handler runs as its owner, and
+ * refuses to run once another role owns it (ALTER FUNCTION ... OWNER TO,
+ * REASSIGN OWNED) until that role binds it again.
+ */
+ALTER TABLE dlq.queues ADD COLUMN replay_handler_owner regrole;
+COMMENT ON COLUMN dlq.queues.replay_handler_owner IS
+    'owner of replay_handler when it was bound; replays refuse (42501) once the function has another owner';
 COMMENT ON COLUMN dlq.queues.retry_stop_ratio IS
     'automatic retries and redrive tasks of this queue pause when more than this share of a batch fails; NULL: never';
 

@@ -164,6 +164,17 @@ SELECT dlq_store('hr_tq', '{"n": 1}', 'e') IS NOT NULL AS stored;
 SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_tq') r;
 SELECT status, sqlstate, error FROM dlq.messages WHERE queue = 'hr_tq';
 SELECT rolsuper FROM pg_roles WHERE rolname = 'hr_op';
+-- A handler whose owner changed since it was bound (ALTER FUNCTION ...
+-- OWNER TO, REASSIGN OWNED) does not run as its new owner: 42501 for the
+-- whole call, nothing changed, until the new owner binds it again.
+ALTER FUNCTION hr_trojan(jsonb) OWNER TO hr_other;
+SELECT dlq_test.err($$SELECT dlq_reprocess_all('hr_tq')$$);
+SELECT status, attempts FROM dlq.messages WHERE queue = 'hr_tq';
+SET ROLE hr_other;
+SELECT replay_handler, replay_handler_owner FROM dlq_configure('hr_tq', replay_handler => 'hr_trojan(jsonb)');
+RESET ROLE;
+SELECT r->'replayed' AS replayed, r->'failed' AS failed FROM dlq_reprocess_all('hr_tq') r;
+SELECT status, attempts, sqlstate FROM dlq.messages WHERE queue = 'hr_tq';
 
 -- A SQL function works the same way (its cached plan survives the calls
 -- rolled back).

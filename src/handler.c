@@ -211,11 +211,15 @@ handler_message_type(void)
  * Look up queue's replay handler fn for a replay by caller: it must exist
  * (42883: a dropped function leaves its OID behind in dlq.queues), take
  * one jsonb or dlq.message and return one value (22023; dlq_configure
- * checked it), and caller must have EXECUTE on it (42501).  Once per queue
- * per call, before anything changes.  The call's state lives in cxt.
+ * checked it), and caller must have EXECUTE on it (42501).  It runs as its
+ * owner, so that owner must still be bound_owner, the one who bound it
+ * (42501): after ALTER FUNCTION ... OWNER TO or REASSIGN OWNED, the code its
+ * old owner wrote would otherwise run with the new owner's privileges.
+ * Once per queue per call, before anything changes.  The call's state
+ * lives in cxt.
  */
 void
-dlq_handler_open(DlqHandler *h, Oid fn, Oid caller, const char *queue,
+dlq_handler_open(DlqHandler *h, Oid fn, Oid bound_owner, Oid caller, const char *queue,
 				 MemoryContext cxt)
 {
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
@@ -233,6 +237,19 @@ dlq_handler_open(DlqHandler *h, Oid fn, Oid caller, const char *queue,
 	h->fn = fn;
 	h->whole_message = proc->pronargs == 1 && proc->proargtypes.values[0] != JSONBOID;
 	h->owner = proc->proowner;
+	if (h->owner != bound_owner)
+	{
+		char	   *name = format_procedure(fn);
+
+		ReleaseSysCache(tup);
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("owner of replay handler %s of queue \"%s\" changed since it was bound",
+						name, queue),
+				 errdetail("A handler runs as its owner; its new owner did not bind it. Nothing was replayed."),
+				 errhint("Its owner binds it again with dlq_configure('%s', replay_handler => '%s').",
+						 queue, name)));
+	}
 	usable = proc->pronargs == 1 && proc->prokind == PROKIND_FUNCTION && !proc->proretset &&
 		(!h->whole_message || proc->proargtypes.values[0] == handler_message_type());
 	ReleaseSysCache(tup);

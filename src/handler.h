@@ -71,8 +71,8 @@ typedef struct DlqHandler
 	FmgrInfo	flinfo;
 } DlqHandler;
 
-extern void dlq_handler_open(DlqHandler *h, Oid fn, Oid caller, const char *queue,
-							 MemoryContext cxt);
+extern void dlq_handler_open(DlqHandler *h, Oid fn, Oid bound_owner, Oid caller,
+							 const char *queue, MemoryContext cxt);
 extern void dlq_handler_call(DlqHandler *h, Datum arg);
 extern const char *dlq_handler_refusal(Oid fn, Oid role);
 extern Jsonb *dlq_handler_error_detail(const DlqHandler *h, const ErrorData *edata);

@@ -348,6 +348,9 @@ queue_configure_prepare(void)
 									  "  WHEN cardinality($19) > 0 THEN $19 END,"
 									  " replay_handler = CASE WHEN $20 IS NULL THEN replay_handler"
 									  "  WHEN $20 = 0 THEN NULL ELSE $20 END,"
+									  " replay_handler_owner = CASE WHEN $20 IS NULL THEN replay_handler_owner"
+									  "  WHEN $20 = 0 THEN NULL ELSE (SELECT p.proowner::pg_catalog.regrole"
+									  "   FROM pg_catalog.pg_proc p WHERE p.oid = $20) END,"
 									  " retry_stop_ratio = CASE WHEN $21 IS NULL THEN retry_stop_ratio"
 									  "  WHEN $21 > 0 THEN $21 END"
 									  " WHERE queue = $1 RETURNING *",

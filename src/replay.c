@@ -87,6 +87,7 @@ typedef struct ReplayQueue
 	bool		update_checked; /* UPDATE privilege on the target checked */
 	Oid			target;			/* replay target, or InvalidOid */
 	Oid			handler_fn;		/* replay handler, or InvalidOid */
+	Oid			handler_owner;	/* its owner when it was bound */
 	DlqHandler *handler;		/* opened for the caller once checked */
 	char	   *channel;
 	DlqIdTally	handed;			/* moved to replaying */
@@ -173,7 +174,8 @@ replay_open_handler(ReplayState *st, ReplayQueue *rq)
 	MemoryContext cxt = MemoryContextGetParent(st->batch_cxt);
 
 	rq->handler = MemoryContextAllocZero(cxt, sizeof(DlqHandler));
-	dlq_handler_open(rq->handler, rq->handler_fn, st->owner->caller, rq->queue, cxt);
+	dlq_handler_open(rq->handler, rq->handler_fn, rq->handler_owner, st->owner->caller,
+					 rq->queue, cxt);
 }
 
 static ReplayQueue *
@@ -222,7 +224,8 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 
 			settings_plan = dlq_prepare_kept(dlq_schema_sql(
 											 "SELECT paused, replay_target, channel, require_listener"
-											 "[[, replay_handler]] FROM dlq.queues WHERE queue = $1"),
+											 "[[, replay_handler, replay_handler_owner]]"
+											 " FROM dlq.queues WHERE queue = $1"),
 											 1, types);
 		}
 		dlq_execute_kept(settings_plan, &value, NULL, false, 1, SPI_OK_SELECT);
@@ -243,6 +246,8 @@ replay_check_queue(ReplayState *st, ReplayQueue *rq, bool eligible, bool needs_u
 		{
 			d = SPI_getbinval(row, desc, 5, &isnull);
 			rq->handler_fn = isnull ? InvalidOid : DatumGetObjectId(d);
+			d = SPI_getbinval(row, desc, 6, &isnull);
+			rq->handler_owner = isnull ? InvalidOid : DatumGetObjectId(d);
 		}
 		SPI_freetuptable(SPI_tuptable);
 
