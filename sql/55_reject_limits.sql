@@ -170,7 +170,9 @@ INSERT INTO rl_i_intake VALUES ('3', '-1'), ('4', '4'), ('1', '1');
 SELECT rl.ok('rl_iq', 'rl_i', 3, 2);
 SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
  WHERE c.relname IN ('rl_i', 'rl_i_intake') ORDER BY 1, 2;
--- the intake view's owner sets them, as for dlq_detach
+-- an intake view given to a role that does not own the table is no longer
+-- its intake (it feeds only a table its owner owns): attaching again finds
+-- none and refuses to make a second view over the first (42P07)
 CREATE ROLE rl_owner IN ROLE dlq_writer;
 CREATE ROLE rl_viewer;
 GRANT CREATE ON SCHEMA public TO rl_owner;
