@@ -908,20 +908,17 @@ worker_exec(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 
 /*
  * Execute a plan that runs a role's code (automatic retries, redrive
- * ticks: dlq_reprocess calls the replay handler or fires the replay
- * target's triggers) as that role, the way pg_cron runs a job as its owner:
- * in a security-restricted operation, with the search_path the role's own
- * sessions have (not the worker's pg_catalog), both undone on every path.
+ * ticks: dlq_reprocess, which calls the replay handler as its owner or
+ * fires the replay target's triggers as the table's owner, each with a
+ * search_path of their own) as that role, the way pg_cron runs a job as its
+ * owner: in a security-restricted operation, undone on every path.
  */
 static void
 worker_exec_as_role(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 {
-	char	   *path = dlq_role_search_path(role);
 	Oid			save_user;
 	int			save_sec;
-	int			nest = NewGUCNestLevel();
 
-	(void) set_config_option("search_path", path, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
@@ -932,7 +929,6 @@ worker_exec_as_role(DlqPlanId id, Oid role, Datum *values, const char *nulls)
 	PG_FINALLY();
 	{
 		SetUserIdAndSecContext(save_user, save_sec);
-		AtEOXact_GUC(false, nest);
 	}
 	PG_END_TRY();
 }
